@@ -1,0 +1,201 @@
+"""Records that cross module boundaries: what the gateway stores and what consumers read back."""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+# Telethon marks channel ids as -(10**12 + id); the bare id is below 10**12.
+MARKED_CHANNEL_MIN = -(2 * 10**12) + 1
+MARKED_CHANNEL_MAX = -(10**12) - 1
+# Telegram message ids are positive 32-bit integers.
+MESSAGE_ID_MAX = 2**31 - 1
+# Telegram started in August 2013; anything earlier is a corrupt timestamp.
+EARLIEST_TELEGRAM_DATE = datetime(2013, 8, 1, tzinfo=UTC)
+
+MESSAGE_STATUSES = (
+    "received",
+    "retrying",
+    "published",
+    "queued",
+    "failed",
+    "reprocess_pending",
+    "reprocessed",
+    "deleted",
+)
+PROCESSING_STATES = ("pending", "processing", "processed", "ignored", "failed")
+
+_CONTROL_CHARS = re.compile("[\x00]")
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+class InvalidMessage(ValueError):
+    """A message field is missing, malformed or out of range; the text names the field."""
+
+
+class MessageKey(NamedTuple):
+    channel_id: int
+    message_id: int
+
+
+def validate_channel_id(value: object, *, field_name: str = "channel_id") -> int:
+    """Return a marked channel id (-100…) or raise InvalidMessage naming the field."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+            value = int(value.strip())
+        else:
+            raise InvalidMessage(f"{field_name} must be an integer, got {value!r}")
+    if not MARKED_CHANNEL_MIN <= value <= MARKED_CHANNEL_MAX:
+        raise InvalidMessage(
+            f"{field_name} must be a marked channel id (-100 followed by the channel id), "
+            f"got {value}"
+        )
+    return value
+
+
+def validate_message_id(value: object, *, field_name: str = "message_id") -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidMessage(f"{field_name} must be an integer, got {value!r}")
+    if not 1 <= value <= MESSAGE_ID_MAX:
+        raise InvalidMessage(f"{field_name} must be between 1 and {MESSAGE_ID_MAX}, got {value}")
+    return value
+
+
+def validate_telegram_date(value: object, *, field_name: str = "date") -> datetime:
+    if not isinstance(value, datetime):
+        raise InvalidMessage(f"{field_name} must be a datetime, got {value!r}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidMessage(f"{field_name} must carry a UTC offset, got {value.isoformat()}")
+    if value < EARLIEST_TELEGRAM_DATE:
+        raise InvalidMessage(f"{field_name} is before Telegram existed: {value.isoformat()}")
+    return value.astimezone(UTC)
+
+
+def sanitize_text(text: str | None) -> tuple[str | None, str | None]:
+    """Make text storable in PostgreSQL without losing it.
+
+    NUL bytes and lone surrogates cannot be stored in a text column. They become U+FFFD and
+    the original is returned base64-encoded (UTF-8 with surrogatepass) so nothing is lost.
+    Returns (clean text, original as base64 or None when nothing changed).
+    """
+    if text is None:
+        return None, None
+    if not _CONTROL_CHARS.search(text) and not _SURROGATES.search(text):
+        return text, None
+    clean = _SURROGATES.sub("\ufffd", _CONTROL_CHARS.sub("\ufffd", text))
+    original = base64.b64encode(text.encode("utf-8", "surrogatepass")).decode("ascii")
+    return clean, original
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """A channel post as the gateway stores it. Construct with ``MessageRecord.create``."""
+
+    channel_id: int
+    message_id: int
+    telegram_date: datetime
+    text: str | None = None
+    caption: str | None = None
+    media_type: str | None = None
+    media_refs: Mapping[str, Any] | None = None
+    thread_id: int | None = None
+    grouped_id: int | None = None
+    edit_date: datetime | None = None
+    source: str = "user_client"
+    message_type: str = "text"
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls,
+        channel_id: object,
+        message_id: object,
+        telegram_date: object,
+        **fields: Any,
+    ) -> MessageRecord:
+        """Validate ids and date, sanitise text and caption, and build the record."""
+        metadata = dict(fields.pop("metadata", None) or {})
+        text, original_text = sanitize_text(fields.pop("text", None))
+        caption, original_caption = sanitize_text(fields.pop("caption", None))
+        if original_text is not None:
+            metadata["original_text_b64"] = original_text
+        if original_caption is not None:
+            metadata["original_caption_b64"] = original_caption
+        edit_date = fields.pop("edit_date", None)
+        return cls(
+            channel_id=validate_channel_id(channel_id),
+            message_id=validate_message_id(message_id),
+            telegram_date=validate_telegram_date(telegram_date),
+            text=text,
+            caption=caption,
+            edit_date=None if edit_date is None else validate_telegram_date(
+                edit_date, field_name="edit_date"
+            ),
+            metadata=metadata,
+            **fields,
+        )
+
+    @property
+    def key(self) -> MessageKey:
+        return MessageKey(self.channel_id, self.message_id)
+
+    @property
+    def body(self) -> str:
+        """The text a consumer parses: the message text, else the media caption."""
+        return self.text if self.text else (self.caption or "")
+
+    def with_changes(self, **changes: Any) -> MessageRecord:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "channel_id": self.channel_id,
+            "message_id": self.message_id,
+            "telegram_date": self.telegram_date.isoformat(),
+            "text": self.text,
+            "caption": self.caption,
+            "media_type": self.media_type,
+            "media_refs": dict(self.media_refs) if self.media_refs is not None else None,
+            "thread_id": self.thread_id,
+            "grouped_id": self.grouped_id,
+            "edit_date": self.edit_date.isoformat() if self.edit_date else None,
+            "source": self.source,
+            "message_type": self.message_type,
+            "metadata": dict(self.metadata),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MessageRecord:
+        edit_date = data.get("edit_date")
+        return cls(
+            channel_id=int(data["channel_id"]),
+            message_id=int(data["message_id"]),
+            telegram_date=datetime.fromisoformat(data["telegram_date"]),
+            text=data.get("text"),
+            caption=data.get("caption"),
+            media_type=data.get("media_type"),
+            media_refs=data.get("media_refs"),
+            thread_id=data.get("thread_id"),
+            grouped_id=data.get("grouped_id"),
+            edit_date=datetime.fromisoformat(edit_date) if edit_date else None,
+            source=data.get("source", "user_client"),
+            message_type=data.get("message_type", "text"),
+            metadata=data.get("metadata") or {},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message read back from storage (DB or cache) for a consumer."""
+
+    record: MessageRecord
+    status: str = "received"
+    processing_state: str = "pending"
+
+    @property
+    def key(self) -> MessageKey:
+        return self.record.key

@@ -1,0 +1,156 @@
+"""Fixtures that start real servers (PostgreSQL, PgBouncer, Redis + Sentinel, RabbitMQ).
+
+Servers are started from Debian packages on free loopback ports; `make test` installs them.
+A test that needs a server gets it from here: nothing is skipped for want of one.
+Long-lived servers are session-scoped; tests that stop or kill a server get their own.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from tgstack.localstack import (
+    DataStack,
+    RabbitMQServer,
+    RedisHA,
+    RedisServer,
+    start_data_stack,
+)
+
+
+@pytest.fixture(scope="session")
+def data_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataStack]:
+    stack = start_data_stack(tmp_path_factory.mktemp("data-stack"))
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@dataclass(frozen=True)
+class TestDatabase:
+    """One freshly migrated database, reached through PgBouncer (app) or directly (admin)."""
+
+    __test__ = False
+
+    name: str
+    app_dsn: str
+    direct_dsn: str
+    superuser_dsn: str
+
+
+@pytest.fixture(scope="session")
+def migrated_template(data_stack: DataStack) -> str:
+    """A database with every migration applied, cloned by the `db` fixture."""
+    from tgstack.migrate import apply_migrations
+
+    name = "tgstack_template"
+    data_stack.postgres.create_database(name, data_stack.app_user)
+    direct = data_stack.direct_dsn.replace(f"dbname={data_stack.dbname}", f"dbname={name}")
+    apply_migrations(direct)
+    return name
+
+
+def _database_dsns(stack: DataStack, name: str) -> TestDatabase:
+    def swap(dsn: str) -> str:
+        return dsn.replace(f"dbname={stack.dbname}", f"dbname={name}")
+
+    return TestDatabase(
+        name=name,
+        app_dsn=swap(stack.app_dsn),
+        direct_dsn=swap(stack.direct_dsn),
+        superuser_dsn=stack.postgres.superuser_dsn(name),
+    )
+
+
+@pytest.fixture
+def db(data_stack: DataStack, migrated_template: str) -> Iterator[TestDatabase]:
+    """A fresh, fully migrated database of its own for each test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(data_stack.postgres.superuser_dsn(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}" '  # noqa: S608
+                     f'OWNER "{data_stack.app_user}"')
+    try:
+        yield _database_dsns(data_stack, name)
+    finally:
+        data_stack.postgres.drop_database(name)
+
+
+@pytest.fixture
+def empty_db(data_stack: DataStack) -> Iterator[TestDatabase]:
+    """A fresh database with no migrations applied."""
+    name = f"e_{uuid.uuid4().hex[:12]}"
+    data_stack.postgres.create_database(name, data_stack.app_user)
+    try:
+        yield _database_dsns(data_stack, name)
+    finally:
+        data_stack.postgres.drop_database(name)
+
+
+@pytest.fixture
+def own_data_stack(tmp_path: Path) -> Iterator[DataStack]:
+    """A PostgreSQL + PgBouncer pair for a test that stops or restarts them."""
+    stack = start_data_stack(tmp_path / "stack")
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"), password="test-" + uuid.uuid4().hex)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port, password=redis_server.password)
+    client.flushall()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis server for a test that stops or kills it."""
+    server = RedisServer(tmp_path / "redis", password="test-" + uuid.uuid4().hex)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_ha(tmp_path: Path) -> Iterator[RedisHA]:
+    """Master, replica and three Sentinels (quorum 2), with a short down-after for drills."""
+    ha = RedisHA(tmp_path / "redis-ha", down_after_ms=1000, failover_timeout_ms=3000)
+    ha.start()
+    try:
+        yield ha
+    finally:
+        ha.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQServer]:
+    server = RabbitMQServer(tmp_path_factory.mktemp("rabbitmq"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
