@@ -1,0 +1,5 @@
+import sys
+
+from tgstack.cli import main
+
+sys.exit(main())

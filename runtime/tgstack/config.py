@@ -1,0 +1,261 @@
+"""Typed settings from ``TGSTACK_*`` environment variables and an optional env file.
+
+The env file is the form Ansible deploys (``KEY=value`` lines, mode 0600). Every value is
+validated when loaded; an invalid one raises ``ConfigError`` whose message names the variable,
+which the CLI prints as one line before exiting with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from tgstack.models import InvalidMessage, validate_channel_id
+
+ENV_PREFIX = "TGSTACK_"
+ENV_FILE_VARIABLE = "TGSTACK_ENV_FILE"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message starts with the variable's name."""
+
+
+def _split_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+def _check_dsn(value: str) -> str:
+    from psycopg import conninfo
+
+    try:
+        parts = conninfo.conninfo_to_dict(value)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"not a valid PostgreSQL connection string ({reason})") from None
+    if not parts.get("host") and not parts.get("hostaddr"):
+        raise ValueError("the connection string names no host")
+    if not parts.get("dbname"):
+        raise ValueError("the connection string names no database")
+    port = str(parts.get("port", "5432"))
+    if not all(p.isdigit() and 0 < int(p) < 65536 for p in port.split(",")):
+        raise ValueError(f"the connection string has an invalid port {port!r}")
+    return value
+
+
+def _check_host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{value!r} is not host:port")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} has no valid port")
+    return host.strip("[]"), int(port)
+
+
+class Settings(BaseSettings):
+    """Everything a tgstack process reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="ignore",
+        case_sensitive=False,
+        env_file_encoding="utf-8",
+    )
+
+    database_url: SecretStr | None = Field(
+        default=None, description="DSN the runtime uses, normally through PgBouncer"
+    )
+    database_admin_url: SecretStr | None = Field(
+        default=None, description="DSN straight to PostgreSQL for migrations (default: database_url)"
+    )
+    database_pool_min: int = Field(default=1, ge=0, le=100)
+    database_pool_max: int = Field(default=10, ge=1, le=100)
+    database_prepared_statements: bool = Field(
+        default=False,
+        description="Use server-side prepared statements (PgBouncer >= 1.22 with "
+        "max_prepared_statements only)",
+    )
+
+    redis_url: SecretStr | None = Field(default=None, description="redis:// or rediss:// URL")
+    redis_sentinels: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="host:port of each Sentinel, comma separated"
+    )
+    redis_master_name: str = Field(default="tgstack", min_length=1)
+    redis_password: SecretStr | None = None
+    redis_sentinel_password: SecretStr | None = None
+    redis_socket_timeout: float = Field(default=0.5, gt=0, le=30)
+
+    amqp_url: SecretStr | None = Field(default=None, description="amqp:// or amqps:// URL")
+
+    channels: Annotated[list[int], NoDecode] = Field(
+        default_factory=list, description="marked channel ids (-100…), comma separated"
+    )
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("database_url", "database_admin_url", mode="after")
+    @classmethod
+    def _valid_dsn(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _check_dsn(value.get_secret_value())
+        return value
+
+    @field_validator("redis_url", mode="after")
+    @classmethod
+    def _valid_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError("names no host")
+        try:
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError:
+            raise ValueError("has an invalid port") from None
+        return value
+
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _split_sentinels(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("redis_sentinels", mode="after")
+    @classmethod
+    def _valid_sentinels(cls, value: list[str]) -> list[str]:
+        for item in value:
+            _check_host_port(item)
+        return value
+
+    @field_validator("amqp_url", mode="after")
+    @classmethod
+    def _valid_amqp_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in ("amqp", "amqps"):
+            raise ValueError("must start with amqp:// or amqps://")
+        if not parts.hostname:
+            raise ValueError("names no host")
+        try:
+            parts.port  # noqa: B018
+        except ValueError:
+            raise ValueError("has an invalid port") from None
+        return value
+
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _split_channels(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("channels", mode="after")
+    @classmethod
+    def _marked_channels(cls, value: list[int]) -> list[int]:
+        for channel in value:
+            try:
+                validate_channel_id(channel, field_name="channel id")
+            except InvalidMessage as exc:
+                raise ValueError(str(exc)) from None
+        if len(set(value)) != len(value):
+            raise ValueError("lists a channel more than once")
+        return value
+
+    # Accessors that say which variable is missing -------------------------------------
+
+    def require_database_url(self) -> str:
+        return _required(self.database_url, "database_url")
+
+    def migration_database_url(self) -> str:
+        if self.database_admin_url is not None:
+            return self.database_admin_url.get_secret_value()
+        return self.require_database_url()
+
+    def require_amqp_url(self) -> str:
+        return _required(self.amqp_url, "amqp_url")
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        return [_check_host_port(item) for item in self.redis_sentinels]
+
+    @property
+    def redis_configured(self) -> bool:
+        return self.redis_url is not None or bool(self.redis_sentinels)
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings with every secret and URL password masked, for display."""
+        shown: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                shown[name] = _redact(value.get_secret_value(), name)
+            else:
+                shown[name] = value
+        return shown
+
+
+def _required(value: SecretStr | None, name: str) -> str:
+    if value is None:
+        raise ConfigError(f"{env_name(name)}: is required for this command but not set")
+    return value.get_secret_value()
+
+
+def _redact(secret: str, name: str) -> str:
+    if name.endswith("_url"):
+        parts = urlsplit(secret)
+        if parts.scheme and parts.password:
+            return secret.replace(f":{parts.password}@", ":***@", 1)
+        if "password=" in secret:
+            return " ".join(
+                "password=***" if item.startswith("password=") else item
+                for item in secret.split()
+            )
+        return secret
+    return "***"
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def _format_validation_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    location = first.get("loc") or ("?",)
+    name = env_name(str(location[0]))
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    return f"{name}: {message}"
+
+
+def check_env_file(path: Path) -> None:
+    """Refuse an env file that is missing or readable by other users (it holds secrets)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"{ENV_FILE_VARIABLE}: env file {path} does not exist") from None
+    except PermissionError:
+        raise ConfigError(f"{ENV_FILE_VARIABLE}: env file {path} is not readable") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"{ENV_FILE_VARIABLE}: env file {path} holds secrets and must not be readable by "
+            f"group or others (mode {stat.S_IMODE(mode):04o}; run chmod 600)"
+        )
+
+
+def load_settings(env_file: str | os.PathLike[str] | None = None) -> Settings:
+    """Read and validate the settings; raise ConfigError naming the first bad variable."""
+    path = env_file if env_file is not None else os.environ.get(ENV_FILE_VARIABLE)
+    file_path = Path(path) if path else None
+    if file_path is not None:
+        check_env_file(file_path)
+    try:
+        return Settings(_env_file=file_path)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from None
+

@@ -1,0 +1,135 @@
+"""Settings validation: every bad value is one clear line naming the variable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tgstack.config import ConfigError, load_settings
+
+GOOD_DSN = "postgresql://telegram:secret@127.0.0.1:6434/telegram_gateway"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("TGSTACK_"):
+            monkeypatch.delenv(name)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TGSTACK_")}
+    return subprocess.run(
+        [sys.executable, "-m", "tgstack", *args],
+        env=base | (env or {}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_valid_environment_loads_typed_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TGSTACK_DATABASE_URL", GOOD_DSN)
+    monkeypatch.setenv("TGSTACK_REDIS_SENTINELS", "127.0.0.1:26379, 127.0.0.1:26380,[::1]:26381")
+    monkeypatch.setenv("TGSTACK_CHANNELS", "-1001649127710,-1001234567890")
+    monkeypatch.setenv("TGSTACK_DATABASE_POOL_MAX", "7")
+    settings = load_settings()
+    assert settings.require_database_url() == GOOD_DSN
+    assert settings.sentinel_addresses == [
+        ("127.0.0.1", 26379), ("127.0.0.1", 26380), ("::1", 26381)
+    ]
+    assert settings.channels == [-1001649127710, -1001234567890]
+    assert settings.database_pool_max == 7
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("TGSTACK_DATABASE_URL", "postgresql://127.0.0.1:6434", "TGSTACK_DATABASE_URL:"),
+        ("TGSTACK_DATABASE_URL", "host=127.0.0.1 port=6434 dbname=x bogus", "TGSTACK_DATABASE_URL:"),
+        ("TGSTACK_DATABASE_URL", "postgresql://u@h:99999/db", "invalid port"),
+        ("TGSTACK_REDIS_URL", "http://127.0.0.1:6379", "TGSTACK_REDIS_URL: must start with"),
+        ("TGSTACK_REDIS_URL", "redis://127.0.0.1:notaport", "TGSTACK_REDIS_URL: has an invalid port"),
+        ("TGSTACK_REDIS_SENTINELS", "127.0.0.1", "TGSTACK_REDIS_SENTINELS:"),
+        ("TGSTACK_REDIS_SENTINELS", "127.0.0.1:70000", "TGSTACK_REDIS_SENTINELS:"),
+        ("TGSTACK_AMQP_URL", "rabbit://host/telegram", "TGSTACK_AMQP_URL: must start with"),
+        ("TGSTACK_AMQP_URL", "amqp:///telegram", "TGSTACK_AMQP_URL: names no host"),
+        ("TGSTACK_CHANNELS", "1649127710", "TGSTACK_CHANNELS: channel id must be a marked"),
+        ("TGSTACK_CHANNELS", "-1001649127710,abc", "TGSTACK_CHANNELS:"),
+        ("TGSTACK_CHANNELS", "-1001649127710,-1001649127710", "more than once"),
+        ("TGSTACK_DATABASE_POOL_MAX", "0", "TGSTACK_DATABASE_POOL_MAX:"),
+        ("TGSTACK_LOG_LEVEL", "LOUD", "TGSTACK_LOG_LEVEL:"),
+    ],
+)
+def test_invalid_value_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings()
+    message = str(excinfo.value)
+    assert message.startswith(variable + ":")
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_missing_required_dsn_is_reported_by_name() -> None:
+    settings = load_settings()
+    with pytest.raises(ConfigError, match=r"^TGSTACK_DATABASE_URL: is required"):
+        settings.require_database_url()
+
+
+def test_env_file_is_read(tmp_path: Path) -> None:
+    env_file = tmp_path / "tgstack.env"
+    env_file.write_text(f"TGSTACK_DATABASE_URL={GOOD_DSN}\nTGSTACK_CHANNELS=-1001649127710\n")
+    env_file.chmod(0o600)
+    settings = load_settings(env_file)
+    assert settings.require_database_url() == GOOD_DSN
+    assert settings.channels == [-1001649127710]
+
+
+def test_env_file_readable_by_others_is_refused(tmp_path: Path) -> None:
+    env_file = tmp_path / "tgstack.env"
+    env_file.write_text(f"TGSTACK_DATABASE_URL={GOOD_DSN}\n")
+    env_file.chmod(0o644)
+    with pytest.raises(ConfigError, match="must not be readable by group or others"):
+        load_settings(env_file)
+
+
+def test_redacted_settings_hide_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TGSTACK_DATABASE_URL", GOOD_DSN)
+    monkeypatch.setenv("TGSTACK_AMQP_URL", "amqp://telegram:hunter2@127.0.0.1:5672/telegram")
+    monkeypatch.setenv("TGSTACK_REDIS_PASSWORD", "redis-secret")
+    shown = str(load_settings().redacted())
+    for secret in ("secret@", "hunter2", "redis-secret"):
+        assert secret not in shown
+    assert "telegram:***@127.0.0.1:5672" in shown
+
+
+def test_cli_bad_setting_exits_2_with_one_line_and_no_traceback() -> None:
+    result = run_cli("config", "check", env={"TGSTACK_REDIS_URL": "http://x"})
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert result.stderr.startswith("tgstack: error: TGSTACK_REDIS_URL:")
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_migrate_without_dsn_exits_2_naming_the_setting() -> None:
+    result = run_cli("migrate")
+    assert result.returncode == 2
+    assert "TGSTACK_DATABASE_URL: is required" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_config_check_prints_masked_settings() -> None:
+    result = run_cli(
+        "config", "check",
+        env={"TGSTACK_DATABASE_URL": GOOD_DSN, "TGSTACK_CHANNELS": "-1001649127710"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "secret" not in result.stdout
+    assert "-1001649127710" in result.stdout
