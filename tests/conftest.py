@@ -75,8 +75,9 @@ def db(data_stack: DataStack, migrated_template: str) -> Iterator[TestDatabase]:
     """A fresh, fully migrated database of its own for each test."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(data_stack.postgres.superuser_dsn(), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}" '  # noqa: S608
-                     f'OWNER "{data_stack.app_user}"')
+        conn.execute(
+            f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}" OWNER "{data_stack.app_user}"'
+        )
     try:
         yield _database_dsns(data_stack, name)
     finally:
@@ -149,6 +150,23 @@ def redis_ha(tmp_path: Path) -> Iterator[RedisHA]:
 @pytest.fixture(scope="session")
 def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQServer]:
     server = RabbitMQServer(tmp_path_factory.mktemp("rabbitmq"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def amqp_url(rabbitmq: RabbitMQServer) -> str:
+    """A fresh, empty vhost on the shared broker, for a test that needs its own topology."""
+    return rabbitmq.add_vhost(f"t-{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture
+def own_rabbitmq(tmp_path: Path) -> Iterator[RabbitMQServer]:
+    """A RabbitMQ node for a test that stops or restarts it."""
+    server = RabbitMQServer(tmp_path / "rabbitmq")
     server.start()
     try:
         yield server

@@ -45,10 +45,12 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     if args.status:
         states = migration_status(dsn)
         if args.format == "json":
-            _print_json([
-                {"name": s.name, "applied_at": s.applied_at, "checksum": s.checksum}
-                for s in states
-            ])
+            _print_json(
+                [
+                    {"name": s.name, "applied_at": s.applied_at, "checksum": s.checksum}
+                    for s in states
+                ]
+            )
         else:
             for state in states:
                 when = state.applied_at.isoformat() if state.applied_at else "pending"

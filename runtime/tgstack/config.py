@@ -73,7 +73,8 @@ class Settings(BaseSettings):
         default=None, description="DSN the runtime uses, normally through PgBouncer"
     )
     database_admin_url: SecretStr | None = Field(
-        default=None, description="DSN straight to PostgreSQL for migrations (default: database_url)"
+        default=None,
+        description="DSN straight to PostgreSQL for migrations (default: database_url)",
     )
     database_pool_min: int = Field(default=1, ge=0, le=100)
     database_pool_max: int = Field(default=10, ge=1, le=100)
@@ -214,8 +215,7 @@ def _redact(secret: str, name: str) -> str:
             return secret.replace(f":{parts.password}@", ":***@", 1)
         if "password=" in secret:
             return " ".join(
-                "password=***" if item.startswith("password=") else item
-                for item in secret.split()
+                "password=***" if item.startswith("password=") else item for item in secret.split()
             )
         return secret
     return "***"
@@ -258,4 +258,3 @@ def load_settings(env_file: str | os.PathLike[str] | None = None) -> Settings:
         return Settings(_env_file=file_path)  # type: ignore[call-arg]
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc)) from None
-

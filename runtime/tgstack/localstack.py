@@ -197,11 +197,15 @@ class PostgresServer:
         subprocess.run(
             [
                 str(self._bindir / "initdb"),
-                "-D", str(self.data_dir),
-                "-U", self.superuser,
-                "--pwfile", str(pwfile),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                self.superuser,
+                "--pwfile",
+                str(pwfile),
                 "--auth=scram-sha-256",
-                "-E", "UTF8",
+                "-E",
+                "UTF8",
                 "--locale=C.UTF-8",
             ],
             check=True,
@@ -258,26 +262,24 @@ class PostgresServer:
         import psycopg
 
         with psycopg.connect(self.superuser_dsn(dbname), autocommit=True) as conn:
-            conn.execute(sql)  # type: ignore[arg-type]
+            conn.execute(sql)
 
     def create_role(self, name: str, password: str) -> None:
-        from psycopg import sql
-
         import psycopg
+        from psycopg import sql
 
         with psycopg.connect(self.superuser_dsn(), autocommit=True) as conn:
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
             verb = "ALTER" if exists else "CREATE"
             conn.execute(
-                sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(  # type: ignore[arg-type]
+                sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(
                     sql.Identifier(name), sql.Literal(password)
                 )
             )
 
     def create_database(self, name: str, owner: str) -> None:
-        from psycopg import sql
-
         import psycopg
+        from psycopg import sql
 
         with psycopg.connect(self.superuser_dsn(), autocommit=True) as conn:
             conn.execute(
@@ -287,9 +289,8 @@ class PostgresServer:
             )
 
     def drop_database(self, name: str) -> None:
-        from psycopg import sql
-
         import psycopg
+        from psycopg import sql
 
         with psycopg.connect(self.superuser_dsn(), autocommit=True) as conn:
             conn.execute(
@@ -311,9 +312,7 @@ class PostgresServer:
 def dsn(host: str, port: int, user: str, password: str, dbname: str) -> str:
     from psycopg.conninfo import make_conninfo
 
-    return make_conninfo(
-        host=host, port=port, user=user, password=password, dbname=dbname
-    )
+    return make_conninfo(host=host, port=port, user=user, password=password, dbname=dbname)
 
 
 class PgBouncerServer:
@@ -346,9 +345,7 @@ class PgBouncerServer:
         )
 
     def add_database(self, name: str) -> None:
-        self.databases[name] = (
-            f"host={LOOPBACK} port={self.postgres.port} dbname={name}"
-        )
+        self.databases[name] = f"host={LOOPBACK} port={self.postgres.port} dbname={name}"
 
     def add_fallback_database(self) -> None:
         """Route any database name to the PostgreSQL server (tests create many databases)."""
@@ -413,7 +410,11 @@ class RedisServer:
     """A redis-server (master or replica) with a password and a rewritable config file."""
 
     def __init__(
-        self, base_dir: Path, password: str, *, port: int | None = None,
+        self,
+        base_dir: Path,
+        password: str,
+        *,
+        port: int | None = None,
         replica_of: int | None = None,
     ) -> None:
         self.base_dir = base_dir
@@ -436,7 +437,7 @@ class RedisServer:
             f"requirepass {self.password}",
             f"masterauth {self.password}",
             "protected-mode yes",
-            "save \"\"",
+            'save ""',
             "appendonly no",
             "daemonize no",
             "maxmemory 256mb",
@@ -456,8 +457,9 @@ class RedisServer:
     def ping(self) -> bool:
         import redis
 
-        client = redis.Redis(host=LOOPBACK, port=self.port, password=self.password,
-                             socket_timeout=1)
+        client = redis.Redis(
+            host=LOOPBACK, port=self.port, password=self.password, socket_timeout=1
+        )
         try:
             return bool(client.ping())
         finally:
@@ -479,8 +481,15 @@ class SentinelServer:
     """A redis-sentinel watching one master."""
 
     def __init__(
-        self, base_dir: Path, master_name: str, master_port: int, password: str, *,
-        port: int | None = None, quorum: int = 2, down_after_ms: int = 5000,
+        self,
+        base_dir: Path,
+        master_name: str,
+        master_port: int,
+        password: str,
+        *,
+        port: int | None = None,
+        quorum: int = 2,
+        down_after_ms: int = 5000,
         failover_timeout_ms: int = 10000,
     ) -> None:
         self.base_dir = base_dir
@@ -527,10 +536,11 @@ class SentinelServer:
     def master_info(self) -> dict[str, object]:
         import redis
 
-        client = redis.Redis(host=LOOPBACK, port=self.port, socket_timeout=1,
-                             decode_responses=True)
+        client = redis.Redis(host=LOOPBACK, port=self.port, socket_timeout=1, decode_responses=True)
         try:
-            info: dict[str, object] = client.sentinel_master(self.master_name)
+            info = client.sentinel_master(self.master_name)
+            if not isinstance(info, dict):
+                raise LocalStackError(f"Sentinel on port {self.port} does not know the master")
             return info
         finally:
             client.close()
@@ -540,18 +550,27 @@ class RedisHA:
     """A Redis master, one replica and three Sentinels (quorum 2), as the stack runs them."""
 
     def __init__(
-        self, base_dir: Path, *, master_name: str = "tgstack", down_after_ms: int = 5000,
-        failover_timeout_ms: int = 10000, sentinels: int = 3, quorum: int = 2,
+        self,
+        base_dir: Path,
+        *,
+        master_name: str = "tgstack",
+        down_after_ms: int = 5000,
+        failover_timeout_ms: int = 10000,
+        sentinels: int = 3,
+        quorum: int = 2,
     ) -> None:
         self.password = secrets.token_urlsafe(18)
         self.master_name = master_name
         self.master = RedisServer(base_dir / "master", self.password)
-        self.replica = RedisServer(base_dir / "replica", self.password,
-                                   replica_of=self.master.port)
+        self.replica = RedisServer(base_dir / "replica", self.password, replica_of=self.master.port)
         self.sentinels = [
             SentinelServer(
-                base_dir / f"sentinel-{i}", master_name, self.master.port, self.password,
-                quorum=quorum, down_after_ms=down_after_ms,
+                base_dir / f"sentinel-{i}",
+                master_name,
+                self.master.port,
+                self.password,
+                quorum=quorum,
+                down_after_ms=down_after_ms,
                 failover_timeout_ms=failover_timeout_ms,
             )
             for i in range(sentinels)
@@ -581,8 +600,9 @@ class RedisHA:
                     return False
             return True
 
-        wait_until(settled, timeout, "Sentinels to discover the replica and each other",
-                   interval=0.2)
+        wait_until(
+            settled, timeout, "Sentinels to discover the replica and each other", interval=0.2
+        )
 
     def current_master_port(self) -> int:
         for sentinel in self.sentinels:
@@ -672,22 +692,44 @@ class RabbitMQServer:
             raise LocalStackError(f"{exc}\n{self.process.tail_log()}") from exc
 
     def _accepts(self) -> bool:
-        import amqpstorm
+        from amqpstorm.connection import Connection
 
         if not port_open(self.port):
             return False
-        conn = amqpstorm.Connection(LOOPBACK, self.user, self.password,
-                                    port=self.port, virtual_host=self.vhost, timeout=2)
+        conn = Connection(
+            LOOPBACK, self.user, self.password, port=self.port, virtual_host=self.vhost, timeout=2
+        )
         conn.close()
         return True
 
-    def url(self) -> str:
+    def url(self, vhost: str | None = None) -> str:
         from urllib.parse import quote
 
         return (
             f"amqp://{quote(self.user, safe='')}:{quote(self.password, safe='')}"
-            f"@{LOOPBACK}:{self.port}/{quote(self.vhost, safe='')}"
+            f"@{LOOPBACK}:{self.port}/{quote(vhost or self.vhost, safe='')}"
         )
+
+    def ctl(self, *args: str) -> str:
+        """Run rabbitmqctl against this node."""
+        ctl = "/usr/lib/rabbitmq/bin/rabbitmqctl"
+        result = subprocess.run(
+            [ctl, "-n", self.nodename, *args],
+            env=self._env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise LocalStackError(f"rabbitmqctl {' '.join(args)}: {result.stderr.strip()}")
+        return result.stdout
+
+    def add_vhost(self, vhost: str) -> str:
+        """Create a vhost the default user may fully use; returns its AMQP URL."""
+        self.ctl("add_vhost", vhost)
+        self.ctl("set_permissions", "-p", vhost, self.user, ".*", ".*", ".*")
+        return self.url(vhost)
 
     def stop(self) -> None:
         self.process.stop(timeout=30)
@@ -722,8 +764,12 @@ class DataStack:
 
 
 def start_data_stack(
-    base_dir: Path, *, dbname: str = "telegram_gateway", app_user: str = "telegram",
-    durable: bool = False, pool_size: int = 20,
+    base_dir: Path,
+    *,
+    dbname: str = "telegram_gateway",
+    app_user: str = "telegram",
+    durable: bool = False,
+    pool_size: int = 20,
 ) -> DataStack:
     postgres = PostgresServer(base_dir / "postgres", durable=durable)
     postgres.init()

@@ -19,9 +19,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage(),
         }
-        event.update(
-            (key, value) for key, value in record.__dict__.items() if key not in _RESERVED
-        )
+        event.update((key, value) for key, value in record.__dict__.items() if key not in _RESERVED)
         if record.exc_info:
             event["error"] = self.formatException(record.exc_info)
         return json.dumps(event, default=str, ensure_ascii=False)

@@ -132,9 +132,9 @@ class MessageRecord:
             telegram_date=validate_telegram_date(telegram_date),
             text=text,
             caption=caption,
-            edit_date=None if edit_date is None else validate_telegram_date(
-                edit_date, field_name="edit_date"
-            ),
+            edit_date=None
+            if edit_date is None
+            else validate_telegram_date(edit_date, field_name="edit_date"),
             metadata=metadata,
             **fields,
         )

@@ -45,6 +45,7 @@ def test_rabbitmq_accepts_amqp_login_on_the_telegram_vhost(rabbitmq: RabbitMQSer
     channel.queue.declare("harness-check", arguments={"x-queue-type": "quorum"}, durable=True)
     channel.basic.publish("hello", "harness-check")
     message = channel.basic.get("harness-check", no_ack=True)
-    assert message is not None and message.body == "hello"
+    assert message is not None
+    assert message.body == "hello"
     channel.queue.delete("harness-check")
     connection.close()

@@ -40,7 +40,9 @@ def test_valid_environment_loads_typed_values(monkeypatch: pytest.MonkeyPatch) -
     settings = load_settings()
     assert settings.require_database_url() == GOOD_DSN
     assert settings.sentinel_addresses == [
-        ("127.0.0.1", 26379), ("127.0.0.1", 26380), ("::1", 26381)
+        ("127.0.0.1", 26379),
+        ("127.0.0.1", 26380),
+        ("::1", 26381),
     ]
     assert settings.channels == [-1001649127710, -1001234567890]
     assert settings.database_pool_max == 7
@@ -50,10 +52,18 @@ def test_valid_environment_loads_typed_values(monkeypatch: pytest.MonkeyPatch) -
     ("variable", "value", "expected"),
     [
         ("TGSTACK_DATABASE_URL", "postgresql://127.0.0.1:6434", "TGSTACK_DATABASE_URL:"),
-        ("TGSTACK_DATABASE_URL", "host=127.0.0.1 port=6434 dbname=x bogus", "TGSTACK_DATABASE_URL:"),
+        (
+            "TGSTACK_DATABASE_URL",
+            "host=127.0.0.1 port=6434 dbname=x bogus",
+            "TGSTACK_DATABASE_URL:",
+        ),
         ("TGSTACK_DATABASE_URL", "postgresql://u@h:99999/db", "invalid port"),
         ("TGSTACK_REDIS_URL", "http://127.0.0.1:6379", "TGSTACK_REDIS_URL: must start with"),
-        ("TGSTACK_REDIS_URL", "redis://127.0.0.1:notaport", "TGSTACK_REDIS_URL: has an invalid port"),
+        (
+            "TGSTACK_REDIS_URL",
+            "redis://127.0.0.1:notaport",
+            "TGSTACK_REDIS_URL: has an invalid port",
+        ),
         ("TGSTACK_REDIS_SENTINELS", "127.0.0.1", "TGSTACK_REDIS_SENTINELS:"),
         ("TGSTACK_REDIS_SENTINELS", "127.0.0.1:70000", "TGSTACK_REDIS_SENTINELS:"),
         ("TGSTACK_AMQP_URL", "rabbit://host/telegram", "TGSTACK_AMQP_URL: must start with"),
@@ -127,7 +137,8 @@ def test_cli_migrate_without_dsn_exits_2_naming_the_setting() -> None:
 
 def test_cli_config_check_prints_masked_settings() -> None:
     result = run_cli(
-        "config", "check",
+        "config",
+        "check",
         env={"TGSTACK_DATABASE_URL": GOOD_DSN, "TGSTACK_CHANNELS": "-1001649127710"},
     )
     assert result.returncode == 0, result.stderr

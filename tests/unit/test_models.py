@@ -69,7 +69,7 @@ def test_channel_id_given_as_digit_string_is_accepted() -> None:
 
 def test_naive_or_prehistoric_dates_are_rejected() -> None:
     with pytest.raises(InvalidMessage, match="UTC offset"):
-        MessageRecord.create(CHANNEL, 1, datetime(2026, 1, 1))  # noqa: DTZ001
+        MessageRecord.create(CHANNEL, 1, datetime(2026, 1, 1))
     with pytest.raises(InvalidMessage, match="before Telegram existed"):
         MessageRecord.create(CHANNEL, 1, datetime(2001, 1, 1, tzinfo=UTC))
 
@@ -82,9 +82,18 @@ def test_dates_are_normalised_to_utc() -> None:
 
 def test_dict_round_trip_preserves_every_field() -> None:
     record = MessageRecord.create(
-        CHANNEL, 42, NOW, text="hi", caption=None, media_type="photo",
-        media_refs={"photo_id": 1}, thread_id=3, grouped_id=99,
-        edit_date=NOW + timedelta(minutes=1), source="replay", metadata={"k": "v"},
+        CHANNEL,
+        42,
+        NOW,
+        text="hi",
+        caption=None,
+        media_type="photo",
+        media_refs={"photo_id": 1},
+        thread_id=3,
+        grouped_id=99,
+        edit_date=NOW + timedelta(minutes=1),
+        source="replay",
+        metadata={"k": "v"},
     )
     assert MessageRecord.from_dict(record.to_dict()) == record
 

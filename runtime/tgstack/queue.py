@@ -1,0 +1,199 @@
+"""RabbitMQ topology and the confirmed publisher (amqpstorm).
+
+Topology (declared idempotently by every process that connects):
+  exchange ``telegram.messages`` (topic, durable), routing key ``telegram.channel.{id}``;
+  dead-letter exchange ``telegram.messages.dlx`` (fanout) → quorum queue ``telegram.messages.dlq``
+  (24 h message TTL, bounded length); one quorum queue per consumer, bound to
+  ``telegram.channel.*`` and dead-lettering into the DLX.
+
+Publishing uses publisher confirms and ``mandatory``: a message counts as published only when
+the broker acknowledged it and routed it to at least one queue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from amqpstorm.exception import AMQPError
+from amqpstorm.channel import Channel
+from amqpstorm.message import Message
+from amqpstorm.uri_connection import UriConnection
+
+from tgstack.models import MessageRecord
+
+EXCHANGE = "telegram.messages"
+DEAD_LETTER_EXCHANGE = "telegram.messages.dlx"
+DEAD_LETTER_QUEUE = "telegram.messages.dlq"
+CHANNEL_BINDING = "telegram.channel.*"
+DLQ_MESSAGE_TTL_MS = 24 * 3600 * 1000
+DLQ_MAX_LENGTH = 100_000
+DEFAULT_CONSUMER_QUEUES = ("tp-capital",)
+
+log = logging.getLogger("tgstack.queue")
+
+
+class QueueError(RuntimeError):
+    """RabbitMQ could not be reached or refused an operation."""
+
+
+def routing_key(channel_id: int) -> str:
+    return f"telegram.channel.{channel_id}"
+
+
+def consumer_queue_name(consumer: str) -> str:
+    return f"telegram.consumer.{consumer}"
+
+
+def message_id(record: MessageRecord) -> str:
+    return f"{record.channel_id}:{record.message_id}"
+
+
+def declare_topology(channel: Channel, consumers: Iterable[str] = DEFAULT_CONSUMER_QUEUES) -> None:
+    """Declare exchanges, the DLQ and the consumer queues; a no-op when they already exist."""
+    channel.exchange.declare(EXCHANGE, exchange_type="topic", durable=True)
+    channel.exchange.declare(DEAD_LETTER_EXCHANGE, exchange_type="fanout", durable=True)
+    channel.queue.declare(
+        DEAD_LETTER_QUEUE,
+        durable=True,
+        arguments={
+            "x-queue-type": "quorum",
+            "x-message-ttl": DLQ_MESSAGE_TTL_MS,
+            "x-max-length": DLQ_MAX_LENGTH,
+        },
+    )
+    channel.queue.bind(DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE, routing_key="#")
+    for consumer in consumers:
+        name = consumer_queue_name(consumer)
+        channel.queue.declare(
+            name,
+            durable=True,
+            arguments={"x-queue-type": "quorum", "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE},
+        )
+        channel.queue.bind(name, EXCHANGE, routing_key=CHANNEL_BINDING)
+
+
+def encode_record(record: MessageRecord) -> str:
+    return json.dumps(record.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class PublishOutcome:
+    published: bool
+    attempts: int
+    error: str | None = None
+
+
+class MessagePublisher:
+    """Publishes stored messages with confirms, retrying with backoff, reconnecting as needed.
+
+    ``publish`` never raises for broker trouble: it returns an outcome, and a message that was
+    not confirmed stays unpublished in PostgreSQL for the outbox relay to send later.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        source: str = "gateway",
+        consumers: Iterable[str] = DEFAULT_CONSUMER_QUEUES,
+        attempts: int = 3,
+        backoff_seconds: float = 0.2,
+        timeout: float = 5.0,
+    ) -> None:
+        self._url = url
+        self._source = source
+        self._consumers = tuple(consumers)
+        self._attempts = attempts
+        self._backoff = backoff_seconds
+        self._timeout = timeout
+        self._connection: UriConnection | None = None
+        self._channel: Channel | None = None
+        self._lock = threading.Lock()
+
+    def _ensure_channel(self) -> Channel:
+        if self._channel is not None and self._channel.is_open:
+            return self._channel
+        self._close_quietly()
+        separator = "&" if "?" in self._url else "?"
+        connection = UriConnection(
+            f"{self._url}{separator}timeout={self._timeout:g}&heartbeat=30", lazy=True
+        )
+        connection.open()
+        channel = connection.channel()
+        channel.confirm_deliveries()
+        declare_topology(channel, self._consumers)
+        self._connection, self._channel = connection, channel
+        log.info("connected to RabbitMQ", extra={"exchange": EXCHANGE})
+        return channel
+
+    def connect(self) -> None:
+        """Connect and declare the topology now; raises QueueError when that fails."""
+        with self._lock:
+            try:
+                self._ensure_channel()
+            except AMQPError as exc:
+                self._close_quietly()
+                raise QueueError(f"cannot connect to RabbitMQ: {exc}") from exc
+
+    def publish(self, record: MessageRecord) -> PublishOutcome:
+        error = "not attempted"
+        for attempt in range(1, self._attempts + 1):
+            try:
+                with self._lock:
+                    if self._publish_once(record):
+                        return PublishOutcome(True, attempt)
+                error = "broker did not confirm (nack)"
+            except (AMQPError, OSError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                with self._lock:
+                    self._close_quietly()
+            if attempt < self._attempts:
+                time.sleep(self._backoff * 2 ** (attempt - 1))
+        log.warning(
+            "publish failed, left for the outbox relay",
+            extra={"message_id": message_id(record), "error": error},
+        )
+        return PublishOutcome(False, self._attempts, error)
+
+    def _publish_once(self, record: MessageRecord) -> bool:
+        channel = self._ensure_channel()
+        properties: dict[str, Any] = {
+            "message_id": message_id(record),
+            "content_type": "application/json",
+            "content_encoding": "utf-8",
+            "delivery_mode": 2,
+            "timestamp": datetime.now(UTC),
+            "headers": {"source": self._source, "channel_id": str(record.channel_id)},
+        }
+        message = Message.create(channel, encode_record(record), properties)
+        confirmed = message.publish(routing_key(record.channel_id), EXCHANGE, mandatory=True)
+        return bool(confirmed)
+
+    def _close_quietly(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None:
+            try:
+                connection.close()
+            except Exception:  # noqa: BLE001 - the connection is being thrown away anyway
+                log.debug("error closing a broken RabbitMQ connection", exc_info=True)
+
+    @property
+    def connected(self) -> bool:
+        return self._channel is not None and self._channel.is_open
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_quietly()
+
+    def __enter__(self) -> MessagePublisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
