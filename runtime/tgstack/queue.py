@@ -16,13 +16,13 @@ import json
 import logging
 import threading
 import time
-from datetime import UTC, datetime
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from amqpstorm.exception import AMQPError
 from amqpstorm.channel import Channel
+from amqpstorm.exception import AMQPError
 from amqpstorm.message import Message
 from amqpstorm.uri_connection import UriConnection
 
@@ -181,7 +181,7 @@ class MessagePublisher:
         if connection is not None:
             try:
                 connection.close()
-            except Exception:  # noqa: BLE001 - the connection is being thrown away anyway
+            except Exception:
                 log.debug("error closing a broken RabbitMQ connection", exc_info=True)
 
     @property
