@@ -70,7 +70,10 @@ def test_portuguese_swing_trade_with_range() -> None:
 
 
 def test_day_trade_with_papel_entrada_ate_and_alvo_geral() -> None:
-    text = "🔵Day Trade\nPapel: vale3\nEntrada: 61,10 até 61,40\nAlvo 1: 62,00\nAlvo geral: 63,50\nStop: 60,20"
+    text = (
+        "🔵Day Trade\nPapel: vale3\nEntrada: 61,10 até 61,40\n"
+        "Alvo 1: 62,00\nAlvo geral: 63,50\nStop: 60,20"
+    )
     signal = parse_signal(text)
     assert signal is not None
     assert (signal.asset, signal.signal_type) == ("VALE3", "day_trade")
@@ -80,7 +83,10 @@ def test_day_trade_with_papel_entrada_ate_and_alvo_geral() -> None:
 
 
 def test_english_scalping_with_ticker_buy_tp_sl_and_dash_range() -> None:
-    text = "⚡️Scalping\nTicker: WINZ25\nBuy: 125.000 - 125.150\nTP1: 125.400\nTP2: 125.600\nSL: 124.800"
+    text = (
+        "⚡️Scalping\nTicker: WINZ25\nBuy: 125.000 - 125.150\n"
+        "TP1: 125.400\nTP2: 125.600\nSL: 124.800"
+    )
     signal = parse_signal(text)
     assert signal == Signal(
         asset="WINZ25",
