@@ -101,7 +101,10 @@ def test_english_scalping_with_ticker_buy_tp_sl_and_dash_range() -> None:
 
 
 def test_target_n_and_stop_loss_keywords_mixed_case_and_crlf() -> None:
-    text = "SWING TRADE\r\nATIVO: itub4\r\nCOMPRA: 1.250,50\r\nTarget 1: 1.300,00\r\nstop loss: 1.200,00\r\n"
+    text = (
+        "SWING TRADE\r\nATIVO: itub4\r\nCOMPRA: 1.250,50\r\n"
+        "Target 1: 1.300,00\r\nstop loss: 1.200,00\r\n"
+    )
     signal = parse_signal(text)
     assert signal is not None
     assert signal.asset == "ITUB4"
