@@ -9,6 +9,7 @@ declare -A need=(
   [/usr/bin/redis-server]="redis-server"
   [/usr/bin/redis-sentinel]="redis-sentinel"
   [/usr/lib/rabbitmq/bin/rabbitmq-server]="rabbitmq-server"
+  [/usr/bin/promtool]="prometheus"
 )
 
 missing=()

@@ -240,7 +240,10 @@ class MessageCache:
         down after a Redis error it does not ask Redis (``redis_error`` says so)."""
         with self._lock:
             hits, misses, errors, fallbacks = (
-                self._hits, self._misses, self._errors, self._fallbacks
+                self._hits,
+                self._misses,
+                self._errors,
+                self._fallbacks,
             )
         counters: dict[str, Any] = {
             "hits": hits,
@@ -287,7 +290,9 @@ class MessageCache:
         self._count(operation, "error")
         logger.warning(
             "redis_cache_error operation=%s error=%s cooldown_s=%s",
-            operation, _describe(exc), self._cooldown,
+            operation,
+            _describe(exc),
+            self._cooldown,
         )
 
     def _succeeded(self, operation: str, result: str) -> None:

@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from tgstack import __version__
 from tgstack.config import ConfigError, Settings, load_settings
@@ -19,6 +20,7 @@ from tgstack.logs import configure_logging
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus stops a restart loop on it
 
 log = logging.getLogger("tgstack.cli")
 
@@ -79,6 +81,109 @@ def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_gateway(args: argparse.Namespace, settings: Settings) -> int:
+    from tgstack.gateway.service import run_gateway
+    from tgstack.gateway.telethon_source import GatewayFatal
+
+    try:
+        run_gateway(settings)
+    except GatewayFatal as exc:
+        print(f"tgstack: fatal: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return EXIT_OK
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from tgstack.gateway.replay import ReplayFileError
+    from tgstack.gateway.service import run_replay
+
+    def progress(read: int, pending: int) -> None:
+        print(f"replay: {read} events read, {pending} waiting to commit", file=sys.stderr)
+
+    try:
+        summary = run_replay(settings, args.file, rate=args.rate, progress=progress)
+    except ReplayFileError as exc:
+        raise CommandError(str(exc)) from exc
+    for rejection in summary.rejections:
+        print(f"rejected {rejection}", file=sys.stderr)
+    _print_json(summary.as_dict())
+    return EXIT_OK
+
+
+def cmd_outbox_flush(args: argparse.Namespace, settings: Settings) -> int:
+    from tgstack.gateway.service import flush_outbox
+
+    result = flush_outbox(settings)
+    _print_json(result)
+    return EXIT_OK if result["failed"] == 0 else EXIT_FAILURE
+
+
+def cmd_synthetic(args: argparse.Namespace, settings: Settings) -> int:
+    from tgstack.gateway.synthetic import DEFAULT_CHANNELS, generate, to_jsonl_line
+
+    channels = settings.channels or list(DEFAULT_CHANNELS)
+    out = sys.stdout
+    for record in generate(
+        args.count,
+        channels=channels,
+        seed=args.seed,
+        signal_share=args.signal_share,
+        first_message_id=args.first_id,
+    ):
+        out.write(to_jsonl_line(record) + "\n")
+    return EXIT_OK
+
+
+def cmd_poller(args: argparse.Namespace, settings: Settings) -> int:
+    from tgstack.poller.service import run_poller
+
+    run_poller(settings, args.mode)
+    return EXIT_OK
+
+
+def cmd_signals_parse(args: argparse.Namespace, settings: Settings) -> int:
+    from tgstack.signals import parse_signal
+
+    signal = parse_signal(sys.stdin.read())
+    print(json.dumps(signal.to_json_dict() if signal else None, ensure_ascii=False))
+    return EXIT_OK
+
+
+def cmd_login(args: argparse.Namespace, settings: Settings) -> int:
+    from tgstack.gateway.login import interactive_login
+
+    interactive_login(settings)
+    return EXIT_OK
+
+
+def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    from tgstack.api.server import run_api
+
+    if args.port is not None:
+        settings = settings.model_copy(update={"api_port": args.port})
+    if args.bind is not None:
+        settings = settings.model_copy(update={"api_bind": args.bind})
+    run_api(settings)
+    return EXIT_OK
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} must be greater than 0")
+    return value
+
+
+def _share(text: str) -> float:
+    value = _positive_float(text) if text not in ("0", "0.0") else 0.0
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{value} must be between 0 and 1")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -87,6 +192,12 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535)")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,6 +240,70 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cleanup.add_argument("--days", type=_positive_int, default=90)
     cleanup.set_defaults(handler=cmd_cleanup)
+
+    login = commands.add_parser(
+        "login", help="create the Telegram session interactively (phone, code, 2FA password)"
+    )
+    login.set_defaults(handler=cmd_login)
+
+    gateway = commands.add_parser(
+        "gateway", help="run the MTProto gateway (non-interactive; needs a session from login)"
+    )
+    gateway.set_defaults(handler=cmd_gateway)
+
+    replay = commands.add_parser(
+        "replay", help="feed a JSONL file of channel events through the gateway pipeline"
+    )
+    replay.add_argument(
+        "file", type=Path, help="one JSON object a line (see docs/replay-format.md)"
+    )
+    replay.add_argument(
+        "--rate", type=_positive_float, help="events per second (default: as fast as possible)"
+    )
+    replay.set_defaults(handler=cmd_replay)
+
+    outbox = commands.add_parser("outbox", help="the RabbitMQ outbox kept in PostgreSQL")
+    outbox_commands = outbox.add_subparsers(dest="outbox_command", required=True)
+    flush = outbox_commands.add_parser(
+        "flush", help="publish every stored message RabbitMQ has not confirmed"
+    )
+    flush.set_defaults(handler=cmd_outbox_flush)
+
+    synthetic = commands.add_parser(
+        "synthetic", help="write realistic synthetic channel posts as replay JSONL to stdout"
+    )
+    synthetic.add_argument("--count", type=_positive_int, default=1000)
+    synthetic.add_argument("--seed", type=int, default=1)
+    synthetic.add_argument("--signal-share", type=_share, default=0.3)
+    synthetic.add_argument("--first-id", type=_positive_int, default=1)
+    synthetic.set_defaults(handler=cmd_synthetic)
+
+    api = commands.add_parser(
+        "api", help="serve the Gateway API (messages, channels, signals; default 127.0.0.1:4010)"
+    )
+    api.add_argument("--bind", help="listen address (default: $TGSTACK_API_BIND)")
+    api.add_argument(
+        "--port", type=_port, help="listen port, 0 for any free one (default: $TGSTACK_API_PORT)"
+    )
+    api.set_defaults(handler=cmd_api)
+
+    poller = commands.add_parser(
+        "poller", help="run the TP Capital poller (channel posts → trading signals)"
+    )
+    poller.add_argument(
+        "--mode",
+        choices=("queue", "poll", "hybrid"),
+        default="hybrid",
+        help="queue: RabbitMQ only; poll: PostgreSQL/Redis polling; hybrid: queue + 30 s poll",
+    )
+    poller.set_defaults(handler=cmd_poller)
+
+    signals = commands.add_parser("signals", help="trading-signal tools")
+    signals_commands = signals.add_subparsers(dest="signals_command", required=True)
+    parse = signals_commands.add_parser(
+        "parse", help="parse a post from stdin; print the signal as JSON, or null"
+    )
+    parse.set_defaults(handler=cmd_signals_parse)
     return parser
 
 

@@ -8,6 +8,7 @@ which the CLI prints as one line before exiting with status 2.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -20,6 +21,8 @@ from tgstack.models import InvalidMessage, validate_channel_id
 
 ENV_PREFIX = "TGSTACK_"
 ENV_FILE_VARIABLE = "TGSTACK_ENV_FILE"
+# An API bearer token: visible ASCII (RFC 6750 b64token and more), no comma (the separator).
+_API_TOKEN = re.compile(r"[\x21-\x2b\x2d-\x7e]{16,512}")
 
 
 class ConfigError(ValueError):
@@ -99,6 +102,50 @@ class Settings(BaseSettings):
         default_factory=list, description="marked channel ids (-100…), comma separated"
     )
 
+    telegram_api_id: int | None = Field(default=None, ge=1, description="from my.telegram.org")
+    telegram_api_hash: SecretStr | None = Field(default=None, description="from my.telegram.org")
+    telegram_session: Path = Field(
+        default=Path("/var/lib/tgstack/gateway.session"),
+        description="the Telethon session file written by `tgstack login` (mode 0600)",
+    )
+
+    gateway_bind: str = "127.0.0.1"
+    gateway_port: int = Field(default=4006, ge=1, le=65535)
+    gateway_batch_size: int = Field(default=500, ge=1, le=10_000)
+    gateway_batch_delay_ms: int = Field(default=50, ge=0, le=10_000)
+    gateway_backfill_interval_seconds: int = Field(default=300, ge=10)
+    gateway_outbox_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
+
+    api_bind: str = Field(default="127.0.0.1", description="address `tgstack api` listens on")
+    api_port: int = Field(default=4010, ge=1, le=65535)
+    api_read_tokens: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="bearer tokens that may read, comma separated (16+ visible ASCII chars)",
+    )
+    api_admin_tokens: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="bearer tokens that may also create/update/deactivate channels",
+    )
+    api_rate_limit_per_second: float = Field(
+        default=20.0, gt=0, le=100_000, description="token refill rate per token/client address"
+    )
+    api_rate_limit_burst: int = Field(default=40, ge=1, le=1_000_000)
+    api_cache_ttl_seconds: int = Field(
+        default=30, ge=0, le=3600, description="Redis response cache TTL (0 turns it off)"
+    )
+    api_threads: int = Field(default=8, ge=1, le=64)
+    api_max_body_bytes: int = Field(default=16_384, ge=256, le=1_048_576)
+    api_statement_timeout_ms: int = Field(default=5_000, ge=100, le=600_000)
+    api_shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=300)
+
+    poller_consumer: str = Field(default="tp-capital", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    poller_bind: str = "127.0.0.1"
+    poller_port: int = Field(default=4007, ge=1, le=65535)
+    poller_batch_size: int = Field(default=100, ge=1, le=1000)
+    poller_lease_seconds: int = Field(default=60, ge=5, le=3600)
+    poller_poll_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
+    poller_safety_poll_seconds: float = Field(default=30.0, gt=0, le=3600)
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
 
@@ -170,6 +217,22 @@ class Settings(BaseSettings):
             raise ValueError("lists a channel more than once")
         return value
 
+    @field_validator("api_read_tokens", "api_admin_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("api_read_tokens", "api_admin_tokens", mode="after")
+    @classmethod
+    def _valid_tokens(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for position, token in enumerate(value, start=1):
+            if not _API_TOKEN.fullmatch(token.get_secret_value()):
+                raise ValueError(
+                    f"token {position} must be at least 16 visible ASCII characters "
+                    "(no spaces or commas)"
+                )
+        return value
+
     # Accessors that say which variable is missing -------------------------------------
 
     def require_database_url(self) -> str:
@@ -182,6 +245,16 @@ class Settings(BaseSettings):
 
     def require_amqp_url(self) -> str:
         return _required(self.amqp_url, "amqp_url")
+
+    def require_telegram_credentials(self) -> tuple[int, str]:
+        if self.telegram_api_id is None:
+            raise ConfigError(f"{env_name('telegram_api_id')}: is required but not set")
+        return self.telegram_api_id, _required(self.telegram_api_hash, "telegram_api_hash")
+
+    def require_channels(self) -> list[int]:
+        if not self.channels:
+            raise ConfigError(f"{env_name('channels')}: lists no channel to follow")
+        return self.channels
 
     @property
     def sentinel_addresses(self) -> list[tuple[str, int]]:

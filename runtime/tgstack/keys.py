@@ -108,4 +108,3 @@ def parse_key(key: str | bytes) -> ParsedKey:
     except InvalidMessage as exc:
         raise InvalidKey(f"{exc} in key {text[:200]!r}") from exc
     return ParsedKey(kind, channel_id, message_id)
-

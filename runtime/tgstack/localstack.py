@@ -111,6 +111,7 @@ class ManagedProcess:
     log_path: Path
     user: str | None = None
     env: dict[str, str] | None = None
+    stop_signal: int = signal.SIGTERM
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def start(self) -> None:
@@ -138,7 +139,7 @@ class ManagedProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout: float = 15.0) -> None:
-        self._signal_group(signal.SIGTERM)
+        self._signal_group(self.stop_signal)
         if self.proc is not None:
             try:
                 self.proc.wait(timeout)
@@ -184,6 +185,7 @@ class PostgresServer:
             [str(bindir / "postgres"), "-D", str(self.data_dir)],
             base_dir / "postgres.log",
             user=self.user,
+            stop_signal=signal.SIGINT,  # "fast" shutdown: do not wait for pooled clients
         )
 
     def init(self) -> None:
@@ -233,6 +235,8 @@ class PostgresServer:
             conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
 
     def start(self, timeout: float = 30.0) -> None:
+        if self.user is not None:
+            _make_traversable(self.base_dir)  # another pytest run may have reset a parent
         self.process.start()
         try:
             wait_until(self._accepts, timeout, f"PostgreSQL on port {self.port}")

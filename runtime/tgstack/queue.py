@@ -16,7 +16,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -106,6 +106,7 @@ class MessagePublisher:
         attempts: int = 3,
         backoff_seconds: float = 0.2,
         timeout: float = 5.0,
+        cooldown_seconds: float = 5.0,
     ) -> None:
         self._url = url
         self._source = source
@@ -113,6 +114,8 @@ class MessagePublisher:
         self._attempts = attempts
         self._backoff = backoff_seconds
         self._timeout = timeout
+        self._cooldown = cooldown_seconds
+        self._down_until = 0.0
         self._connection: UriConnection | None = None
         self._channel: Channel | None = None
         self._lock = threading.Lock()
@@ -142,12 +145,28 @@ class MessagePublisher:
                 self._close_quietly()
                 raise QueueError(f"cannot connect to RabbitMQ: {exc}") from exc
 
-    def publish(self, record: MessageRecord) -> PublishOutcome:
+    def publish(self, record: MessageRecord, event: str = "new") -> PublishOutcome:
+        """Publish a stored post (``new``) or its edited version (``edit``)."""
+        body = encode_record(record)
+        ident = message_id(record) if event == "new" else f"{message_id(record)}:{event}"
+        return self._publish(record.channel_id, body, ident, event)
+
+    def publish_delete(self, channel_id: int, message_ids: Sequence[int]) -> PublishOutcome:
+        body = json.dumps(
+            {"event": "delete", "channel_id": channel_id, "message_ids": list(message_ids)}
+        )
+        ident = f"{channel_id}:{','.join(map(str, message_ids))}:delete"
+        return self._publish(channel_id, body, ident, "delete")
+
+    def _publish(self, channel_id: int, body: str, ident: str, event: str) -> PublishOutcome:
+        if time.monotonic() < self._down_until:
+            # The broker just failed every attempt: fail fast instead of stalling each caller.
+            return PublishOutcome(False, 0, "broker unavailable (cooling down)")
         error = "not attempted"
         for attempt in range(1, self._attempts + 1):
             try:
                 with self._lock:
-                    if self._publish_once(record):
+                    if self._publish_once(channel_id, body, ident, event):
                         return PublishOutcome(True, attempt)
                 error = "broker did not confirm (nack)"
             except (AMQPError, OSError) as exc:
@@ -156,24 +175,22 @@ class MessagePublisher:
                     self._close_quietly()
             if attempt < self._attempts:
                 time.sleep(self._backoff * 2 ** (attempt - 1))
-        log.warning(
-            "publish failed, left for the outbox relay",
-            extra={"message_id": message_id(record), "error": error},
-        )
+        self._down_until = time.monotonic() + self._cooldown
+        log.warning("publish failed", extra={"message_id": ident, "error": error})
         return PublishOutcome(False, self._attempts, error)
 
-    def _publish_once(self, record: MessageRecord) -> bool:
+    def _publish_once(self, channel_id: int, body: str, ident: str, event: str) -> bool:
         channel = self._ensure_channel()
         properties: dict[str, Any] = {
-            "message_id": message_id(record),
+            "message_id": ident,
             "content_type": "application/json",
             "content_encoding": "utf-8",
             "delivery_mode": 2,
             "timestamp": datetime.now(UTC),
-            "headers": {"source": self._source, "channel_id": str(record.channel_id)},
+            "headers": {"source": self._source, "channel_id": str(channel_id), "event": event},
         }
-        message = Message.create(channel, encode_record(record), properties)
-        confirmed = message.publish(routing_key(record.channel_id), EXCHANGE, mandatory=True)
+        message = Message.create(channel, body, properties)
+        confirmed = message.publish(routing_key(channel_id), EXCHANGE, mandatory=True)
         return bool(confirmed)
 
     def _close_quietly(self) -> None:

@@ -17,7 +17,7 @@ import contextlib
 import math
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
@@ -26,6 +26,9 @@ from redis.exceptions import RedisError
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
+
+if TYPE_CHECKING:
+    from tgstack.config import Settings
 
 RETRIES = 2
 """Retries per command (and per connect) on ConnectionError/TimeoutError."""
@@ -91,14 +94,10 @@ def create_redis_client(
     if not sentinels:
         raise RedisConfigError("give a url or at least one sentinel address")
     options["master_check_interval"] = master_check_interval
-    return _sentinel_client(
-        list(sentinels), master_name, password, sentinel_password, db, options
-    )
+    return _sentinel_client(list(sentinels), master_name, password, sentinel_password, db, options)
 
 
-def _url_client(
-    url: str, password: str | None, db: int, options: dict[str, Any]
-) -> redis.Redis:
+def _url_client(url: str, password: str | None, db: int, options: dict[str, Any]) -> redis.Redis:
     if not isinstance(url, str):
         raise RedisConfigError(f"url must be a string, got {type(url).__name__}")
     try:
@@ -139,9 +138,12 @@ def _sentinel_client(
     }
     manager = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
     client: redis.Redis = manager.master_for(  # type: ignore[no-untyped-call]
-        master_name, connection_pool_class=FollowingSentinelPool,
+        master_name,
+        connection_pool_class=FollowingSentinelPool,
         connection_class=FollowingSentinelConnection,
-        password=password, db=db, **options,
+        password=password,
+        db=db,
+        **options,
     )
     return client
 
@@ -223,3 +225,21 @@ def _check_address(address: object) -> None:
     )
     if not ok:
         raise RedisConfigError(f"a sentinel address must be (host, port), got {address!r}")
+
+
+def redis_client_from(settings: Settings) -> redis.Redis:
+    """The client the settings describe: Sentinel-aware when Sentinels are listed."""
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    sentinel_password = (
+        settings.redis_sentinel_password.get_secret_value()
+        if settings.redis_sentinel_password
+        else None
+    )
+    return create_redis_client(
+        url=settings.redis_url.get_secret_value() if settings.redis_url else None,
+        sentinels=settings.sentinel_addresses,
+        master_name=settings.redis_master_name,
+        password=password,
+        sentinel_password=sentinel_password,
+        socket_timeout=settings.redis_socket_timeout,
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 
 from amqpstorm.uri_connection import UriConnection
@@ -77,13 +78,21 @@ def test_publisher_reports_failure_while_broker_is_down_and_recovers_after(
     own_rabbitmq: RabbitMQServer,
 ) -> None:
     url = own_rabbitmq.url()
-    publisher = MessagePublisher(url, attempts=3, backoff_seconds=0.05, timeout=2)
+    publisher = MessagePublisher(
+        url, attempts=3, backoff_seconds=0.05, timeout=2, cooldown_seconds=1.0
+    )
     assert publisher.publish(record(1)).published
     own_rabbitmq.stop()
     down = publisher.publish(record(2))
     assert not down.published
     assert down.attempts == 3
+    started = time.monotonic()
+    cooling = publisher.publish(record(4))
+    assert not cooling.published
+    assert cooling.attempts == 0  # fails fast while the broker is known to be down
+    assert time.monotonic() - started < 0.1
     own_rabbitmq.start()
+    time.sleep(1.0)
     assert publisher.publish(record(3)).published
     publisher.close()
     assert queue_depth(url, consumer_queue_name("tp-capital")) == 2

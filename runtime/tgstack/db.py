@@ -1,0 +1,555 @@
+"""PostgreSQL access for the runtime, through PgBouncer in transaction pooling mode.
+
+``Database`` wraps a ``psycopg_pool.ConnectionPool`` and offers one method per operation on
+the ``telegram_gateway`` schema; the SQL functions of ``sql/`` do the work. Connections are in
+autocommit mode, each operation is one statement (so one PgBouncer transaction), and prepared
+statements are off unless asked for (PgBouncer < 1.22 cannot route them).
+
+Every operation is idempotent, so one that fails for want of a connection (or on a deadlock)
+is retried a bounded number of times on a fresh connection; the pool itself checks each
+connection before handing it out and replaces broken ones. (If a commit went through but its
+acknowledgement was lost, the retry reports what it found: e.g. the messages as duplicates,
+which the outbox then publishes.) Errors surface as ``DatabaseError`` subclasses whose message
+starts with the operation's name; each operation is timed in ``tgstack_db_operation_seconds``,
+retries are counted in ``tgstack_db_retries_total`` and failures in ``tgstack_db_errors_total``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg_pool import ConnectionPool, PoolClosed
+
+from tgstack import metrics
+from tgstack.models import MessageKey, MessageRecord, StoredMessage, sanitize_text
+from tgstack.poller.processing import ProcessingResult
+
+__all__ = [
+    "Database",
+    "DatabaseError",
+    "DatabaseUnavailable",
+    "InvalidInput",
+    "UpsertResult",
+]
+
+log = logging.getLogger(__name__)
+
+# psycopg's default: prepare a query server-side from its fifth execution on.
+PREPARE_THRESHOLD = 5
+
+T = TypeVar("T")
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+
+class DatabaseError(Exception):
+    """A database operation failed; ``operation`` names it and the message starts with it."""
+
+    def __init__(self, operation: str, detail: str) -> None:
+        super().__init__(f"{operation}: {detail}")
+        self.operation = operation
+
+
+class DatabaseUnavailable(DatabaseError):
+    """No usable connection to the database, even after the bounded retries."""
+
+
+class InvalidInput(DatabaseError, ValueError):
+    """The database rejected the input (out-of-range id, unknown status, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertResult:
+    """What a bulk upsert did: keys stored now, and keys that were already stored."""
+
+    inserted: tuple[MessageKey, ...]
+    duplicates: tuple[MessageKey, ...]
+
+
+# The columns read back into a StoredMessage, in _stored_message's order.
+MESSAGE_COLUMNS = (
+    "channel_id, message_id, telegram_date, text, caption, media_type, media_refs, thread_id,"
+    " grouped_id, edit_date, source, message_type, metadata, status, processing_state"
+)
+_BULK_UPSERT = "SELECT * FROM telegram_gateway.bulk_upsert_messages(%s::jsonb)"
+_FETCH_UNPROCESSED = (
+    f"SELECT {MESSAGE_COLUMNS} FROM telegram_gateway.get_unprocessed_messages_optimized(%s, %s)"
+)
+_FETCH_UNPUBLISHED = (
+    f"SELECT {MESSAGE_COLUMNS} FROM telegram_gateway.get_unpublished_messages(%s, %s)"
+)
+_CLAIM_UNPROCESSED = (
+    f"SELECT {MESSAGE_COLUMNS} FROM telegram_gateway.claim_unprocessed_messages(%s, %s, %s, %s)"
+)
+_MARK_PROCESSED = (
+    "SELECT telegram_gateway.mark_batch_as_processed(%s::bigint[], %s::bigint[], %s, %s, %s)"
+)
+_MARK_PUBLISHED = "SELECT telegram_gateway.mark_batch_as_published(%s::bigint[], %s::bigint[])"
+_COUNT_UNPUBLISHED = (
+    "SELECT count(*) FROM telegram_gateway.messages"
+    " WHERE published_at IS NULL AND deleted_at IS NULL"
+)
+_UPDATE_STATUS = "SELECT telegram_gateway.upsert_message_status(%s, %s, %s)"
+# The dedup check: one probe of message_keys' primary key, whatever the partition count.
+MESSAGE_EXISTS_SQL = (
+    "SELECT EXISTS (SELECT 1 FROM telegram_gateway.message_keys"
+    " WHERE channel_id = %s AND message_id = %s)"
+)
+_APPLY_EDIT = (
+    "SELECT telegram_gateway.apply_message_edit(%s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb)"
+)
+_SOFT_DELETE = "SELECT telegram_gateway.soft_delete_messages(%s, %s::bigint[])"
+_CLEANUP = "SELECT telegram_gateway.cleanup_old_messages(%s)"
+_RELEASE_CLAIMS = "SELECT telegram_gateway.release_expired_claims(%s)"
+_REFRESH_AGGREGATES = "SELECT telegram_gateway.refresh_aggregates()"
+_CHANNEL_CURSORS = "SELECT channel_id, last_message_id FROM telegram_gateway.channel_cursors"
+_MARK_BACKFILLED = "SELECT telegram_gateway.mark_channel_backfilled(%s)"
+_CLAIM_BY_KEYS = (
+    f"SELECT {MESSAGE_COLUMNS} FROM telegram_gateway.claim_messages_by_key"
+    "(%s, %s::bigint[], %s::bigint[], %s)"
+)
+_APPLY_RESULTS = "SELECT * FROM tp_capital.apply_processing_results(%s, %s::jsonb)"
+_RETIRE_SIGNALS = "SELECT tp_capital.retire_signals_of_deleted(%s, %s::bigint[])"
+_POLLING_LAG = (
+    "SELECT coalesce(extract(epoch FROM now() - min(received_at)), 0)"
+    " FROM telegram_gateway.messages"
+    " WHERE processing_state IN ('pending', 'processing') AND deleted_at IS NULL"
+)
+
+
+class Database:
+    """A pool of connections to the tgstack database and the operations the runtime needs."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        prepared_statements: bool = False,
+        timeout: float = 10.0,
+        connect_timeout: int = 5,
+        retry_attempts: int = 3,
+        retry_backoff: float = 0.25,
+        batch_size: int = 1000,
+        name: str = "tgstack-db",
+    ) -> None:
+        """Configure the pool; ``open()`` (or ``with``) connects.
+
+        ``prepared_statements`` lets psycopg prepare a query server-side from its fifth run;
+        leave it off (``prepare_threshold=None``) behind PgBouncer older than 1.22 or without
+        ``max_prepared_statements``. ``retry_attempts`` bounds the tries of an operation that
+        lost its connection, waiting ``retry_backoff`` × 2ⁿ between them.
+        """
+        if retry_attempts < 1:
+            raise ValueError("retry_attempts must be at least 1")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.retry_attempts = retry_attempts
+        self.retry_backoff = retry_backoff
+        self.batch_size = batch_size
+        self._pool: ConnectionPool[Connection] = ConnectionPool(
+            conninfo,
+            min_size=min_size,
+            max_size=max_size,
+            open=False,
+            timeout=timeout,
+            name=name,
+            check=ConnectionPool.check_connection,
+            kwargs={
+                "autocommit": True,
+                "prepare_threshold": PREPARE_THRESHOLD if prepared_statements else None,
+                "connect_timeout": connect_timeout,
+            },
+        )
+
+    # Lifecycle ----------------------------------------------------------------------------
+
+    def open(self, *, wait: bool = True, timeout: float = 30.0) -> None:
+        """Start the pool; with ``wait``, fail unless ``min_size`` connections come up."""
+        try:
+            self._pool.open(wait=wait, timeout=timeout)
+        except psycopg.OperationalError as exc:
+            metrics.DB_ERRORS.labels("open").inc()
+            raise DatabaseUnavailable("open", f"no connection within {timeout}s: {exc}") from exc
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def ping(self, timeout: float = 2.0) -> bool:
+        """Whether a connection answers ``SELECT 1`` now (no retries, never raises)."""
+        try:
+            with self._pool.connection(timeout=timeout) as conn:
+                conn.execute("SELECT 1").fetchone()
+        except psycopg.Error:
+            return False
+        return True
+
+    # Writing messages ---------------------------------------------------------------------
+
+    def bulk_upsert(self, records: Sequence[MessageRecord]) -> UpsertResult:
+        """Store the messages not stored yet, in transactions of ``batch_size`` messages.
+
+        A message is a duplicate when its (channel_id, message_id) is stored, whatever its
+        date, including a repeat within ``records``.
+        """
+        inserted: list[MessageKey] = []
+        duplicates: list[MessageKey] = []
+        for payload in map(_payload, _batches(records, self.batch_size)):
+            rows = self._run("bulk_upsert", _fetch_all(_BULK_UPSERT, (payload,)))
+            for channel_id, message_id, was_inserted in rows:
+                key = MessageKey(int(channel_id), int(message_id))
+                (inserted if was_inserted else duplicates).append(key)
+        return UpsertResult(tuple(inserted), tuple(duplicates))
+
+    def apply_edit(self, record: MessageRecord) -> bool:
+        """Apply an edit (``record.edit_date`` required); False if stale or not stored."""
+        if record.edit_date is None:
+            raise InvalidInput("apply_edit", f"message {record.key} has no edit_date")
+        stored = _message_json(record)
+        params = (
+            record.channel_id,
+            record.message_id,
+            record.edit_date,
+            stored.get("text"),
+            stored.get("caption"),
+            record.media_type,
+            _json_or_none(record.media_refs),
+            json.dumps(stored.get("metadata", {}), ensure_ascii=False),
+        )
+        return bool(self._run("apply_edit", _fetch_value(_APPLY_EDIT, params)))
+
+    def soft_delete(self, channel_id: int, message_ids: Sequence[int]) -> int:
+        """Mark messages deleted; returns how many were not deleted before."""
+        if not message_ids:
+            return 0
+        params = (channel_id, list(message_ids))
+        return int(self._run("soft_delete", _fetch_value(_SOFT_DELETE, params)))
+
+    def mark_published(self, keys: Sequence[MessageKey]) -> int:
+        """Record that the broker confirmed these messages; returns how many changed."""
+        if not keys:
+            return 0
+        params = ([key.channel_id for key in keys], [key.message_id for key in keys])
+        return int(self._run("mark_published", _fetch_value(_MARK_PUBLISHED, params)))
+
+    def update_status(self, channel_id: int, message_id: int, status: str) -> bool:
+        """Set the publishing status (and its timestamp); False if the message is not stored."""
+        params = (channel_id, message_id, status)
+        return bool(self._run("update_status", _fetch_value(_UPDATE_STATUS, params)))
+
+    # Reading messages ---------------------------------------------------------------------
+
+    def fetch_unprocessed(self, channel_id: int | None, limit: int = 100) -> list[StoredMessage]:
+        """The oldest pending messages (of one channel, or all), oldest first."""
+        rows = self._run("fetch_unprocessed", _fetch_all(_FETCH_UNPROCESSED, (channel_id, limit)))
+        return [_stored_message(row) for row in rows]
+
+    def fetch_unpublished(
+        self, limit: int = 100, min_age_seconds: float = 30.0
+    ) -> list[MessageRecord]:
+        """Outbox: stored messages not published after ``min_age_seconds``, oldest first."""
+        rows = self._run(
+            "fetch_unpublished", _fetch_all(_FETCH_UNPUBLISHED, (min_age_seconds, limit))
+        )
+        return [_stored_message(row).record for row in rows]
+
+    def count_unpublished(self) -> int:
+        """Outbox depth: stored, not deleted messages not published yet."""
+        return int(self._run("count_unpublished", _fetch_value(_COUNT_UNPUBLISHED, ())))
+
+    def message_exists(self, channel_id: int, message_id: int) -> bool:
+        """The dedup check: whether (channel_id, message_id) is stored."""
+        params = (channel_id, message_id)
+        return bool(self._run("message_exists", _fetch_value(MESSAGE_EXISTS_SQL, params)))
+
+    # Consumer side ------------------------------------------------------------------------
+
+    def mark_processed(
+        self,
+        keys: Sequence[MessageKey],
+        processed_by: str,
+        state: str = "processed",
+        *,
+        error: str | None = None,
+    ) -> int:
+        """Mark messages processed/ignored/failed by a consumer; returns how many changed."""
+        if not keys:
+            return 0
+        params = (
+            [key.channel_id for key in keys],
+            [key.message_id for key in keys],
+            processed_by,
+            state,
+            error,
+        )
+        return int(self._run("mark_processed", _fetch_value(_MARK_PROCESSED, params)))
+
+    def claim_unprocessed(
+        self,
+        consumer: str,
+        *,
+        limit: int = 100,
+        lease_seconds: int = 300,
+        channel_id: int | None = None,
+    ) -> list[StoredMessage]:
+        """Claim pending messages for one consumer (others skip them) for ``lease_seconds``."""
+        params = (consumer, limit, lease_seconds, channel_id)
+        rows = self._run("claim_unprocessed", _fetch_all(_CLAIM_UNPROCESSED, params))
+        return [_stored_message(row) for row in rows]
+
+    def release_expired_claims(self, max_attempts: int = 3) -> int:
+        """Return expired claims to pending, or fail them after ``max_attempts``."""
+        return int(
+            self._run("release_expired_claims", _fetch_value(_RELEASE_CLAIMS, (max_attempts,)))
+        )
+
+    # Channels -----------------------------------------------------------------------------
+
+    def channel_cursors(self) -> dict[int, int]:
+        """The highest message id stored per channel (where a backfill resumes)."""
+        rows = self._run("channel_cursors", _fetch_all(_CHANNEL_CURSORS, ()))
+        return {int(channel_id): int(last_id) for channel_id, last_id in rows}
+
+    def mark_backfilled(self, channel_id: int) -> None:
+        """Record the time of a channel's backfill (channel_cursors.last_backfill_at)."""
+        self._run("mark_backfilled", _fetch_value(_MARK_BACKFILLED, (channel_id,)))
+
+    # Maintenance --------------------------------------------------------------------------
+
+    def cleanup_old(self, days: int) -> int:
+        """Remove messages older than ``days`` that no consumer still owes; returns how many."""
+        return int(self._run("cleanup_old", _fetch_value(_CLEANUP, (days,))))
+
+    def refresh_aggregates(self) -> None:
+        """Refresh messages_hourly/messages_daily (a no-op under TimescaleDB policies)."""
+        self._run("refresh_aggregates", _fetch_value(_REFRESH_AGGREGATES, ()))
+
+    # The TP Capital poller ------------------------------------------------------------------
+
+    def claim_by_keys(
+        self, consumer: str, keys: Sequence[MessageKey], lease_seconds: int = 300
+    ) -> list[StoredMessage]:
+        """Claim these messages if pending (or their lease expired); skips ones held by others."""
+        if not keys:
+            return []
+        params = (
+            consumer,
+            [key.channel_id for key in keys],
+            [key.message_id for key in keys],
+            lease_seconds,
+        )
+        rows = self._run("claim_by_keys", _fetch_all(_CLAIM_BY_KEYS, params))
+        return [_stored_message(row) for row in rows]
+
+    def apply_processing_results(
+        self, consumer: str, results: Sequence[ProcessingResult]
+    ) -> list[tuple[MessageKey, bool]]:
+        """Store signals and mark messages in one transaction, fenced by the consumer's claim.
+
+        Returns each result's key with whether it was applied (False: the claim was lost).
+        """
+        if not results:
+            return []
+        payload = json.dumps([result.to_json() for result in results], ensure_ascii=False)
+        rows = self._run(
+            "apply_processing_results", _fetch_all(_APPLY_RESULTS, (consumer, payload))
+        )
+        return [(MessageKey(int(ch), int(mid)), bool(applied)) for ch, mid, applied in rows]
+
+    def retire_signals_of_deleted(
+        self, channel_id: int | None = None, message_ids: Sequence[int] | None = None
+    ) -> int:
+        """Retire signals whose post was deleted (these ids, or every deleted post)."""
+        params = (channel_id, list(message_ids) if message_ids is not None else None)
+        return int(self._run("retire_signals", _fetch_value(_RETIRE_SIGNALS, params)))
+
+    def polling_lag_seconds(self) -> float:
+        """Seconds since the oldest message still pending was received (0 when none is)."""
+        return float(self._run("polling_lag", _fetch_value(_POLLING_LAG, ())) or 0.0)
+
+    # The one place that talks to the pool ---------------------------------------------------
+
+    def _run(self, operation: str, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` on a pooled connection: timed, retried on lost connections, mapped."""
+        with metrics.DB_OPERATION_SECONDS.labels(operation).time():
+            try:
+                return self._with_retries(operation, work)
+            except DatabaseError:
+                metrics.DB_ERRORS.labels(operation).inc()
+                raise
+
+    def _with_retries(self, operation: str, work: Callable[[Connection], T]) -> T:
+        for attempt in range(1, self.retry_attempts + 1):
+            try:
+                with self._pool.connection() as conn:
+                    return work(conn)
+            except psycopg.Error as exc:
+                if not _retryable(exc) or attempt == self.retry_attempts:
+                    raise _translate(operation, exc, attempt) from exc
+                delay = self.retry_backoff * 2 ** (attempt - 1)
+                log.warning(
+                    "%s: attempt %d/%d lost the database (%s); retrying in %.2fs",
+                    operation,
+                    attempt,
+                    self.retry_attempts,
+                    _first_line(exc),
+                    delay,
+                )
+                metrics.DB_RETRIES.labels(operation).inc()
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+# Helpers ----------------------------------------------------------------------------------------
+
+
+def _fetch_all(query: str, params: Sequence[Any]) -> Callable[[Connection], list[tuple[Any, ...]]]:
+    def work(conn: Connection) -> list[tuple[Any, ...]]:
+        return conn.execute(query, params).fetchall()
+
+    return work
+
+
+def _fetch_value(query: str, params: Sequence[Any]) -> Callable[[Connection], Any]:
+    def work(conn: Connection) -> Any:
+        row = conn.execute(query, params).fetchone()
+        return None if row is None else row[0]
+
+    return work
+
+
+def _retryable(exc: psycopg.Error) -> bool:
+    """Lost or refused connections (and deadlocks): worth a retry of an idempotent operation."""
+    if isinstance(exc, PoolClosed | pg_errors.QueryCanceled):
+        return False
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+def _translate(operation: str, exc: psycopg.Error, attempts: int) -> DatabaseError:
+    detail = _first_line(exc)
+    if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
+        return InvalidInput(operation, detail)
+    if isinstance(exc, PoolClosed):
+        return DatabaseError(operation, f"the pool is not open ({detail})")
+    if _retryable(exc):
+        return DatabaseUnavailable(
+            operation, f"database unavailable after {attempts} attempt(s): {detail}"
+        )
+    return DatabaseError(operation, detail)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _batches(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def _payload(batch: Sequence[MessageRecord]) -> str:
+    return json.dumps(
+        [_message_json(record) for record in batch], ensure_ascii=False, separators=(",", ":")
+    )
+
+
+def _message_json(record: MessageRecord) -> dict[str, Any]:
+    """The JSON object bulk_upsert_messages takes (defaults left out), text made storable.
+
+    ``MessageRecord.create`` already sanitises; this catches records built directly, since a
+    NUL byte or a lone surrogate would make PostgreSQL reject the whole batch.
+    """
+    data: dict[str, Any] = {
+        "channel_id": record.channel_id,
+        "message_id": record.message_id,
+        "telegram_date": record.telegram_date.isoformat(),
+    }
+    if record.source != "user_client":  # the column defaults
+        data["source"] = record.source
+    if record.message_type != "text":
+        data["message_type"] = record.message_type
+    metadata = dict(record.metadata)
+    for name, value in (("text", record.text), ("caption", record.caption)):
+        if value is not None:
+            clean, original = sanitize_text(value)
+            data[name] = clean
+            if original is not None:
+                metadata[f"original_{name}_b64"] = original
+    if record.media_type is not None:
+        data["media_type"] = record.media_type
+    if record.media_refs is not None:
+        data["media_refs"] = dict(record.media_refs)
+    if record.thread_id is not None:
+        data["thread_id"] = record.thread_id
+    if record.grouped_id is not None:
+        data["grouped_id"] = record.grouped_id
+    if record.edit_date is not None:
+        data["edit_date"] = record.edit_date.isoformat()
+    if metadata:
+        data["metadata"] = metadata
+    return data
+
+
+def _json_or_none(value: Mapping[str, Any] | None) -> str | None:
+    return None if value is None else json.dumps(dict(value), ensure_ascii=False)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return None if value is None else value.astimezone(UTC)
+
+
+def _stored_message(row: tuple[Any, ...]) -> StoredMessage:
+    (
+        channel_id,
+        message_id,
+        telegram_date,
+        text,
+        caption,
+        media_type,
+        media_refs,
+        thread_id,
+        grouped_id,
+        edit_date,
+        source,
+        message_type,
+        metadata,
+        status,
+        processing_state,
+    ) = row
+    record = MessageRecord(
+        channel_id=channel_id,
+        message_id=message_id,
+        telegram_date=telegram_date.astimezone(UTC),
+        text=text,
+        caption=caption,
+        media_type=media_type,
+        media_refs=media_refs,
+        thread_id=thread_id,
+        grouped_id=grouped_id,
+        edit_date=_utc(edit_date),
+        source=source,
+        message_type=message_type,
+        metadata=metadata,
+    )
+    return StoredMessage(record=record, status=status, processing_state=processing_state)

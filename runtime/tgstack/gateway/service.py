@@ -1,0 +1,307 @@
+"""Wiring of the gateway: settings → store, cache, publisher → pipeline, relay, health server.
+
+``run_gateway`` is the long-running ``tgstack gateway`` service; ``run_replay`` feeds a JSONL
+file through the same pipeline and returns a summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tgstack import metrics
+from tgstack.cache import MessageCache
+from tgstack.config import Settings
+from tgstack.db import Database, DatabaseUnavailable
+from tgstack.gateway.events import MessageEvent
+from tgstack.gateway.outbox import OutboxRelay
+from tgstack.gateway.pipeline import BatchingWorker, BatchStats, IngestPipeline
+from tgstack.gateway.replay import RejectedLine, read_events
+from tgstack.gateway.telethon_source import GatewayFatal, TelethonSource, explain_fatal
+from tgstack.health_server import HealthServer
+from tgstack.queue import MessagePublisher
+from tgstack.redis_client import redis_client_from
+
+log = logging.getLogger("tgstack.gateway")
+
+
+@dataclass
+class Components:
+    database: Database
+    cache: MessageCache | None
+    publisher: MessagePublisher | None
+
+    def close(self) -> None:
+        if self.publisher is not None:
+            self.publisher.close()
+        if self.cache is not None:
+            self.cache.close()
+        self.database.close()
+
+
+@contextlib.contextmanager
+def components(settings: Settings, *, source: str) -> Iterator[Components]:
+    database = Database(
+        settings.require_database_url(),
+        min_size=settings.database_pool_min,
+        max_size=settings.database_pool_max,
+        prepared_statements=settings.database_prepared_statements,
+    )
+    database.open()
+    cache = None
+    if settings.redis_configured:
+        cache = MessageCache(redis_client_from(settings), fallback=database)
+    publisher = None
+    if settings.amqp_url is not None:
+        publisher = MessagePublisher(settings.require_amqp_url(), source=source)
+    parts = Components(database, cache, publisher)
+    try:
+        yield parts
+    finally:
+        parts.close()
+
+
+def build_pipeline(parts: Components) -> IngestPipeline:
+    return IngestPipeline(
+        store=parts.database,
+        cache=parts.cache,
+        publisher=parts.publisher,
+        transient_errors=(DatabaseUnavailable,),
+    )
+
+
+# Replay ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReplaySummary:
+    read: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    edits: int = 0
+    deletes: int = 0
+    rejected: int = 0
+    published: int = 0
+    unpublished: int = 0
+    seconds: float = 0.0
+    rejections: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.read / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("rejections")
+        data["messages_per_second"] = round(self.rate, 1)
+        data["seconds"] = round(self.seconds, 3)
+        return data
+
+
+class RateLimiter:
+    """Spaces calls to at most ``rate`` per second (no limit when rate is None)."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.interval = 1.0 / rate if rate else 0.0
+        self.next_at = time.monotonic()
+
+    def wait(self) -> None:
+        if not self.interval:
+            return
+        now = time.monotonic()
+        if self.next_at > now:
+            time.sleep(self.next_at - now)
+        self.next_at = max(self.next_at, now) + self.interval
+
+
+def run_replay(
+    settings: Settings,
+    path: Path,
+    *,
+    rate: float | None = None,
+    progress: Any = None,
+    max_rejections_listed: int = 50,
+) -> ReplaySummary:
+    summary = ReplaySummary()
+    limiter = RateLimiter(rate)
+    started = time.monotonic()
+    with components(settings, source="replay") as parts:
+        worker = BatchingWorker(
+            build_pipeline(parts),
+            batch_size=settings.gateway_batch_size,
+            max_delay=settings.gateway_batch_delay_ms / 1000,
+        )
+        worker.start()
+        try:
+            for item in read_events(path):
+                if isinstance(item, RejectedLine):
+                    summary.rejected += 1
+                    metrics.GATEWAY_REJECTED.labels("replay").inc()
+                    log.warning(
+                        "rejected replay line",
+                        extra={"line": item.line_number, "reason": item.reason},
+                    )
+                    if len(summary.rejections) < max_rejections_listed:
+                        summary.rejections.append(str(item))
+                    continue
+                limiter.wait()
+                worker.submit(
+                    MessageEvent(item.kind, item.channel_id, item.message_ids, item.record)
+                )
+                summary.read += 1
+                if progress is not None and summary.read % 10_000 == 0:
+                    progress(summary.read, worker.pending)
+        finally:
+            finished = worker.stop(timeout=300)
+        totals = worker.totals
+        if not finished:
+            log.error("replay stopped before every batch was committed")
+    summary.read += summary.rejected
+    _copy_totals(summary, totals)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _copy_totals(summary: ReplaySummary, totals: BatchStats) -> None:
+    summary.stored = totals.stored
+    summary.duplicates = totals.duplicates
+    summary.edits = totals.edits
+    summary.deletes = totals.deletes
+    summary.published = totals.published
+    summary.unpublished = totals.unpublished
+    summary.rejected += totals.rejected
+
+
+def flush_outbox(settings: Settings) -> dict[str, int]:
+    with components(settings, source="outbox") as parts:
+        if parts.publisher is None:
+            from tgstack.config import ConfigError
+
+            raise ConfigError("TGSTACK_AMQP_URL: is required to flush the outbox but not set")
+        stats = OutboxRelay(parts.database, parts.publisher, min_age_seconds=0).run_once()
+    return {"published": stats.published, "failed": stats.failed, "remaining": stats.remaining}
+
+
+# The long-running gateway ------------------------------------------------------------------
+
+
+def make_client(settings: Settings) -> Any:
+    from telethon import TelegramClient
+
+    api_id, api_hash = settings.require_telegram_credentials()
+    session = settings.telegram_session
+    if not session.with_suffix(".session").exists() and not session.exists():
+        raise GatewayFatal(
+            f"no Telegram session at {session}; run `tgstack login` once as the service user"
+        )
+    return TelegramClient(
+        str(session),
+        api_id,
+        api_hash,
+        receive_updates=True,
+        catch_up=True,
+        auto_reconnect=True,
+        connection_retries=-1,
+    )
+
+
+class GatewayService:
+    def __init__(self, settings: Settings, parts: Components, client: Any) -> None:
+        self.settings = settings
+        self.parts = parts
+        self.client = client
+        self.worker = BatchingWorker(
+            build_pipeline(parts),
+            batch_size=settings.gateway_batch_size,
+            max_delay=settings.gateway_batch_delay_ms / 1000,
+        )
+        self.source = TelethonSource(
+            client,
+            settings.require_channels(),
+            self.worker.submit,
+            cursors=parts.database,
+            on_flood_wait=lambda seconds, _: metrics.GATEWAY_FLOOD_WAIT_SECONDS.inc(seconds),
+            on_backfill_progress=lambda ch, n: None,
+        )
+        self.relay = (
+            OutboxRelay(
+                parts.database,
+                parts.publisher,
+                interval_seconds=settings.gateway_outbox_interval_seconds,
+            )
+            if parts.publisher is not None
+            else None
+        )
+        self.health = HealthServer(settings.gateway_bind, settings.gateway_port, self.check)
+        self._stopping = asyncio.Event()
+
+    def check(self) -> tuple[bool, dict[str, Any]]:
+        telegram = bool(self.client.is_connected())
+        database = self.parts.database.ping()
+        metrics.GATEWAY_CONNECTED.set(1 if telegram else 0)
+        return telegram and database, {
+            "telegram_connected": telegram,
+            "database": database,
+            "pending_events": self.worker.pending,
+        }
+
+    async def run(self) -> None:
+        self.health.start()
+        self.worker.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        try:
+            await self.source.start()
+            metrics.GATEWAY_CONNECTED.set(1)
+            if self.relay is not None:
+                self.relay.start()
+            backfill = asyncio.create_task(self._backfill_forever())
+            disconnected = asyncio.ensure_future(self.client.disconnected)
+            stopping = asyncio.create_task(self._stopping.wait())
+            done, _ = await asyncio.wait(
+                {disconnected, stopping}, return_when=asyncio.FIRST_COMPLETED
+            )
+            backfill.cancel()
+            if disconnected in done and not self._stopping.is_set():
+                error = disconnected.exception()
+                explanation = explain_fatal(error) if error is not None else None
+                raise GatewayFatal(explanation or f"Telegram connection ended: {error}")
+        finally:
+            metrics.GATEWAY_CONNECTED.set(0)
+            await self._shutdown()
+
+    async def _backfill_forever(self) -> None:
+        while True:
+            try:
+                fetched = await self.source.backfill()
+                log.info("gap backfill round", extra={"fetched": fetched})
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("gap backfill failed", extra={"error": str(exc)})
+            await asyncio.sleep(self.settings.gateway_backfill_interval_seconds)
+
+    async def _shutdown(self) -> None:
+        log.info("shutting down: flushing the current batch")
+        with contextlib.suppress(Exception):
+            await self.client.disconnect()
+        flushed = await asyncio.to_thread(self.worker.stop, 25.0)
+        if self.relay is not None:
+            self.relay.stop()
+        self.health.stop()
+        log.info("gateway stopped", extra={"flushed": flushed, **asdict(self.worker.totals)})
+
+
+def run_gateway(settings: Settings) -> None:
+    client = make_client(settings)
+    with components(settings, source="gateway") as parts:
+        service = GatewayService(settings, parts, client)
+        asyncio.run(service.run())

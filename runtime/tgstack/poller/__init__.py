@@ -1,0 +1,1 @@
+"""The TP Capital poller: channel posts → trading signals, each message exactly once."""

@@ -1,0 +1,253 @@
+"""The queue path: consume the poller's quorum queue, prefetch 10, manual ack.
+
+Deliveries are gathered into small batches (up to the prefetch count or a few milliseconds),
+claimed in PostgreSQL by key, processed, and acknowledged after the results are committed.
+A delivery for a message already processed is simply acknowledged (duplicates are harmless).
+
+Failures: while PostgreSQL is unavailable the batch is retried in place with backoff and
+nothing is acknowledged (the broker redelivers it if we die). A delivery that fails for any
+other reason is requeued after an exponential backoff and, on its third failure, rejected
+into the dead-letter queue and marked failed in PostgreSQL with the error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from amqpstorm.channel import Channel
+from amqpstorm.exception import AMQPError
+from amqpstorm.message import Message
+from amqpstorm.uri_connection import UriConnection
+
+from tgstack import metrics
+from tgstack.models import MessageKey, validate_channel_id, validate_message_id
+from tgstack.poller.processing import failed
+from tgstack.poller.worker import PollStats, SignalWorker
+from tgstack.queue import DEAD_LETTER_QUEUE, consumer_queue_name, declare_topology
+
+log = logging.getLogger("tgstack.poller.queue")
+
+PREFETCH = 10
+
+
+class PoisonMessage(ValueError):
+    """A delivery whose body cannot be understood."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    message: Message
+    event: str
+    keys: tuple[MessageKey, ...]
+
+    @property
+    def attempts(self) -> int:
+        """Deliveries so far, from the quorum queue's delivery counter."""
+        headers = self.message.properties.get("headers") or {}
+        return int(headers.get("x-delivery-count", 0) or 0) + 1
+
+
+def parse_delivery(message: Message) -> Delivery:
+    headers = message.properties.get("headers") or {}
+    event = headers.get("event", "new")
+    if isinstance(event, bytes):
+        event = event.decode()
+    try:
+        body = json.loads(message.body or "")
+        channel_id = validate_channel_id(body["channel_id"])
+        if event == "delete":
+            ids = tuple(validate_message_id(i) for i in body["message_ids"])
+        else:
+            ids = (validate_message_id(body["message_id"]),)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PoisonMessage(f"unreadable delivery: {exc}") from exc
+    return Delivery(message, str(event), tuple(MessageKey(channel_id, i) for i in ids))
+
+
+class QueueConsumer:
+    def __init__(
+        self,
+        url: str,
+        worker: SignalWorker,
+        *,
+        consumer: str = "tp-capital",
+        transient_errors: tuple[type[BaseException], ...] = (),
+        backoff_seconds: float = 0.5,
+        max_attempts: int = 3,
+        batch_wait: float = 0.02,
+        on_batch: Callable[[PollStats], None] | None = None,
+    ) -> None:
+        self.url = url
+        self.worker = worker
+        self.queue = consumer_queue_name(consumer)
+        self.transient_errors = transient_errors
+        self.backoff_seconds = backoff_seconds
+        self.max_attempts = max_attempts
+        self.batch_wait = batch_wait
+        self.on_batch = on_batch
+        self.stopping = threading.Event()
+        self._buffer: list[Message] = []
+        self._connection: UriConnection | None = None
+        self._channel: Channel | None = None
+
+    # Connection ----------------------------------------------------------------------------
+
+    def _connect(self) -> Channel:
+        separator = "&" if "?" in self.url else "?"
+        self._connection = UriConnection(f"{self.url}{separator}heartbeat=30&timeout=5")
+        channel = self._connection.channel()
+        declare_topology(channel)
+        channel.basic.qos(PREFETCH)
+        channel.basic.consume(self._buffer.append, self.queue, no_ack=False)
+        self._channel = channel
+        log.info("consuming", extra={"queue": self.queue, "prefetch": PREFETCH})
+        return channel
+
+    def close(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None:
+            try:
+                connection.close()
+            except Exception:  # the connection is being discarded
+                log.debug("error closing RabbitMQ connection", exc_info=True)
+
+    def queue_depths(self) -> tuple[int, int]:
+        """(ready in our queue, messages in the DLQ), also exported as gauges."""
+        channel = self._channel
+        if channel is None:
+            return -1, -1
+        ours = int(channel.queue.declare(self.queue, passive=True)["message_count"])
+        dlq = int(channel.queue.declare(DEAD_LETTER_QUEUE, passive=True)["message_count"])
+        metrics.POLLER_QUEUE_DEPTH.set(ours)
+        metrics.POLLER_DLQ_DEPTH.set(dlq)
+        return ours, dlq
+
+    # Consuming -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Consume until ``stopping`` is set; reconnects with backoff when the broker drops."""
+        delay = 0.5
+        while not self.stopping.is_set():
+            try:
+                channel = self._connect()
+                delay = 0.5
+                self._consume(channel)
+            except AMQPError as exc:
+                log.warning(
+                    "RabbitMQ unavailable; retrying", extra={"error": str(exc), "retry_in": delay}
+                )
+                self._buffer.clear()  # unacked deliveries come back after reconnecting
+                self.close()
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 10.0)
+        self.close()
+
+    def _consume(self, channel: Channel) -> None:
+        last_depth_check = 0.0
+        while not self.stopping.is_set():
+            channel.process_data_events(to_tuple=False)
+            if not self._buffer:
+                time.sleep(0.005)
+            else:
+                deadline = time.monotonic() + self.batch_wait
+                while len(self._buffer) < PREFETCH and time.monotonic() < deadline:
+                    channel.process_data_events(to_tuple=False)
+                batch, self._buffer[:] = list(self._buffer), []
+                self.handle_batch(batch)
+            if time.monotonic() - last_depth_check > 5:
+                last_depth_check = time.monotonic()
+                self.queue_depths()
+
+    def handle_batch(self, messages: list[Message]) -> None:
+        deliveries: list[Delivery] = []
+        for message in messages:
+            try:
+                deliveries.append(parse_delivery(message))
+            except PoisonMessage as exc:
+                self._fail(message, None, str(exc))
+        if not deliveries:
+            return
+        delay = self.backoff_seconds
+        while True:
+            try:
+                stats = self._process(deliveries)
+                break
+            except self.transient_errors as exc:
+                if self.stopping.is_set():
+                    return  # unacked: the broker redelivers to whoever consumes next
+                log.warning(
+                    "database unavailable; holding the batch",
+                    extra={"error": str(exc), "retry_in": delay},
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            except Exception as exc:  # a per-message problem: retry each on its own
+                log.warning(
+                    "batch failed; handling deliveries one by one", extra={"error": str(exc)}
+                )
+                for delivery in deliveries:
+                    self._process_alone(delivery)
+                return
+        for delivery in deliveries:
+            delivery.message.ack()
+        metrics.POLLER_DELIVERIES.labels("acked").inc(len(deliveries))
+        if self.on_batch is not None:
+            self.on_batch(stats)
+
+    def _process(self, deliveries: list[Delivery]) -> PollStats:
+        news = [key for d in deliveries if d.event != "delete" for key in d.keys]
+        stats = self.worker.process(self.worker.claim_keys(news))
+        for delivery in deliveries:
+            if delivery.event == "delete":
+                key = delivery.keys[0]
+                retired = self.worker.store.retire_signals_of_deleted(
+                    key.channel_id, [k.message_id for k in delivery.keys]
+                )
+                metrics.POLLER_SIGNALS_RETIRED.inc(retired)
+        return stats
+
+    def _process_alone(self, delivery: Delivery) -> None:
+        try:
+            self._process([delivery])
+            delivery.message.ack()
+            metrics.POLLER_DELIVERIES.labels("acked").inc()
+        except Exception as exc:
+            self._fail(delivery.message, delivery, f"{type(exc).__name__}: {exc}")
+
+    def _fail(self, message: Message, delivery: Delivery | None, error: str) -> None:
+        attempts = delivery.attempts if delivery else _attempts(message)
+        if attempts < self.max_attempts:
+            time.sleep(self.backoff_seconds * 2 ** (attempts - 1))
+            message.nack(requeue=True)
+            metrics.POLLER_DELIVERIES.labels("requeued").inc()
+            log.warning("delivery failed; requeued", extra={"attempt": attempts, "error": error})
+            return
+        if delivery is not None:
+            self._mark_failed(delivery, error)
+        message.reject(requeue=False)
+        metrics.POLLER_DELIVERIES.labels("dead_lettered").inc()
+        log.error(
+            "delivery failed %d times; sent to the dead-letter queue",
+            attempts,
+            extra={"error": error, "message_id": message.properties.get("message_id")},
+        )
+
+    def _mark_failed(self, delivery: Delivery, error: str) -> None:
+        try:
+            claimed = self.worker.claim_keys(list(delivery.keys))
+            results = [failed(m.key, error) for m in claimed]
+            if results:
+                self.worker.store.apply_processing_results(self.worker.consumer, results)
+        except Exception as exc:
+            log.warning("could not mark a dead-lettered message failed", extra={"error": str(exc)})
+
+
+def _attempts(message: Message) -> int:
+    headers: dict[str, Any] = message.properties.get("headers") or {}
+    return int(headers.get("x-delivery-count", 0) or 0) + 1

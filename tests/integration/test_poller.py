@@ -1,0 +1,318 @@
+"""The TP Capital poller against real PostgreSQL/PgBouncer, Redis and RabbitMQ.
+
+Every signal is stored once and every post is marked once, whatever path found it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import psycopg
+import pytest
+import redis
+from amqpstorm.message import Message
+from amqpstorm.uri_connection import UriConnection
+
+from tests.conftest import TestDatabase
+from tgstack.cache import MessageCache
+from tgstack.db import Database, DatabaseUnavailable
+from tgstack.gateway.events import MessageEvent
+from tgstack.gateway.pipeline import IngestPipeline
+from tgstack.gateway.synthetic import generate
+from tgstack.localstack import RedisServer
+from tgstack.models import MessageKey, MessageRecord, StoredMessage
+from tgstack.poller.consumer import QueueConsumer
+from tgstack.poller.worker import PollStats, SignalWorker
+from tgstack.queue import DEAD_LETTER_QUEUE, MessagePublisher, consumer_queue_name
+from tgstack.signals import parse_signal
+
+CHANNEL = -1001649127710
+WHEN = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
+SIGNAL = "🟢Swing Trade\nAtivo: PETR4\nCompra: 36,50 a 37,20\nAlvo 1: 39,00\nStop: 34,80"
+
+
+@pytest.fixture
+def database(db: TestDatabase) -> Iterator[Database]:
+    with Database(db.app_dsn, max_size=8) as database:
+        yield database
+
+
+def store(
+    database: Database,
+    records: Sequence[MessageRecord],
+    cache: MessageCache | None = None,
+    publisher: MessagePublisher | None = None,
+) -> None:
+    pipeline = IngestPipeline(
+        store=database, cache=cache, publisher=publisher, transient_errors=(DatabaseUnavailable,)
+    )
+    pipeline.process_batch([MessageEvent.new(r) for r in records])
+
+
+def counts(dsn: str) -> dict[str, int]:
+    with psycopg.connect(dsn, prepare_threshold=None) as conn:
+        rows = conn.execute(
+            "SELECT processing_state, count(*) FROM telegram_gateway.messages GROUP BY 1"
+        ).fetchall()
+        signals = conn.execute("SELECT count(*) FROM tp_capital.signals").fetchone()
+        marks = conn.execute(
+            "SELECT count(*) FROM telegram_gateway.messages"
+            " WHERE coalesce((metadata->>'marks')::int, 0) <> 1"
+        ).fetchone()
+    assert signals is not None
+    assert marks is not None
+    result = {state: int(n) for state, n in rows}
+    result["signals"] = int(signals[0])
+    result["not_marked_once"] = int(marks[0])
+    return result
+
+
+def expected_signals(records: Sequence[MessageRecord]) -> int:
+    return sum(1 for r in records if parse_signal(r.body) is not None)
+
+
+def test_poll_path_stores_each_signal_once_and_marks_each_post_once(
+    db: TestDatabase, database: Database
+) -> None:
+    records = list(generate(400, seed=3))
+    store(database, records)
+    worker = SignalWorker(database, consumer="test-1", batch_size=50)
+    first = worker.drain()
+    again = worker.drain()
+    signals = expected_signals(records)
+    assert first.claimed == 400
+    assert (first.processed, first.ignored, first.signals) == (signals, 400 - signals, signals)
+    assert again.claimed == 0
+    assert counts(db.app_dsn) == {
+        "processed": signals,
+        "ignored": 400 - signals,
+        "signals": signals,
+        "not_marked_once": 0,
+    }
+
+
+def test_signal_prices_are_stored_as_exact_decimals(db: TestDatabase, database: Database) -> None:
+    store(database, [MessageRecord.create(CHANNEL, 1, WHEN, text=SIGNAL)])
+    SignalWorker(database, consumer="test-1").drain()
+    with psycopg.connect(db.app_dsn, prepare_threshold=None) as conn:
+        row = conn.execute(
+            "SELECT asset, signal_type, buy_min, buy_max, target_1, stop, retired_at"
+            " FROM tp_capital.signals"
+        ).fetchone()
+    assert row == (
+        "PETR4",
+        "swing_trade",
+        Decimal("36.50"),
+        Decimal("37.20"),
+        Decimal("39.00"),
+        Decimal("34.80"),
+        None,
+    )
+
+
+def test_redis_window_is_read_first_and_db_answers_when_redis_is_down(
+    db: TestDatabase, database: Database, own_redis: RedisServer
+) -> None:
+    client = redis.Redis(port=own_redis.port, password=own_redis.password)
+    cache = MessageCache(client, fallback=database)
+    records = list(generate(60, channels=(CHANNEL,), seed=4))
+    store(database, records[:30], cache=cache)
+    worker = SignalWorker(
+        database, consumer="test-1", cache=cache, channels=[CHANNEL], batch_size=100
+    )
+    before = cache.stats()
+    assert worker.poll_once().claimed == 30
+    assert cache.stats().hits > before.hits
+    own_redis.stop()
+    store(database, records[30:], cache=cache)  # the gateway cannot cache these
+    assert worker.drain().claimed == 30
+    assert counts(db.app_dsn)["not_marked_once"] == 0
+    cache.close()
+
+
+def test_an_edit_updates_the_signal_and_a_delete_retires_it(
+    db: TestDatabase, database: Database
+) -> None:
+    worker = SignalWorker(database, consumer="test-1")
+    store(database, [MessageRecord.create(CHANNEL, 1, WHEN, text=SIGNAL)])
+    worker.drain()
+    edited = MessageRecord.create(
+        CHANNEL, 1, WHEN, text=SIGNAL.replace("39,00", "40,00"), edit_date=WHEN.replace(minute=5)
+    )
+    assert database.apply_edit(edited)
+    assert worker.drain().claimed == 1
+    with psycopg.connect(db.app_dsn, prepare_threshold=None) as conn:
+        target = conn.execute("SELECT target_1 FROM tp_capital.signals").fetchone()
+    assert target == (Decimal("40.00"),)
+    database.soft_delete(CHANNEL, [1])
+    worker.poll_once()
+    with psycopg.connect(db.app_dsn, prepare_threshold=None) as conn:
+        retired = conn.execute("SELECT retired_at IS NOT NULL FROM tp_capital.signals").fetchone()
+        total = conn.execute("SELECT count(*) FROM tp_capital.signals").fetchone()
+    assert retired == (True,)
+    assert total == (1,)
+
+
+def test_edit_into_chatter_retires_the_signal(db: TestDatabase, database: Database) -> None:
+    worker = SignalWorker(database, consumer="test-1")
+    store(database, [MessageRecord.create(CHANNEL, 1, WHEN, text=SIGNAL)])
+    worker.drain()
+    database.apply_edit(
+        MessageRecord.create(
+            CHANNEL, 1, WHEN, text="cancelado, sem operação", edit_date=WHEN.replace(minute=9)
+        )
+    )
+    stats = worker.drain()
+    assert (stats.claimed, stats.ignored) == (1, 1)
+    with psycopg.connect(db.app_dsn, prepare_threshold=None) as conn:
+        row = conn.execute("SELECT retired_at IS NOT NULL FROM tp_capital.signals").fetchone()
+    assert row == (True,)
+
+
+def test_results_of_a_worker_whose_lease_expired_are_not_applied(
+    db: TestDatabase, database: Database
+) -> None:
+    store(database, [MessageRecord.create(CHANNEL, 1, WHEN, text=SIGNAL)])
+    slow = SignalWorker(database, consumer="slow", lease_seconds=5)
+    claimed = database.claim_unprocessed("slow", limit=10, lease_seconds=1)
+    assert len(claimed) == 1
+    time.sleep(1.5)
+    taker = SignalWorker(database, consumer="taker")
+    assert taker.drain().processed == 1  # took over the expired claim
+    late = slow.process(claimed)
+    assert (late.stale, late.processed) == (1, 0)
+    assert counts(db.app_dsn)["signals"] == 1
+    assert counts(db.app_dsn)["not_marked_once"] == 0
+
+
+def test_concurrent_pollers_process_each_message_exactly_once(
+    db: TestDatabase, database: Database
+) -> None:
+    records = list(generate(2000, seed=9))
+    store(database, records)
+    totals: list[PollStats] = []
+    errors: list[BaseException] = []
+
+    def run(name: str) -> None:
+        try:
+            with Database(db.app_dsn, max_size=2) as own:
+                totals.append(SignalWorker(own, consumer=name, batch_size=25).drain())
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(f"w{i}",)) for i in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors
+    assert sum(t.processed + t.ignored for t in totals) == 2000
+    assert sum(1 for t in totals if t.claimed > 0) >= 2  # the work really was shared
+    result = counts(db.app_dsn)
+    assert result["signals"] == expected_signals(records)
+    assert result["not_marked_once"] == 0
+
+
+# The queue path ------------------------------------------------------------------------------
+
+
+def consume_until(consumer: QueueConsumer, done: callable, timeout: float = 60) -> None:  # type: ignore[valid-type]
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    consumer.stopping.set()
+    thread.join(30)
+
+
+def queue_depth(url: str, queue: str) -> int:
+    connection = UriConnection(url)
+    try:
+        return int(connection.channel().queue.declare(queue, passive=True)["message_count"])
+    finally:
+        connection.close()
+
+
+def test_queue_path_processes_published_posts_and_acks_duplicates(
+    db: TestDatabase, database: Database, amqp_url: str
+) -> None:
+    records = list(generate(300, seed=5))
+    with MessagePublisher(amqp_url) as publisher:
+        store(database, records, publisher=publisher)
+        for record in records[:50]:  # the outbox relay may publish twice: harmless
+            publisher.publish(record)
+    consumer = QueueConsumer(
+        amqp_url, SignalWorker(database, consumer="q-1"), transient_errors=(DatabaseUnavailable,)
+    )
+    queue = consumer_queue_name("tp-capital")
+    consume_until(
+        consumer,
+        lambda: queue_depth(amqp_url, queue) == 0 and counts(db.app_dsn).get("pending", 0) == 0,
+    )
+    result = counts(db.app_dsn)
+    assert result.get("pending", 0) == 0
+    assert result["signals"] == expected_signals(records)
+    assert result["not_marked_once"] == 0
+    assert queue_depth(amqp_url, queue) == 0
+
+
+class FailingWorker(SignalWorker):
+    """Fails every batch containing one chosen message (a bug or bad data, not an outage)."""
+
+    def __init__(self, *args: object, poison: MessageKey, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.poison = poison
+
+    def process(self, messages: Sequence[StoredMessage]) -> PollStats:
+        if any(m.key == self.poison for m in messages):
+            raise RuntimeError("cannot process this one")
+        return super().process(messages)
+
+
+def test_a_delivery_failing_three_times_goes_to_the_dlq_and_is_marked_failed(
+    db: TestDatabase, database: Database, amqp_url: str
+) -> None:
+    records = list(generate(20, channels=(CHANNEL,), seed=6))
+    poison = records[7].key
+    with MessagePublisher(amqp_url) as publisher:
+        store(database, records, publisher=publisher)
+        connection = UriConnection(amqp_url)
+        Message.create(connection.channel(), "not json", {"headers": {"event": "new"}}).publish(
+            f"telegram.channel.{CHANNEL}", "telegram.messages"
+        )
+        connection.close()
+    worker = FailingWorker(database, consumer="q-1", poison=poison)
+    consumer = QueueConsumer(
+        amqp_url, worker, backoff_seconds=0.05, transient_errors=(DatabaseUnavailable,)
+    )
+    consume_until(consumer, lambda: queue_depth(amqp_url, DEAD_LETTER_QUEUE) == 2)
+    assert queue_depth(amqp_url, DEAD_LETTER_QUEUE) == 2  # the poison post + the bad body
+    with psycopg.connect(db.app_dsn, prepare_threshold=None) as conn:
+        row = conn.execute(
+            "SELECT processing_state, last_error FROM telegram_gateway.messages"
+            " WHERE channel_id = %s AND message_id = %s",
+            poison,
+        ).fetchone()
+        others = conn.execute(
+            "SELECT count(*) FROM telegram_gateway.messages"
+            " WHERE processing_state IN ('processed', 'ignored')"
+        ).fetchone()
+    assert row is not None
+    assert row[0] == "failed"
+    assert "cannot process this one" in row[1]
+    assert others == (19,)
+    dlq = UriConnection(amqp_url)
+    bodies = []
+    for _ in range(2):
+        message = dlq.channel().basic.get(DEAD_LETTER_QUEUE, no_ack=True)
+        assert message is not None
+        bodies.append(message.body)
+    dlq.close()
+    assert "not json" in bodies
+    assert any(json.loads(b)["message_id"] == poison.message_id for b in bodies if b != "not json")

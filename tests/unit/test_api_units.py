@@ -1,0 +1,301 @@
+"""The API's pure parts: parameter parsing, cursors, rate limiting, auth, routing, OpenAPI."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tgstack.api import cursor as cursors
+from tgstack.api import params as p
+from tgstack.api import routes
+from tgstack.api.auth import TokenAuth, require_admin
+from tgstack.api.cache import cache_key
+from tgstack.api.errors import ApiError
+from tgstack.api.openapi import document
+from tgstack.api.ratelimit import RateLimiter
+from tgstack.models import MARKED_CHANNEL_MAX, MARKED_CHANNEL_MIN, MESSAGE_ID_MAX
+
+channels = st.integers(MARKED_CHANNEL_MIN, MARKED_CHANNEL_MAX)
+message_ids = st.integers(1, MESSAGE_ID_MAX)
+moments = st.datetimes(
+    min_value=datetime(2013, 8, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+)
+
+
+# Cursors ----------------------------------------------------------------------------------------
+
+
+@given(kind=st.sampled_from(["m", "s"]), when=moments, channel=channels, mid=message_ids)
+def test_dated_cursor_round_trips(kind: str, when: datetime, channel: int, mid: int) -> None:
+    token = cursors.encode_dated(kind, when, channel, mid)  # type: ignore[arg-type]
+    assert token.isascii()
+    assert "=" not in token
+    assert cursors.decode_dated(kind, token) == (when, channel, mid)  # type: ignore[arg-type]
+
+
+@given(channel=channels)
+def test_channel_cursor_round_trips(channel: int) -> None:
+    assert cursors.decode_channel(cursors.encode_channel(channel)) == channel
+
+
+@given(st.text(max_size=80))
+def test_any_text_is_a_cursor_or_a_cursor_error(text: str) -> None:
+    for decode in (
+        lambda t: cursors.decode_dated("m", t),
+        lambda t: cursors.decode_dated("s", t),
+        cursors.decode_channel,
+    ):
+        with contextlib.suppress(cursors.CursorError):
+            decode(text)
+
+
+def test_a_cursor_of_one_list_is_refused_by_another() -> None:
+    token = cursors.encode_dated("m", datetime(2024, 1, 1, tzinfo=UTC), -1001649127710, 5)
+    with pytest.raises(cursors.CursorError, match="another list"):
+        cursors.decode_dated("s", token)
+    with pytest.raises(cursors.CursorError):
+        cursors.decode_channel(token)
+    with pytest.raises(cursors.CursorError):
+        cursors.decode_dated("m", token + "A")
+
+
+# Parameters ---------------------------------------------------------------------------------------
+
+
+def _field(error: pytest.ExceptionInfo[ApiError]) -> str | None:
+    assert error.value.status == 400
+    return error.value.field
+
+
+@pytest.mark.parametrize("raw", ["0", "201", "-1", "1.5", "", " 5", "+5", "99999", "ten"])
+def test_limit_outside_1_to_200_is_refused(raw: str) -> None:
+    with pytest.raises(ApiError) as error:
+        p.limit("limit", raw)
+    assert _field(error) == "limit"
+
+
+def test_limit_bounds_are_inclusive() -> None:
+    assert p.limit("limit", "1") == 1
+    assert p.limit("limit", "200") == 200
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("2024-05-01T12:00:00Z", datetime(2024, 5, 1, 12, tzinfo=UTC)),
+        ("2024-05-01T09:00:00-03:00", datetime(2024, 5, 1, 12, tzinfo=UTC)),
+        ("2024-05-01t12:00:00.5z", datetime(2024, 5, 1, 12, 0, 0, 500000, tzinfo=UTC)),
+    ],
+)
+def test_timestamps_need_an_offset_and_come_back_in_utc(raw: str, expected: datetime) -> None:
+    assert p.timestamp("since", raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "2024-05-01",
+        "2024-05-01T12:00:00",
+        "2024-05-01 12:00:00Z",
+        "2024-02-30T00:00:00Z",
+        "9999-12-31T23:59:59-01:00",
+        "yesterday",
+        "2024-05-01T12:00:00+25:00",
+    ],
+)
+def test_bad_timestamps_are_refused(raw: str) -> None:
+    with pytest.raises(ApiError) as error:
+        p.timestamp("until", raw)
+    assert _field(error) == "until"
+
+
+def _refusal(parse: p.Parser, name: str, raw: str) -> ApiError | None:
+    """The ApiError ``parse`` raises for ``raw``, or None when it accepts it."""
+    try:
+        parse(name, raw)
+    except ApiError as exc:
+        return exc
+    return None
+
+
+@given(st.text(max_size=300))
+def test_text_parameters_either_parse_or_name_the_field(raw: str) -> None:
+    for name, parse in (
+        ("channel_id", p.channel_id),
+        ("message_id", p.message_id),
+        ("limit", p.limit),
+        ("since", p.timestamp),
+        ("q", p.search_text),
+        ("asset", p.asset),
+        ("status", p.status_list),
+        ("include_deleted", p.boolean),
+    ):
+        error = _refusal(parse, name, raw)
+        if error is not None:
+            assert error.status == 400
+            assert error.field == name
+            assert error.message.startswith(name)
+
+
+def test_like_pattern_escapes_wildcards() -> None:
+    assert p.like_pattern("100%_a\\b") == "%100\\%\\_a\\\\b%"
+
+
+def test_status_lists_are_deduplicated_and_checked() -> None:
+    assert p.status_list("status", "published,received,published") == ("published", "received")
+    with pytest.raises(ApiError):
+        p.status_list("status", "published,sent")
+
+
+def _body_refusal(body: bytes) -> ApiError | None:
+    try:
+        data = p.json_object(body)
+        p.channel_create(data)
+        p.channel_update(data)
+    except ApiError as exc:
+        return exc
+    return None
+
+
+@given(
+    st.binary(max_size=200)
+    | st.dictionaries(
+        st.text(max_size=12), st.none() | st.booleans() | st.integers() | st.text(max_size=40)
+    ).map(lambda d: json.dumps(d).encode())
+)
+def test_any_body_is_accepted_or_a_400_bad_body(body: bytes) -> None:
+    error = _body_refusal(body)
+    if error is not None:
+        assert error.status == 400
+        assert error.code == "bad_body"
+
+
+def test_channel_create_defaults_and_update_keeps_only_sent_fields() -> None:
+    created = p.channel_create({"channel_id": -1001649127710})
+    assert (created.title, created.username, created.is_active) == (None, None, True)
+    assert p.channel_update({"title": None}).changes == {"title": None}
+
+
+# Rate limiting ----------------------------------------------------------------------------------
+
+
+def test_token_bucket_refills_at_the_rate() -> None:
+    now = [100.0]
+    limiter = RateLimiter(rate=2.0, burst=3, clock=lambda: now[0])
+    assert [limiter.take("a").allowed for _ in range(4)] == [True, True, True, False]
+    refused = limiter.take("a")
+    assert refused.retry_after == 1
+    assert limiter.take("b").allowed  # its own bucket
+    now[0] += 0.5  # one token back
+    assert limiter.take("a").allowed
+    assert not limiter.take("a").allowed
+    now[0] += 60
+    assert [limiter.take("a").allowed for _ in range(4)] == [True, True, True, False]
+
+
+def test_retry_after_covers_a_slow_rate() -> None:
+    limiter = RateLimiter(rate=0.1, burst=1, clock=lambda: 0.0)
+    assert limiter.take("k").allowed
+    assert limiter.take("k").retry_after == 10
+
+
+def test_bucket_map_is_bounded() -> None:
+    limiter = RateLimiter(rate=1, burst=1, max_keys=10, clock=lambda: 0.0)
+    for index in range(100):
+        limiter.take(str(index))
+    assert len(limiter._buckets) == 10
+
+
+# Auth ------------------------------------------------------------------------------------------
+
+
+def test_tokens_map_to_scopes() -> None:
+    auth = TokenAuth(["r" * 20], ["a" * 20])
+    assert auth.authenticate("Bearer " + "r" * 20).scope == "read"
+    admin = auth.authenticate("bearer  " + "a" * 20)
+    assert admin.scope == "admin"
+    assert len(admin.token_id) == 12
+    require_admin(admin)
+    with pytest.raises(ApiError) as error:
+        require_admin(auth.authenticate("Bearer " + "r" * 20))
+    assert error.value.status == 403
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer ",
+        "Basic abc",
+        "r" * 20,
+        "Bearer " + "r" * 19,
+        "Bearer " + "r" * 21,
+    ],
+)
+def test_bad_authorization_headers_are_401(header: str | None) -> None:
+    auth = TokenAuth(["r" * 20], [])
+    with pytest.raises(ApiError) as error:
+        auth.authenticate(header)
+    assert error.value.status == 401
+    assert error.value.headers["WWW-Authenticate"].startswith('Bearer realm="tgstack"')
+
+
+def test_no_token_configured_is_refused() -> None:
+    with pytest.raises(ValueError, match="no API token"):
+        TokenAuth([], [])
+
+
+# Routing, cache keys and the OpenAPI document -----------------------------------------------------
+
+
+def test_routing_distinguishes_404_and_405() -> None:
+    assert routes.match("GET", "/v1/nothing") is None
+    wrong = routes.match("PUT", "/v1/channels/-1001649127710")
+    assert wrong is not None
+    assert wrong.route is None
+    assert wrong.allowed == ("GET", "PATCH", "DELETE", "HEAD")
+    found = routes.match("GET", "/v1/messages/-1001649127710/5")
+    assert found is not None
+    assert found.route is not None
+    assert found.path_values == {"channel_id": "-1001649127710", "message_id": "5"}
+
+
+def test_cache_keys_separate_scopes_generations_and_queries() -> None:
+    key = cache_key("read", "3", "listMessages", "[]")
+    assert key.startswith("tgstack:api:v1:read:3:")
+    assert (
+        len(
+            {
+                key,
+                cache_key("admin", "3", "listMessages", "[]"),
+                cache_key("read", "4", "listMessages", "[]"),
+                cache_key("read", "3", "listMessages", '[["limit",5]]'),
+            }
+        )
+        == 4
+    )
+
+
+def test_openapi_lists_every_route_and_every_reference_resolves() -> None:
+    doc = document()
+    assert doc["openapi"] == "3.1.0"
+    for route in routes.ROUTES:
+        operation = doc["paths"][route.template][route.method.lower()]
+        assert operation["operationId"] == route.operation_id
+        assert str(route.success) in operation["responses"]
+        names = {param["name"] for param in operation.get("parameters", [])}
+        assert names == {param.name for param in route.params}
+    text = json.dumps(doc)
+    for ref in {part.split('"')[0] for part in text.split('"$ref": "#/components/schemas/')[1:]}:
+        assert ref in doc["components"]["schemas"], ref
+
+
+def test_time_strategy_sanity() -> None:  # the cursor tests rely on UTC-aware moments
+    assert datetime(2024, 1, 1, tzinfo=UTC) + timedelta(0) == datetime(2024, 1, 1, tzinfo=UTC)
