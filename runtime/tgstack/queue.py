@@ -6,8 +6,12 @@ Topology (declared idempotently by every process that connects):
   (24 h message TTL, bounded length); one quorum queue per consumer, bound to
   ``telegram.channel.*`` and dead-lettering into the DLX.
 
-Publishing uses publisher confirms and ``mandatory``: a message counts as published only when
-the broker acknowledged it and routed it to at least one queue.
+Publishing is confirmed and ``mandatory``: a message counts as published only when the broker
+has taken responsibility for it and routed it to at least one queue. Batches are published in
+one AMQP transaction (``tx.select`` / ``tx.commit``): the commit-ok is the confirmation for the
+whole batch, and a ``basic.return`` (unroutable) fails the batch. amqpstorm waits for every
+synchronous reply by polling every 10 ms, so per-message publisher confirms would cap a channel
+near 100 messages/s; one commit per batch pays that wait once.
 """
 
 from __future__ import annotations
@@ -130,8 +134,8 @@ class MessagePublisher:
         )
         connection.open()
         channel = connection.channel()
-        channel.confirm_deliveries()
         declare_topology(channel, self._consumers)
+        channel.tx.select()
         self._connection, self._channel = connection, channel
         log.info("connected to RabbitMQ", extra={"exchange": EXCHANGE})
         return channel
@@ -147,18 +151,30 @@ class MessagePublisher:
 
     def publish(self, record: MessageRecord, event: str = "new") -> PublishOutcome:
         """Publish a stored post (``new``) or its edited version (``edit``)."""
-        body = encode_record(record)
-        ident = message_id(record) if event == "new" else f"{message_id(record)}:{event}"
-        return self._publish(record.channel_id, body, ident, event)
+        return self.publish_batch([record], event)
+
+    def publish_batch(self, records: Sequence[MessageRecord], event: str = "new") -> PublishOutcome:
+        """Publish posts in one transaction: all of them are confirmed, or none is."""
+        items = [
+            (
+                record.channel_id,
+                encode_record(record),
+                message_id(record) if event == "new" else f"{message_id(record)}:{event}",
+            )
+            for record in records
+        ]
+        return self._publish(items, event)
 
     def publish_delete(self, channel_id: int, message_ids: Sequence[int]) -> PublishOutcome:
         body = json.dumps(
             {"event": "delete", "channel_id": channel_id, "message_ids": list(message_ids)}
         )
         ident = f"{channel_id}:{','.join(map(str, message_ids))}:delete"
-        return self._publish(channel_id, body, ident, "delete")
+        return self._publish([(channel_id, body, ident)], "delete")
 
-    def _publish(self, channel_id: int, body: str, ident: str, event: str) -> PublishOutcome:
+    def _publish(self, items: Sequence[tuple[int, str, str]], event: str) -> PublishOutcome:
+        if not items:
+            return PublishOutcome(True, 0)
         if time.monotonic() < self._down_until:
             # The broker just failed every attempt: fail fast instead of stalling each caller.
             return PublishOutcome(False, 0, "broker unavailable (cooling down)")
@@ -166,9 +182,8 @@ class MessagePublisher:
         for attempt in range(1, self._attempts + 1):
             try:
                 with self._lock:
-                    if self._publish_once(channel_id, body, ident, event):
-                        return PublishOutcome(True, attempt)
-                error = "broker did not confirm (nack)"
+                    self._publish_once(items, event)
+                return PublishOutcome(True, attempt)
             except (AMQPError, OSError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 with self._lock:
@@ -176,22 +191,25 @@ class MessagePublisher:
             if attempt < self._attempts:
                 time.sleep(self._backoff * 2 ** (attempt - 1))
         self._down_until = time.monotonic() + self._cooldown
-        log.warning("publish failed", extra={"message_id": ident, "error": error})
+        log.warning("publish failed", extra={"messages": len(items), "error": error})
         return PublishOutcome(False, self._attempts, error)
 
-    def _publish_once(self, channel_id: int, body: str, ident: str, event: str) -> bool:
+    def _publish_once(self, items: Sequence[tuple[int, str, str]], event: str) -> None:
         channel = self._ensure_channel()
-        properties: dict[str, Any] = {
-            "message_id": ident,
-            "content_type": "application/json",
-            "content_encoding": "utf-8",
-            "delivery_mode": 2,
-            "timestamp": datetime.now(UTC),
-            "headers": {"source": self._source, "channel_id": str(channel_id), "event": event},
-        }
-        message = Message.create(channel, body, properties)
-        confirmed = message.publish(routing_key(channel_id), EXCHANGE, mandatory=True)
-        return bool(confirmed)
+        for channel_id, body, ident in items:
+            properties: dict[str, Any] = {
+                "message_id": ident,
+                "content_type": "application/json",
+                "content_encoding": "utf-8",
+                "delivery_mode": 2,
+                "timestamp": datetime.now(UTC),
+                "headers": {"source": self._source, "channel_id": str(channel_id), "event": event},
+            }
+            message = Message.create(channel, body, properties)
+            message.publish(routing_key(channel_id), EXCHANGE, mandatory=True)
+        channel.tx.commit()
+        # A basic.return (unroutable) arrives before commit-ok; it fails the whole batch.
+        channel.check_for_exceptions()
 
     def _close_quietly(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None

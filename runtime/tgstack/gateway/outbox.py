@@ -27,7 +27,7 @@ class OutboxStore(Protocol):
 
 
 class OutboxPublisher(Protocol):
-    def publish(self, record: MessageRecord, event: str = "new") -> object: ...
+    def publish_batch(self, records: Sequence[MessageRecord], event: str = "new") -> object: ...
 
 
 @dataclass(frozen=True)
@@ -63,12 +63,10 @@ class OutboxRelay:
             if not records:
                 break
             confirmed: list[MessageKey] = []
-            for record in records:
-                if getattr(self.publisher.publish(record), "published", False):
-                    confirmed.append(record.key)
-                else:
-                    failed += 1
-                    break  # the broker is down: stop hammering it, try again next round
+            if getattr(self.publisher.publish_batch(records), "published", False):
+                confirmed = [record.key for record in records]
+            else:
+                failed += len(records)  # the broker is down: try again next round
             if confirmed:
                 self.store.mark_published(confirmed)
                 published += len(confirmed)

@@ -50,6 +50,7 @@ class HotCache(Protocol):
 
 class Publisher(Protocol):
     def publish(self, record: MessageRecord, event: str = "new") -> object: ...
+    def publish_batch(self, records: Sequence[MessageRecord], event: str = "new") -> object: ...
     def publish_delete(self, channel_id: int, message_ids: Sequence[int]) -> object: ...
 
 
@@ -157,7 +158,8 @@ class IngestPipeline:
         if self.publisher is None or not stored:
             stats.unpublished += len(stored)
             return
-        confirmed = [r.key for r in stored if _published(self.publisher.publish(r))]
+        outcome = self.publisher.publish_batch(stored)
+        confirmed = [r.key for r in stored] if _published(outcome) else []
         stats.published += len(confirmed)
         stats.unpublished += len(stored) - len(confirmed)
         metrics.GATEWAY_PUBLISH.labels("pipeline", "ok").inc(len(confirmed))
