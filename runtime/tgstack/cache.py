@@ -21,7 +21,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -110,25 +110,33 @@ class MessageCache:
         One pipeline (one round trip, no MULTI). True when Redis took it, False when Redis
         failed (the database path covers the message). Invalid ids raise InvalidMessage.
         """
-        ch, mid = record.channel_id, record.message_id
-        body = json.dumps(record.to_dict(), separators=(",", ":"))
-        msg_key, dedup = keys.message_key(ch, mid), keys.dedup_key(ch, mid)
-        recent, member = keys.recent_key(ch), keys.recent_member(mid)
-        score = keys.score_ms(record.telegram_date)
+        return self.cache_messages([record])
+
+    def cache_messages(self, records: Sequence[MessageRecord]) -> bool:
+        """``cache_message`` for a batch, in one pipeline (one round trip for all of them)."""
+        if not records:
+            return True
         if not self._redis_usable("cache_message"):
             return False
         try:
             with self._client.pipeline(transaction=False) as pipe:
-                pipe.set(msg_key, body, ex=self._hot_ttl)
-                pipe.zadd(recent, {member: score})
-                pipe.expire(recent, self._hot_ttl)
-                pipe.set(dedup, b"1", ex=self._dedup_ttl)
+                for record in records:
+                    self._queue_cache_commands(pipe, record)
                 pipe.execute()
         except RedisError as exc:
             self._failed("cache_message", exc)
             return False
         self._succeeded("cache_message", "ok")
         return True
+
+    def _queue_cache_commands(self, pipe: Any, record: MessageRecord) -> None:
+        ch, mid = record.channel_id, record.message_id
+        body = json.dumps(record.to_dict(), separators=(",", ":"))
+        recent = keys.recent_key(ch)
+        pipe.set(keys.message_key(ch, mid), body, ex=self._hot_ttl)
+        pipe.zadd(recent, {keys.recent_member(mid): keys.score_ms(record.telegram_date)})
+        pipe.expire(recent, self._hot_ttl)
+        pipe.set(keys.dedup_key(ch, mid), b"1", ex=self._dedup_ttl)
 
     def mark_processed(self, channel_id: int, message_ids: Iterable[int]) -> int:
         """Drop processed messages from the channel's window and their bodies, in one pipeline.

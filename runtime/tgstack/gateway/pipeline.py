@@ -45,6 +45,7 @@ class HotCache(Protocol):
     """What the pipeline needs from Redis (tgstack.cache.MessageCache provides it)."""
 
     def cache_message(self, record: MessageRecord) -> bool: ...
+    def cache_messages(self, records: Sequence[MessageRecord]) -> bool: ...
     def mark_processed(self, channel_id: int, message_ids: Sequence[int]) -> int: ...
 
 
@@ -152,9 +153,8 @@ class IngestPipeline:
         )
 
     def _after_commit(self, stored: Sequence[MessageRecord], stats: BatchStats) -> None:
-        if self.cache is not None:
-            for record in stored:
-                self.cache.cache_message(record)
+        if self.cache is not None and stored:
+            self.cache.cache_messages(stored)
         if self.publisher is None or not stored:
             stats.unpublished += len(stored)
             return
