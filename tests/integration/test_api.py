@@ -216,11 +216,13 @@ def test_message_filters(api: Api, db: TestDatabase) -> None:
     assert keys("include_deleted=true&status=deleted") == [(CHANNEL_B, 2)]
 
 
-def test_text_search_has_a_trigram_index(db: TestDatabase) -> None:
-    with psycopg.connect(db.direct_dsn) as conn:
-        row = conn.execute(
-            "SELECT indexdef FROM pg_indexes WHERE indexname = 'idx_telegram_messages_api_search'"
-        ).fetchone()
+def test_text_search_trigram_index_is_opt_in(db: TestDatabase) -> None:
+    query = "SELECT indexdef FROM pg_indexes WHERE indexname = 'idx_telegram_messages_api_search'"
+    with psycopg.connect(db.direct_dsn, autocommit=True) as conn:
+        assert conn.execute(query).fetchone() is None  # not by default: it slows ingest
+        created = conn.execute("SELECT telegram_gateway.create_api_search_index()").fetchone()
+        row = conn.execute(query).fetchone()
+    assert created == (True,)
     assert row is not None
     assert "gin_trgm_ops" in row[0]
 

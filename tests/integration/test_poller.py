@@ -6,6 +6,10 @@ Every signal is stored once and every post is marked once, whatever path found i
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -24,7 +28,7 @@ from tgstack.db import Database, DatabaseUnavailable
 from tgstack.gateway.events import MessageEvent
 from tgstack.gateway.pipeline import IngestPipeline
 from tgstack.gateway.synthetic import generate
-from tgstack.localstack import RedisServer
+from tgstack.localstack import RedisServer, free_port
 from tgstack.models import MessageKey, MessageRecord, StoredMessage
 from tgstack.poller.consumer import QueueConsumer
 from tgstack.poller.worker import PollStats, SignalWorker
@@ -316,3 +320,73 @@ def test_a_delivery_failing_three_times_goes_to_the_dlq_and_is_marked_failed(
     dlq.close()
     assert "not json" in bodies
     assert any(json.loads(b)["message_id"] == poison.message_id for b in bodies if b != "not json")
+
+
+# Many processes ------------------------------------------------------------------------------
+
+
+def pending_or_claimed(dsn: str) -> int:
+    with psycopg.connect(dsn, prepare_threshold=None) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM telegram_gateway.messages"
+            " WHERE processing_state IN ('pending', 'processing')"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def start_pollers(count: int, db: TestDatabase, amqp_url: str) -> list[subprocess.Popen[bytes]]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TGSTACK_")}
+    processes = []
+    for _ in range(count):
+        env = base | {
+            "TGSTACK_DATABASE_URL": db.app_dsn,
+            "TGSTACK_AMQP_URL": amqp_url,
+            "TGSTACK_POLLER_PORT": str(free_port()),
+            "TGSTACK_POLLER_LEASE_SECONDS": "5",
+            "TGSTACK_POLLER_SAFETY_POLL_SECONDS": "1",
+            "TGSTACK_LOG_LEVEL": "WARNING",
+        }
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "tgstack", "poller", "--mode", "hybrid"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    return processes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_one", [False, True], ids=["all-alive", "one-killed-mid-run"])
+def test_five_poller_processes_over_10000_queued_posts_store_each_signal_once(
+    db: TestDatabase, database: Database, amqp_url: str, kill_one: bool
+) -> None:
+    records = list(generate(10_000, seed=11))
+    with MessagePublisher(amqp_url) as publisher:
+        for start in range(0, len(records), 500):
+            store(database, records[start : start + 500], publisher=publisher)
+    assert queue_depth(amqp_url, consumer_queue_name("tp-capital")) == 10_000
+    pollers = start_pollers(5, db, amqp_url)
+    try:
+        if kill_one:
+            deadline = time.monotonic() + 120
+            while pending_or_claimed(db.app_dsn) > 7_000 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            pollers[0].send_signal(signal.SIGKILL)  # mid-batch: holds claims and unacked posts
+        deadline = time.monotonic() + 240
+        while pending_or_claimed(db.app_dsn) > 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        for poller in pollers:
+            if poller.poll() is None:
+                poller.send_signal(signal.SIGTERM)
+        for poller in pollers:
+            poller.wait(60)
+    assert [p.returncode for p in pollers[1:]] == [0, 0, 0, 0]  # graceful SIGTERM exits
+    result = counts(db.app_dsn)
+    assert result.get("pending", 0) == result.get("processing", 0) == 0
+    assert result["signals"] == expected_signals(records)
+    assert result["processed"] + result["ignored"] == 10_000
+    assert result["not_marked_once"] == 0
