@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +37,8 @@ class FakeTelegram:
         self.auth_error = auth_error
         self.flood_once = flood_once
         self.handlers: list[tuple[Any, Any]] = []
+        self._connected = True
+        self._disconnected: asyncio.Future[None] | None = None
         self.iter_calls: list[dict[str, Any]] = []
 
     async def connect(self) -> None:
@@ -53,7 +56,18 @@ class FakeTelegram:
         self.handlers.append((callback, event))
 
     def is_connected(self) -> bool:
-        return True
+        return self._connected
+
+    @property
+    def disconnected(self) -> asyncio.Future[None]:
+        if self._disconnected is None:
+            self._disconnected = asyncio.get_running_loop().create_future()
+        return self._disconnected
+
+    async def disconnect(self) -> None:
+        self._connected = False
+        if self._disconnected is not None and not self._disconnected.done():
+            self._disconnected.set_result(None)
 
     async def iter_messages(
         self, entity: Any, *, min_id: int, reverse: bool, wait_time: float

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -241,6 +242,12 @@ class GatewayService:
         )
         self.health = HealthServer(settings.gateway_bind, settings.gateway_port, self.check)
         self._stopping = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def request_stop(self) -> None:
+        """Stop as SIGTERM does; safe to call from any thread."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
 
     def check(self) -> tuple[bool, dict[str, Any]]:
         telegram = bool(self.client.is_connected())
@@ -255,9 +262,10 @@ class GatewayService:
     async def run(self) -> None:
         self.health.start()
         self.worker.start()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stopping.set)
+        self._loop = asyncio.get_running_loop()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(sig, self._stopping.set)
         try:
             await self.source.start()
             metrics.GATEWAY_CONNECTED.set(1)

@@ -1,0 +1,96 @@
+"""The gateway service: /health and /metrics on one port, SIGTERM-style stop flushes the batch."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import psycopg
+
+from tests.conftest import TestDatabase
+from tests.telegram_fakes import CHANNEL, FakeTelegram
+from tgstack.config import Settings
+from tgstack.gateway.events import MessageEvent
+from tgstack.gateway.service import GatewayService, components
+from tgstack.gateway.synthetic import generate
+from tgstack.localstack import free_port, wait_until
+
+
+def get(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def test_health_metrics_and_graceful_stop_flushes_every_event(db: TestDatabase) -> None:
+    port = free_port()
+    settings = Settings(
+        database_url=db.app_dsn,  # type: ignore[arg-type]
+        channels=[CHANNEL],  # type: ignore[arg-type]
+        gateway_port=port,
+        gateway_batch_size=50,
+        gateway_batch_delay_ms=1000,  # a long delay: the stop must flush what is queued
+    )
+    fake = FakeTelegram([])
+    errors: list[BaseException] = []
+    with components(settings, source="gateway") as parts:
+        service = GatewayService(settings, parts, fake)
+
+        def run() -> None:
+            try:
+                asyncio.run(service.run())
+            except BaseException as exc:  # surfaced below
+                errors.append(exc)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        wait_until(lambda: get(port, "/health")[0] == 200, 20, "gateway health")
+        status, body = get(port, "/health")
+        health: dict[str, Any] = json.loads(body)
+        assert (status, health["status"], health["telegram_connected"], health["database"]) == (
+            200,
+            "ok",
+            True,
+            True,
+        )
+        for record in generate(120, channels=(CHANNEL,)):
+            service.worker.submit(MessageEvent.new(record))
+        started = time.monotonic()
+        service.request_stop()
+        thread.join(60)
+        assert not thread.is_alive()
+        assert time.monotonic() - started < 30
+    assert not errors
+    with psycopg.connect(db.app_dsn, prepare_threshold=None) as conn:
+        stored = conn.execute("SELECT count(*) FROM telegram_gateway.messages").fetchone()
+    assert stored == (120,)
+
+
+def test_health_is_503_when_telegram_is_disconnected(db: TestDatabase) -> None:
+    port = free_port()
+    settings = Settings(
+        database_url=db.app_dsn,  # type: ignore[arg-type]
+        channels=[CHANNEL],  # type: ignore[arg-type]
+        gateway_port=port,
+    )
+    fake = FakeTelegram([])
+    with components(settings, source="gateway") as parts:
+        service = GatewayService(settings, parts, fake)
+        service.health.start()
+        try:
+            fake._connected = False
+            status, body = get(port, "/health")
+            metrics_status, metrics = get(port, "/metrics")
+        finally:
+            service.health.stop()
+    assert status == 503
+    assert json.loads(body)["telegram_connected"] is False
+    assert metrics_status == 200
+    assert b"tgstack_gateway_telegram_connected 0.0" in metrics
