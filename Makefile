@@ -1,7 +1,9 @@
 # tgstack — one entry point for building, testing and running the stack.
-#   make test       the whole test suite (fast tier + slow real-server drills); what CI runs
-#   make test-fast  lint + unit + integration tests against real servers (a few minutes)
-#   make bench-db   data-layer benchmark on 1,000,000 stored messages
+#   make test           the whole test suite (fast tier + slow real-server drills); what CI runs
+#   make test-fast      lint + unit + integration tests against real servers (a few minutes)
+#   make test-molecule  converge site.yml on a real systemd + Docker server, idempotence, verify
+#   make bench-db       data-layer benchmark on 1,000,000 stored messages
+#   make bench-ingest   tgstack replay of 100,000 synthetic posts through the whole pipeline
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -9,7 +11,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMPS := .cache/stamps
 
-.PHONY: help deps system-deps venv lint test test-fast test-slow bench-db clean
+.PHONY: help deps system-deps venv lint lint-python lint-ansible test test-fast test-slow \
+	test-molecule testbed-images health bench-db bench-ingest clean
+
+# molecule and ansible-lint call ansible-* by name: the virtualenv must come first on PATH
+WITH_VENV := PATH=$(CURDIR)/$(BIN):$$PATH
 
 help:
 	@sed -n 's/^#  //p' Makefile
@@ -31,11 +37,21 @@ system-deps:
 
 deps: venv system-deps
 
-lint: venv
+lint: lint-python lint-ansible
+
+lint-python: venv
 	@echo "==> ruff"
-	@$(BIN)/ruff check runtime tests
+	@$(BIN)/ruff check runtime tests filter_plugins
 	@echo "==> mypy"
 	@$(BIN)/mypy
+
+lint-ansible: venv
+	@echo "==> yamllint"
+	@$(BIN)/yamllint .
+	@echo "==> ansible-lint"
+	@$(WITH_VENV) $(BIN)/ansible-lint
+	@echo "==> ansible-playbook --syntax-check"
+	@$(WITH_VENV) $(BIN)/ansible-playbook --syntax-check ansible/site.yml ansible/health.yml
 
 test-fast: deps lint
 	@echo "==> pytest (unit + integration, real servers)"
@@ -47,8 +63,23 @@ test-slow: deps
 
 test: test-fast test-slow
 
+testbed-images:
+	@scripts/testbed/engine.sh
+	@scripts/testbed/build-images.sh server stack
+	@scripts/testbed/save-images.sh
+
+test-molecule: venv testbed-images
+	@echo "==> molecule test -s default"
+	@$(WITH_VENV) molecule test -s default
+
+health: venv
+	@$(WITH_VENV) $(BIN)/ansible-playbook ansible/health.yml $(HEALTH_ARGS)
+
 bench-db: deps
 	@$(BIN)/python tests/bench/bench_db.py $(BENCH_ARGS)
+
+bench-ingest: deps
+	@$(BIN)/python tests/bench/bench_ingest.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache .hypothesis
