@@ -191,7 +191,9 @@ $$;
 -- Apply an edit: the row takes the new text/caption (media only when given), the state before
 -- the edit goes to message_edits. An edit that is not newer than the last one applied (a replay
 -- or an out-of-order older edit), or that changes no content (text, caption, media), changes
--- nothing. Returns whether the edit was applied; false also when the message is not stored.
+-- nothing. An applied edit sends the message back to the poller (pending, claim voided), which
+-- updates or retires its signal. Returns whether the edit was applied; false also when the
+-- message is not stored.
 CREATE OR REPLACE FUNCTION telegram_gateway.apply_message_edit(
     p_channel_id bigint,
     p_message_id bigint,
@@ -231,6 +233,7 @@ BEGIN
     IF NOT FOUND OR p_edit_date <= v_row.edit_date THEN
         RETURN false;
     END IF;
+    -- Telegram also sends edits for markup or reactions: unchanged content is not an edit.
     IF v_row.text IS NOT DISTINCT FROM p_text AND v_row.caption IS NOT DISTINCT FROM p_caption
        AND (p_media_type IS NULL OR p_media_type IS NOT DISTINCT FROM v_row.media_type)
        AND (p_media_refs IS NULL OR p_media_refs IS NOT DISTINCT FROM v_row.media_refs) THEN
@@ -251,6 +254,10 @@ BEGIN
            media_refs = coalesce(p_media_refs, m.media_refs),
            edit_date = p_edit_date,
            edit_count = m.edit_count + 1,
+           -- the new content must be parsed again: back to pending, any claim voided (fencing)
+           processing_state = 'pending',
+           claimed_by = NULL,
+           claim_expires_at = NULL,
            -- the previous text's sanitising note no longer applies; the consumer's mark stays
            metadata = (m.metadata - 'original_text_b64' - 'original_caption_b64')
                       || (coalesce(p_metadata, '{}'::jsonb) - 'processed_by')

@@ -7,6 +7,8 @@ Long-lived servers are session-scoped; tests that stop or kill a server get thei
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,8 +28,28 @@ from tgstack.localstack import (
 
 
 @pytest.fixture(scope="session")
-def data_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataStack]:
-    stack = start_data_stack(tmp_path_factory.mktemp("data-stack"))
+def server_root() -> Iterator[Path]:
+    """Where test servers keep their data: outside pytest's temp dir, which another pytest
+    session on the machine may reset to mode 0700 (PostgreSQL runs as another user)."""
+    root = Path(tempfile.mkdtemp(prefix="tgstack-servers-"))
+    root.chmod(0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def server_dir(server_root: Path) -> Path:
+    """A fresh directory for one test's own servers."""
+    path = server_root / f"t-{uuid.uuid4().hex[:10]}"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_stack(server_root: Path) -> Iterator[DataStack]:
+    stack = start_data_stack(server_root / "data-stack")
     try:
         yield stack
     finally:
@@ -96,9 +118,9 @@ def empty_db(data_stack: DataStack) -> Iterator[TestDatabase]:
 
 
 @pytest.fixture
-def own_data_stack(tmp_path: Path) -> Iterator[DataStack]:
+def own_data_stack(server_dir: Path) -> Iterator[DataStack]:
     """A PostgreSQL + PgBouncer pair for a test that stops or restarts them."""
-    stack = start_data_stack(tmp_path / "stack")
+    stack = start_data_stack(server_dir / "stack")
     try:
         yield stack
     finally:
@@ -106,8 +128,8 @@ def own_data_stack(tmp_path: Path) -> Iterator[DataStack]:
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"), password="test-" + uuid.uuid4().hex)
+def redis_server(server_root: Path) -> Iterator[RedisServer]:
+    server = RedisServer(server_root / "redis", password="test-" + uuid.uuid4().hex)
     server.start()
     try:
         yield server
@@ -126,9 +148,9 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+def own_redis(server_dir: Path) -> Iterator[RedisServer]:
     """A Redis server for a test that stops or kills it."""
-    server = RedisServer(tmp_path / "redis", password="test-" + uuid.uuid4().hex)
+    server = RedisServer(server_dir / "redis", password="test-" + uuid.uuid4().hex)
     server.start()
     try:
         yield server
@@ -137,9 +159,9 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def redis_ha(tmp_path: Path) -> Iterator[RedisHA]:
+def redis_ha(server_dir: Path) -> Iterator[RedisHA]:
     """Master, replica and three Sentinels (quorum 2), with a short down-after for drills."""
-    ha = RedisHA(tmp_path / "redis-ha", down_after_ms=1000, failover_timeout_ms=3000)
+    ha = RedisHA(server_dir / "redis-ha", down_after_ms=1000, failover_timeout_ms=3000)
     ha.start()
     try:
         yield ha
@@ -148,8 +170,8 @@ def redis_ha(tmp_path: Path) -> Iterator[RedisHA]:
 
 
 @pytest.fixture(scope="session")
-def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQServer]:
-    server = RabbitMQServer(tmp_path_factory.mktemp("rabbitmq"))
+def rabbitmq(server_root: Path) -> Iterator[RabbitMQServer]:
+    server = RabbitMQServer(server_root / "rabbitmq")
     server.start()
     try:
         yield server
@@ -164,9 +186,9 @@ def amqp_url(rabbitmq: RabbitMQServer) -> str:
 
 
 @pytest.fixture
-def own_rabbitmq(tmp_path: Path) -> Iterator[RabbitMQServer]:
+def own_rabbitmq(server_dir: Path) -> Iterator[RabbitMQServer]:
     """A RabbitMQ node for a test that stops or restarts it."""
-    server = RabbitMQServer(tmp_path / "rabbitmq")
+    server = RabbitMQServer(server_dir / "rabbitmq")
     server.start()
     try:
         yield server

@@ -226,10 +226,9 @@ class GatewayService:
         self.source = TelethonSource(
             client,
             settings.require_channels(),
-            self.worker.submit,
+            self._submit,
             cursors=parts.database,
             on_flood_wait=lambda seconds, _: metrics.GATEWAY_FLOOD_WAIT_SECONDS.inc(seconds),
-            on_backfill_progress=lambda ch, n: None,
         )
         self.relay = (
             OutboxRelay(
@@ -243,6 +242,11 @@ class GatewayService:
         self.health = HealthServer(settings.gateway_bind, settings.gateway_port, self.check)
         self._stopping = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _submit(self, event: MessageEvent) -> None:
+        if event.record is not None and event.record.source == "backfill":
+            metrics.GATEWAY_BACKFILL.labels(str(event.channel_id)).inc()
+        self.worker.submit(event)
 
     def request_stop(self) -> None:
         """Stop as SIGTERM does; safe to call from any thread."""
