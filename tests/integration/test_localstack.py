@@ -43,7 +43,8 @@ def test_rabbitmq_accepts_amqp_login_on_the_telegram_vhost(rabbitmq: RabbitMQSer
     connection = amqpstorm.UriConnection(rabbitmq.url())
     channel = connection.channel()
     channel.queue.declare("harness-check", arguments={"x-queue-type": "quorum"}, durable=True)
-    channel.basic.publish("hello", "harness-check")
+    channel.confirm_deliveries()  # a quorum queue enqueues asynchronously: wait for the ack
+    assert channel.basic.publish("hello", "harness-check")
     message = channel.basic.get("harness-check", no_ack=True)
     assert message is not None
     assert message.body == "hello"
