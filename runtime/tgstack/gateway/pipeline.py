@@ -71,7 +71,7 @@ class BatchStats:
     rejected: int = 0
 
     def add(self, other: BatchStats) -> None:
-        for name in self.__dataclass_fields__:
+        for name in BatchStats.__dataclass_fields__:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 

@@ -82,15 +82,10 @@ def build_pipeline(parts: Components) -> IngestPipeline:
 
 
 @dataclass
-class ReplaySummary:
+class ReplaySummary(BatchStats):
+    """The pipeline's totals plus what only a replay knows: lines read, time, rejections."""
+
     read: int = 0
-    stored: int = 0
-    duplicates: int = 0
-    edits: int = 0
-    deletes: int = 0
-    rejected: int = 0
-    published: int = 0
-    unpublished: int = 0
     seconds: float = 0.0
     rejections: list[str] = field(default_factory=list)
 
@@ -99,11 +94,18 @@ class ReplaySummary:
         return self.read / self.seconds if self.seconds > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("rejections")
-        data["messages_per_second"] = round(self.rate, 1)
-        data["seconds"] = round(self.seconds, 3)
-        return data
+        return {
+            "read": self.read,
+            "stored": self.stored,
+            "duplicates": self.duplicates,
+            "edits": self.edits,
+            "deletes": self.deletes,
+            "rejected": self.rejected,
+            "published": self.published,
+            "unpublished": self.unpublished,
+            "seconds": round(self.seconds, 3),
+            "messages_per_second": round(self.rate, 1),
+        }
 
 
 class RateLimiter:
@@ -165,19 +167,9 @@ def run_replay(
         if not finished:
             log.error("replay stopped before every batch was committed")
     summary.read += summary.rejected
-    _copy_totals(summary, totals)
+    summary.add(totals)  # DB rejections join the rejected lines
     summary.seconds = time.monotonic() - started
     return summary
-
-
-def _copy_totals(summary: ReplaySummary, totals: BatchStats) -> None:
-    summary.stored = totals.stored
-    summary.duplicates = totals.duplicates
-    summary.edits = totals.edits
-    summary.deletes = totals.deletes
-    summary.published = totals.published
-    summary.unpublished = totals.unpublished
-    summary.rejected += totals.rejected
 
 
 def flush_outbox(settings: Settings) -> dict[str, int]:
