@@ -109,6 +109,16 @@ class Settings(BaseSettings):
         description="the Telethon session file written by `tgstack login` (mode 0600)",
     )
 
+    gateway_source: Literal["telethon", "spool"] = Field(
+        default="telethon",
+        description="where `tgstack gateway` reads posts: telethon (a Telegram account) or "
+        "spool (JSONL files dropped into gateway_spool_dir: the sandbox's stand-in)",
+    )
+    gateway_spool_dir: Path = Field(
+        default=Path("/var/lib/tgstack/spool"),
+        description="directory of *.jsonl files (replay format) the spool source follows",
+    )
+    gateway_spool_poll_seconds: float = Field(default=1.0, gt=0, le=60)
     gateway_bind: str = "127.0.0.1"
     gateway_port: int = Field(default=4006, ge=1, le=65535)
     gateway_batch_size: int = Field(default=500, ge=1, le=10_000)

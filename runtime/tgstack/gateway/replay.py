@@ -79,8 +79,11 @@ def _timestamp(data: dict[str, Any], name: str, *, required: bool) -> datetime |
     return parsed
 
 
-def event_from_json(data: object) -> MessageEvent:
-    """Build an event from one decoded JSON line; InvalidMessage names the field at fault."""
+def event_from_json(data: object, *, source: str = "replay") -> MessageEvent:
+    """Build an event from one decoded JSON line; InvalidMessage names the field at fault.
+
+    ``source`` is stored with the record (``replay`` for files, ``spool`` for the spool source).
+    """
     if not isinstance(data, dict):
         raise InvalidMessage("line is not a JSON object")
     kind = data.get("event", "new")
@@ -102,12 +105,14 @@ def event_from_json(data: object) -> MessageEvent:
         media_type=_optional_text(data, "media_type"),
         edit_date=_timestamp(data, "edit_date", required=False),
         grouped_id=grouped_id,
-        source="replay",
+        source=source,
     )
     return MessageEvent.edit(record) if kind == "edit" else MessageEvent.new(record)
 
 
-def parse_line(line: str | bytes, line_number: int) -> MessageEvent | RejectedLine | None:
+def parse_line(
+    line: str | bytes, line_number: int, *, source: str = "replay"
+) -> MessageEvent | RejectedLine | None:
     """One line → an event, a rejection with its reason, or None for a blank line."""
     if isinstance(line, bytes):
         try:
@@ -121,7 +126,7 @@ def parse_line(line: str | bytes, line_number: int) -> MessageEvent | RejectedLi
     except json.JSONDecodeError as exc:
         return RejectedLine(line_number, f"invalid JSON ({exc.msg} at column {exc.colno})")
     try:
-        return event_from_json(data)
+        return event_from_json(data, source=source)
     except InvalidMessage as exc:
         return RejectedLine(line_number, str(exc))
 

@@ -305,6 +305,11 @@ class GatewayService:
 
 
 def run_gateway(settings: Settings) -> None:
+    if settings.gateway_source == "spool":
+        from tgstack.gateway.spool import run_spool_gateway
+
+        run_spool_gateway(settings)
+        return
     client = make_client(settings)
     with components(settings, source="gateway") as parts:
         service = GatewayService(settings, parts, client)
