@@ -167,6 +167,12 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_loadtest(args: argparse.Namespace, settings: Settings) -> int:
+    from tgstack.loadtest.command import run
+
+    return run(args, settings)
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -298,12 +304,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     poller.set_defaults(handler=cmd_poller)
 
+    from tgstack.loadtest.command import add_parser as add_loadtest_parser
+
+    add_loadtest_parser(commands, cmd_loadtest)
+
     signals = commands.add_parser("signals", help="trading-signal tools")
     signals_commands = signals.add_subparsers(dest="signals_command", required=True)
     parse = signals_commands.add_parser(
         "parse", help="parse a post from stdin; print the signal as JSON, or null"
     )
     parse.set_defaults(handler=cmd_signals_parse)
+
+    from tgstack.legacy.cli import add_legacy_commands
+
+    add_legacy_commands(commands)
     return parser
 
 

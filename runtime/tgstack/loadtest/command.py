@@ -1,0 +1,133 @@
+"""``tgstack loadtest``: the command-line front end of the load test."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from tgstack.config import Settings
+
+
+def _positive(kind: type[float] | type[int]) -> Any:
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{value} must be greater than 0")
+        return value
+
+    return parse
+
+
+def add_parser(commands: Any, handler: Any) -> None:
+    parser = commands.add_parser(
+        "loadtest",
+        help="drive synthetic posts through the whole pipeline and measure it end to end",
+        description="Synthetic posts → gateway pipeline → PostgreSQL (PgBouncer) → Redis → "
+        "RabbitMQ → pollers → signals, at a given rate; live progress, then a zero-loss check "
+        "and result.json, summary.md and plot.png. Posts go to load-test channels of their own "
+        "(-1009999999000 and below).",
+    )
+    parser.add_argument(
+        "--local",
+        action="store_true",
+        help="start a whole local stack (durable PostgreSQL, PgBouncer, Redis + Sentinels, "
+        "RabbitMQ) for the run instead of using the configured one",
+    )
+    parser.add_argument("--rate", type=_positive(float), default=100.0, help="posts per second")
+    parser.add_argument("--duration", type=_positive(float), default=30.0, help="seconds")
+    parser.add_argument(
+        "--count", type=_positive(int), help="send this many posts as fast as possible instead"
+    )
+    parser.add_argument("--channels", type=_positive(int), default=3)
+    parser.add_argument(
+        "--pollers",
+        type=int,
+        default=2,
+        help="pollers to start for the run (0: rely on the pollers already running)",
+    )
+    parser.add_argument("--poller-kind", choices=("process", "thread"), default="process")
+    parser.add_argument("--mode", choices=("queue", "poll", "hybrid"), default="hybrid")
+    parser.add_argument(
+        "--poll-interval", type=_positive(float), help="seconds between polls (poll/hybrid)"
+    )
+    parser.add_argument("--batch-size", type=_positive(int), help="gateway micro-batch size")
+    parser.add_argument(
+        "--batch-delay-ms", type=int, help="gateway micro-batch wait (default: the setting)"
+    )
+    parser.add_argument("--signal-share", type=float, default=0.3)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds left out of steady")
+    parser.add_argument("--drain-timeout", type=_positive(float), default=60.0)
+    parser.add_argument("--label", default="loadtest")
+    parser.add_argument("--out", type=Path, help="result directory (default loadtest-results/…)")
+    parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument(
+        "--cleanup", action="store_true", help="delete the run's posts and signals afterwards"
+    )
+    parser.add_argument(
+        "--base-dir", type=Path, help="with --local: where the servers live (default: temp)"
+    )
+    parser.set_defaults(handler=handler)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from tgstack.loadtest import machine
+    from tgstack.loadtest.local import local_stack
+    from tgstack.loadtest.plan import LoadPlan
+    from tgstack.loadtest.runner import default_out_dir, run_loadtest
+
+    plan = LoadPlan(
+        rate=None if args.count else args.rate,
+        duration=args.duration,
+        count=args.count,
+        channels=args.channels,
+        pollers=args.pollers,
+        poller_kind=args.poller_kind,
+        mode=args.mode,
+        poll_interval=args.poll_interval,
+        signal_share=args.signal_share,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        batch_delay_ms=args.batch_delay_ms,
+        warmup=args.warmup,
+        drain_timeout=args.drain_timeout,
+        label=args.label,
+        out_dir=args.out or default_out_dir(args.label),
+        plot=not args.no_plot,
+        cleanup=args.cleanup,
+    )
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    if args.local:
+        with local_stack(args.base_dir, progress=say) as stack:
+            local = stack.settings(log_level=settings.log_level, log_format=settings.log_format)
+            result = run_loadtest(
+                local,
+                plan,
+                server_versions=machine.local_server_versions()
+                | {"postgresql_running": machine.stack_versions(local)["postgresql"]},
+            )
+    else:
+        result = run_loadtest(settings, plan, server_versions=machine.stack_versions(settings))
+    data = result.as_dict()
+    acc = data["accounting"]
+    latency = data["latency"]["end_to_end_ms"]
+    print(
+        f"{'PASS' if result.ok else 'FAIL'}: {acc['sent']:,} sent, {acc['unique_rows']:,} "
+        f"stored, {acc['signals']:,}/{acc['expected_signals']:,} signals, "
+        f"{acc['duplicate_signals']} duplicate; end to end p50 {latency['p50']} ms, "
+        f"p95 {latency['p95']} ms, p99 {latency['p99']} ms; "
+        f"{data['end_to_end_rate']:,.0f} posts/s end to end"
+    )
+    for problem in result.problems():
+        print(f"problem: {problem}", file=sys.stderr)
+    for name, path in result.files.items():
+        print(f"{name}: {path}")
+    return 0 if result.ok else 1

@@ -1,0 +1,67 @@
+"""The posts a load test sends: synthetic signals and chatter, dated when they are sent.
+
+A post's ``telegram_date`` is the wall-clock time it is handed to the gateway, to the
+microsecond: PostgreSQL stores it with the row, so the end-to-end latency of a post is
+``processed_at - telegram_date`` read back from the database, not an estimate.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from tgstack.gateway.synthetic import CHATTER, signal_text
+from tgstack.models import MessageKey, MessageRecord
+
+
+@dataclass(frozen=True, slots=True)
+class SentPost:
+    key: MessageKey
+    sent_at: float  # Unix time, the post's telegram_date
+    is_signal: bool
+
+
+class PostFactory:
+    """Round-robin over the channels, message ids increasing from ``first_ids``."""
+
+    def __init__(
+        self,
+        channels: Sequence[int],
+        first_ids: Mapping[int, int],
+        *,
+        signal_share: float = 0.3,
+        seed: int = 1,
+    ) -> None:
+        if not channels:
+            raise ValueError("a load test needs at least one channel")
+        self.channels = list(channels)
+        self.next_id = {channel: int(first_ids.get(channel, 1)) for channel in self.channels}
+        self.first_ids = dict(self.next_id)
+        self.signal_share = signal_share
+        self._rng = random.Random(seed)  # noqa: S311 - test data, not cryptography
+        self._index = 0
+
+    def make(self) -> tuple[MessageRecord, SentPost]:
+        channel = self.channels[self._index % len(self.channels)]
+        self._index += 1
+        message_id = self.next_id[channel]
+        self.next_id[channel] = message_id + 1
+        is_signal = self._rng.random() < self.signal_share
+        text = signal_text(self._rng) if is_signal else self._rng.choice(CHATTER)
+        now = datetime.now(UTC)
+        record = MessageRecord.create(channel, message_id, now, text=text, source="loadtest")
+        return record, SentPost(record.key, now.timestamp(), is_signal)
+
+    @property
+    def sent(self) -> int:
+        return self._index
+
+    def id_ranges(self) -> dict[int, tuple[int, int]]:
+        """Per channel, the first and last message id sent (channels with none left out)."""
+        return {
+            channel: (self.first_ids[channel], self.next_id[channel] - 1)
+            for channel in self.channels
+            if self.next_id[channel] > self.first_ids[channel]
+        }

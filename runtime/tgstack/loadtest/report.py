@@ -1,0 +1,141 @@
+"""A run's result files: ``result.json`` (everything), ``summary.md`` and ``plot.png``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tgstack.loadtest.runner import LoadResult
+
+
+def _ms(value: Any) -> str:
+    return "–" if value is None else f"{value:,.1f}"
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value * 100:.1f} %"
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """The Markdown summary of a result as ``LoadResult.as_dict`` gives it."""
+    plan = data["plan"]
+    acc = data["accounting"]
+    lat = data["latency"]
+    machine = data["machine"]
+    offered = f"{plan['rate']:g} posts/s" if plan["rate"] else "as fast as possible"
+    lines = [
+        f"# Load test `{data['label']}` — {'PASS' if data['ok'] else 'FAIL'}",
+        "",
+        f"Started {data['started_at']}: {data['sent']:,} posts offered at {offered} over "
+        f"{plan['channels']} channel(s); {plan['pollers']} {plan['poller_kind']} poller(s) in "
+        f"`{plan['mode']}` mode.",
+        "",
+        f"Load average before / after: {' '.join(map(str, data['loadavg_before']))} / "
+        f"{' '.join(map(str, data['loadavg_after']))} "
+        f"(machine: {machine['nproc']} CPUs, {machine['cpu_model']}).",
+        "",
+        "## Throughput",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| posts sent | {data['sent']:,} in {data['send_seconds']:.1f} s |",
+        f"| achieved send rate | {data['achieved_send_rate']:,.1f} posts/s |",
+        f"| end-to-end rate (first sent → last finished) | {data['end_to_end_rate']:,.1f} "
+        "posts/s |",
+        f"| drained after the last send | {data['drain_seconds']:.2f} s |",
+        f"| sender behind schedule (max) | {data['max_sender_lag_s']:.3f} s |",
+        f"| RabbitMQ ready messages (max) | {data['max_queue_ready'] if data['max_queue_ready'] is not None else '–'} |",  # noqa: E501
+        "",
+        "## Latency (ms, steady state)",
+        "",
+        "| path | n | p50 | p95 | p99 | max |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, key in (
+        ("sent → signal/mark committed (end to end)", "end_to_end_ms"),
+        ("… signal posts only", "end_to_end_signals_ms"),
+        ("sent → row committed (gateway)", "ingest_ms"),
+        ("sent → broker confirmed (marked published)", "publish_confirmed_ms"),
+    ):
+        s = lat[key]
+        lines.append(
+            f"| {name} | {s['n']:,} | {_ms(s['p50'])} | {_ms(s['p95'])} | {_ms(s['p99'])} "
+            f"| {_ms(s['max'])} |"
+        )
+    thirds = lat["thirds_end_to_end_ms"]
+    lines += [
+        "",
+        "End-to-end p95 by third of the run (degradation over time): "
+        + " → ".join(_ms(t["p95"]) for t in thirds)
+        + " ms.",
+        "",
+        "## Zero loss, zero duplicates",
+        "",
+        "| check | value |",
+        "|---|---|",
+        f"| posts sent / rows stored / ledger keys | {acc['sent']:,} / {acc['unique_rows']:,} / "
+        f"{acc['ledger_keys']:,} |",
+        f"| lost | {acc['lost']} |",
+        f"| stored twice | {acc['duplicate_rows']} |",
+        f"| processed + ignored | {acc['processed']:,} + {acc['ignored']:,} |",
+        f"| unfinished (pending, claimed, failed) | {acc['unfinished']} |",
+        f"| marked exactly once | {acc['marked_once']:,} of {acc['rows']:,} |",
+        f"| signals stored / expected | {acc['signals']:,} / {acc['expected_signals']:,} |",
+        f"| duplicate signals | {acc['duplicate_signals']} |",
+        f"| missing / unexpected signals | {acc['missing_signals']} / "
+        f"{acc['unexpected_signals']} |",
+    ]
+    cache = data.get("cache")
+    if cache:
+        lines += [
+            "",
+            "## Redis recent window (pollers)",
+            "",
+            f"{cache['reads']:,} reads after the warm-up: hit rate {_pct(cache['hit_rate'])}; "
+            f"{_pct(cache['hit_rate_when_pending'])} of the reads that found posts pending. "
+            f"Misses by reason: {cache['miss_reasons'] or 'none'}.",
+        ]
+    res = data["resources"]
+    lines += [
+        "",
+        "## Resources (whole machine)",
+        "",
+        f"CPU busy mean {res.get('cpu_percent_mean')} %, max {res.get('cpu_percent_max')} %; "
+        f"memory used max {res.get('memory_used_mb_max')} MB; disk writes mean "
+        f"{res.get('disk_write_mb_s_mean')} MB/s.",
+    ]
+    if data["problems"]:
+        lines += ["", "## Problems", ""] + [f"- {p}" for p in data["problems"]]
+    if data["files"].get("plot"):
+        lines += ["", f"![throughput and latency]({Path(data['files']['plot']).name})"]
+    return "\n".join(lines) + "\n"
+
+
+def write(
+    result: LoadResult,
+    out_dir: Path,
+    *,
+    plot: bool = True,
+    say: Callable[[str], None] = lambda _: None,
+) -> dict[str, str]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str] = {}
+    data = result.as_dict()
+    if plot:
+        from tgstack.loadtest.plot import PlotUnavailable, plot_timeline
+
+        try:
+            files["plot"] = str(plot_timeline(data, out_dir / "plot.png"))
+        except PlotUnavailable as exc:
+            say(f"no plot: {exc}")
+    files["json"] = str(out_dir / "result.json")
+    files["markdown"] = str(out_dir / "summary.md")
+    data["files"] = files
+    result.files = files
+    (out_dir / "result.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    (out_dir / "summary.md").write_text(markdown(data))
+    say(f"wrote {', '.join(files.values())}")
+    return files

@@ -1,0 +1,422 @@
+"""A load test from start to verdict: pollers up, posts paced into the gateway pipeline,
+completions read back from PostgreSQL, zero-loss accounting, result files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import psycopg
+
+from tgstack.config import Settings
+from tgstack.gateway.events import MessageEvent
+from tgstack.gateway.pipeline import BatchingWorker
+from tgstack.gateway.service import build_pipeline, components
+from tgstack.loadtest import accounting, cachestats, machine, stats
+from tgstack.loadtest.accounting import Accounting
+from tgstack.loadtest.fleet import PollerFleet, QueueProbe
+from tgstack.loadtest.observer import DonePost, Observer
+from tgstack.loadtest.pacer import Pacer
+from tgstack.loadtest.plan import LoadPlan
+from tgstack.loadtest.posts import PostFactory, SentPost
+from tgstack.models import MessageKey
+
+log = logging.getLogger("tgstack.loadtest")
+
+
+class LoadTestError(RuntimeError):
+    """The run could not be set up (servers unreachable, pollers not starting)."""
+
+
+@dataclass
+class LoadResult:
+    plan: LoadPlan
+    started_at: str
+    send_seconds: float
+    sent: int
+    done: list[DonePost]
+    sent_times: list[float]
+    start: float
+    accounting: Accounting
+    drained: bool
+    drain_seconds: float
+    max_sender_lag_s: float
+    max_queue_ready: int | None
+    cache: cachestats.CacheCounters | None
+    loadavg_before: list[float]
+    loadavg_after: list[float]
+    machine: dict[str, Any]
+    resources: dict[str, Any]
+    samples: list[stats.Sample] = field(default_factory=list)
+    poller_exit_codes: list[int | None] = field(default_factory=list)
+    gateway_batches_failed: int = 0
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def achieved_rate(self) -> float:
+        return self.sent / self.send_seconds if self.send_seconds > 0 else 0.0
+
+    @property
+    def end_to_end_rate(self) -> float:
+        """Posts finished per second, from the first post sent to the last one finished."""
+        if not self.done:
+            return 0.0
+        span = max(d.processed_at for d in self.done) - self.start
+        return len(self.done) / span if span > 0 else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.accounting.ok and self.drained
+
+    def latency(self) -> dict[str, Any]:
+        steady = stats.steady(self.done, self.start, self.plan.warmup)
+        if self.plan.count is not None or len(steady) < len(self.done) // 2:
+            steady = self.done  # a short burst has no warm-up to leave out
+        return {
+            "end_to_end_ms": stats.summary_ms([d.latency for d in steady]),
+            "end_to_end_signals_ms": stats.summary_ms(
+                [d.latency for d in steady if d.is_signal and d.state == "processed"]
+            ),
+            "ingest_ms": stats.summary_ms([d.ingest_latency for d in steady]),
+            "publish_confirmed_ms": stats.summary_ms(
+                [d.published_at - d.sent_at for d in steady if d.published_at is not None]
+            ),
+            "all_posts_end_to_end_ms": stats.summary_ms([d.latency for d in self.done]),
+            "thirds_end_to_end_ms": stats.thirds(self.done),
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.plan.label,
+            "started_at": self.started_at,
+            "plan": self.plan.as_dict(),
+            "ok": self.ok,
+            "problems": self.problems(),
+            "sent": self.sent,
+            "send_seconds": round(self.send_seconds, 3),
+            "offered_rate": self.plan.rate,
+            "achieved_send_rate": round(self.achieved_rate, 1),
+            "end_to_end_rate": round(self.end_to_end_rate, 1),
+            "max_sender_lag_s": round(self.max_sender_lag_s, 3),
+            "drained": self.drained,
+            "drain_seconds": round(self.drain_seconds, 3),
+            "max_queue_ready": self.max_queue_ready,
+            "accounting": self.accounting.as_dict(),
+            "latency": self.latency(),
+            "cache": None if self.cache is None else self.cache.as_dict(),
+            "loadavg_before": self.loadavg_before,
+            "loadavg_after": self.loadavg_after,
+            "resources": self.resources,
+            "machine": self.machine,
+            "poller_exit_codes": self.poller_exit_codes,
+            "gateway_batches_failed": self.gateway_batches_failed,
+            "timeline": stats.timeline(self.done, self.sent_times, self.start, self.samples),
+            "files": self.files,
+        }
+
+    def problems(self) -> list[str]:
+        found = self.accounting.problems()
+        if not self.drained:
+            found.append(f"not drained within {self.plan.drain_timeout:g} s")
+        return found
+
+
+def _first_ids(conninfo: str, channels: list[int]) -> dict[int, int]:
+    """Start each channel's ids after the highest already stored (repeat runs never collide)."""
+    with psycopg.connect(conninfo, autocommit=True, prepare_threshold=None) as conn:
+        rows = conn.execute(
+            "SELECT channel_id, max(message_id) FROM telegram_gateway.message_keys"
+            " WHERE channel_id = ANY(%s) GROUP BY channel_id",
+            (channels,),
+        ).fetchall()
+    highest = {int(channel): int(top) for channel, top in rows}
+    return {channel: highest.get(channel, 0) + 1 for channel in channels}
+
+
+class Progress:
+    """One line a second on ``out``; reads completions from the observer meanwhile."""
+
+    def __init__(
+        self,
+        observer: Observer,
+        worker: BatchingWorker,
+        pacer: Pacer,
+        probe: QueueProbe | None,
+        sampler: machine.ResourceSampler,
+        out: TextIO | None,
+    ) -> None:
+        self.observer = observer
+        self.worker = worker
+        self.pacer = pacer
+        self.probe = probe
+        self.sampler = sampler
+        self.out = out
+        self.stopping = threading.Event()
+        self.max_queue_ready: int | None = None
+        self.max_sender_lag = 0.0
+        self.errors = 0
+        self.signals = 0
+        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        while not self.stopping.wait(1.0):
+            try:
+                self.tick()
+            except Exception as exc:  # the observer's database hiccup must not end the run
+                self.errors += 1
+                log.warning("progress round failed", extra={"error": str(exc)})
+
+    def tick(self) -> None:
+        finished = self.observer.poll()
+        self.max_sender_lag = max(self.max_sender_lag, self.pacer.behind)
+        queue = self.probe.read() if self.probe is not None else None
+        if queue is not None:
+            self.max_queue_ready = max(self.max_queue_ready or 0, queue[0])
+        if self.out is None:
+            return
+        oldest = self.observer.oldest_outstanding()
+        lag = max(0.0, time.time() - oldest) if oldest is not None else 0.0
+        p99 = stats.percentile([d.latency for d in finished], 99)
+        self.signals += sum(1 for d in finished if d.is_signal and d.state == "processed")
+        done = self.observer.done
+        cpu = self.sampler.samples[-1].cpu_percent if self.sampler.samples else None
+        parts = [
+            f"[{self.pacer.elapsed():6.1f}s]",
+            f"sent {self.pacer.sent:>8,}",
+            f"stored {self.worker.totals.stored:>8,}",
+            f"done {len(done):>8,}",
+            f"signals {self.signals:>7,}",
+            f"lag {lag:6.2f} s",
+            "p99 " + ("    -   " if p99 != p99 else f"{p99 * 1000:7.1f} ms"),
+        ]
+        if queue is not None:
+            parts.append(f"queue {queue[0]:>6,}")
+        if cpu is not None:
+            parts.append(f"cpu {cpu:3.0f}%")
+        print("  ".join(parts), file=self.out, flush=True)
+
+
+def _wait_for_consumers(
+    probe: QueueProbe | None, fleet: PollerFleet, expected: int, timeout: float = 60.0
+) -> None:
+    """Until the started pollers consume (queue modes) or answer /health (poll mode)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if fleet.kind == "process" and fleet.alive() < fleet.count:
+            raise LoadTestError("a poller process exited at start (see its log)")
+        if probe is not None:
+            answer = probe.read()
+            if answer is not None and answer[1] >= expected:
+                return
+        elif all(_answers(port) for port in fleet.ports):
+            return
+        time.sleep(0.2)
+    raise LoadTestError(f"the pollers were not consuming within {timeout:g} s")
+
+
+def _answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _scrape_cache(fleet: PollerFleet, settings: Settings) -> cachestats.CacheCounters | None:
+    if fleet.count:
+        page = fleet.scrape()
+    else:  # a deployed stack: its own poller's endpoint
+        page = ""
+        with contextlib.suppress(OSError):
+            url = f"http://{settings.poller_bind}:{settings.poller_port}/metrics"
+            with urllib.request.urlopen(url, timeout=2) as response:
+                page = response.read().decode()
+    return cachestats.parse(page) if page else None
+
+
+def run_loadtest(
+    settings: Settings,
+    plan: LoadPlan,
+    *,
+    out: TextIO | None = sys.stderr,
+    server_versions: dict[str, str | None] | None = None,
+    write: bool = True,
+    on_settings: Callable[[Settings], Settings] | None = None,
+) -> LoadResult:
+    """Run ``plan`` against the stack ``settings`` describe; write the result files."""
+    channels = plan.channel_ids
+    updates: dict[str, Any] = {"channels": channels}
+    if plan.poll_interval is not None:
+        updates["poller_poll_interval_seconds"] = plan.poll_interval
+        updates["poller_safety_poll_seconds"] = plan.poll_interval
+    if plan.batch_size is not None:
+        updates["gateway_batch_size"] = plan.batch_size
+    if plan.batch_delay_ms is not None:
+        updates["gateway_batch_delay_ms"] = plan.batch_delay_ms
+    settings = settings.model_copy(update=updates)
+    if on_settings is not None:
+        settings = on_settings(settings)
+    conninfo = settings.require_database_url()
+
+    def say(text: str) -> None:
+        if out is not None:
+            print(text, file=out, flush=True)
+
+    factory = PostFactory(
+        channels,
+        _first_ids(conninfo, channels),
+        signal_share=plan.signal_share,
+        seed=plan.seed,
+    )
+    observer = Observer(conninfo, channels)
+    observer.open()
+    probe = (
+        QueueProbe(settings.require_amqp_url(), settings.poller_consumer)
+        if settings.amqp_url is not None
+        else None
+    )
+    fleet = PollerFleet(
+        settings,
+        plan.pollers,
+        kind=plan.poller_kind,
+        mode=plan.mode,
+        log_dir=plan.out_dir / "logs" if plan.out_dir is not None else None,
+    )
+    consumers_before = 0
+    if probe is not None and plan.mode != "poll":
+        answer = probe.read()
+        consumers_before = answer[1] if answer is not None else 0
+    sampler = machine.ResourceSampler()
+    loadavg_before = machine.loadavg()
+    say(
+        f"loadtest {plan.label}: {plan.total_posts:,} posts "
+        + (f"at {plan.rate:g}/s" if plan.rate else "as fast as possible")
+        + f" over {len(channels)} channel(s), {plan.pollers} {plan.poller_kind} poller(s)"
+        f" in {plan.mode} mode; loadavg {' '.join(f'{x:.2f}' for x in loadavg_before)}"
+    )
+    signal_keys: list[MessageKey] = []
+    sent_times: list[float] = []
+    cache_start: cachestats.CacheCounters | None = None
+    cache_end: cachestats.CacheCounters | None = None
+    fleet.start()
+    try:
+        if plan.pollers:
+            _wait_for_consumers(
+                probe if plan.mode != "poll" else None, fleet, consumers_before + plan.pollers
+            )
+        with components(settings, source="loadtest") as parts:
+            worker = BatchingWorker(
+                build_pipeline(parts),
+                batch_size=settings.gateway_batch_size,
+                max_delay=settings.gateway_batch_delay_ms / 1000,
+            )
+            pacer = Pacer(plan.rate, plan.total_posts)
+            progress = Progress(
+                observer,
+                worker,
+                pacer,
+                probe if plan.mode != "poll" else None,
+                sampler,
+                out if plan.progress else None,
+            )
+            worker.start()
+            sampler.start()
+            started_at = datetime.now(UTC).isoformat(timespec="seconds")
+            start = time.time()
+            pacer.start()
+            progress.start()
+            warm_until = time.monotonic() + plan.warmup
+            while not pacer.done:
+                due = pacer.due()
+                batch: list[SentPost] = []
+                for _ in range(due):
+                    record, post = factory.make()
+                    worker.submit(MessageEvent.new(record, observed_at=post.sent_at))
+                    batch.append(post)
+                if batch:
+                    observer.add(batch)
+                    pacer.record(len(batch))
+                    for post in batch:
+                        sent_times.append(post.sent_at)
+                        if post.is_signal:
+                            signal_keys.append(post.key)
+                if cache_start is None and time.monotonic() >= warm_until:
+                    cache_start = _scrape_cache(fleet, settings)
+                pacer.wait()
+            send_seconds = time.time() - start
+            cache_end = _scrape_cache(fleet, settings)
+            say(f"sent {pacer.sent:,} posts in {send_seconds:.1f} s; draining")
+            worker.stop(timeout=plan.drain_timeout)
+            drain_started = time.monotonic()
+            deadline = drain_started + plan.drain_timeout
+            while time.monotonic() < deadline:
+                if observer.oldest_outstanding() is None:
+                    break
+                time.sleep(0.2)
+            progress.stop()
+            observer.collect_all()
+            drained = not observer.outstanding
+            drain_seconds = time.monotonic() - drain_started
+            batches_failed = worker.failures
+    finally:
+        codes = fleet.stop()
+        sampler.stop()
+        if probe is not None:
+            probe.close()
+        observer.close()
+    say("counting rows and signals")
+    verdict = accounting.account(conninfo, factory.id_ranges(), factory.sent, signal_keys)
+    if plan.cleanup:
+        accounting.cleanup(conninfo, factory.id_ranges())
+    cache = None
+    if cache_end is not None:
+        cache = cache_end.minus(cache_start) if cache_start is not None else cache_end
+    result = LoadResult(
+        plan=plan,
+        started_at=started_at,
+        send_seconds=send_seconds,
+        sent=factory.sent,
+        done=observer.done,
+        sent_times=sent_times,
+        start=start,
+        accounting=verdict,
+        drained=drained,
+        drain_seconds=drain_seconds,
+        max_sender_lag_s=progress.max_sender_lag,
+        max_queue_ready=progress.max_queue_ready,
+        cache=cache,
+        loadavg_before=loadavg_before,
+        loadavg_after=machine.loadavg(),
+        machine=machine.describe(server_versions),
+        resources=sampler.summary(),
+        samples=list(sampler.samples),
+        poller_exit_codes=codes,
+        gateway_batches_failed=batches_failed,
+    )
+    if write and plan.out_dir is not None:
+        from tgstack.loadtest import report
+
+        result.files = report.write(result, plan.out_dir, plot=plan.plot, say=say)
+    return result
+
+
+def default_out_dir(label: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("loadtest-results") / f"{label}-{stamp}"
