@@ -1,0 +1,108 @@
+"""The legacy ``telegram_gateway.messages`` table of the old shared database (port 5433).
+
+This is the schema the migration reads (DESIGN.md, "Legacy schema to migrate from"): text
+channel ids in the marked form, a uuid per row, the publishing status, ``processed_by`` inside
+``metadata``, and monthly partitions on ``created_at``. Its unique key includes ``created_at``,
+so the same post stored twice in different months (a re-ingest after a restart) is two rows:
+the duplicates the import folds. Used to build the legacy database of tests and of the Molecule
+``rollback`` scenario; production migrations only read an existing one.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+from psycopg import sql
+
+from tgstack.models import MESSAGE_STATUSES
+
+DEFAULT_SCHEMA = "telegram_gateway"
+
+_TABLE = """
+CREATE TABLE IF NOT EXISTS {schema}.messages (
+    id            uuid        NOT NULL DEFAULT gen_random_uuid(),
+    channel_id    text        NOT NULL,
+    message_id    bigint      NOT NULL,
+    thread_id     bigint,
+    source        text        NOT NULL DEFAULT 'user_client',
+    message_type  text        NOT NULL DEFAULT 'text',
+    text          text,
+    caption       text,
+    media_type    text,
+    media_refs    jsonb       DEFAULT '[]'::jsonb,
+    status        text        NOT NULL DEFAULT 'received',
+    received_at   timestamptz NOT NULL DEFAULT now(),
+    telegram_date timestamptz,
+    published_at  timestamptz,
+    failed_at     timestamptz,
+    queued_at     timestamptz,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    deleted_at    timestamptz,
+    metadata      jsonb       NOT NULL DEFAULT '{{}}'::jsonb,
+    CONSTRAINT messages_source_check CHECK (source IN ('bot', 'user_client')),
+    CONSTRAINT messages_status_check CHECK (status IN ({statuses})),
+    CONSTRAINT messages_pkey PRIMARY KEY (id, created_at),
+    CONSTRAINT messages_channel_message_created_key UNIQUE (channel_id, message_id, created_at)
+) PARTITION BY RANGE (created_at)
+"""
+
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS idx_messages_channel_date"
+    " ON {schema}.messages (channel_id, telegram_date DESC)",
+    "CREATE INDEX IF NOT EXISTS idx_messages_status ON {schema}.messages (status)",
+)
+
+
+def _next_month(day: date) -> date:
+    return date(day.year + (day.month == 12), day.month % 12 + 1, 1)
+
+
+def _month_starts(first: date, last: date) -> list[date]:
+    months = []
+    current = date(first.year, first.month, 1)
+    while current <= last:
+        months.append(current)
+        current = _next_month(current)
+    return months
+
+
+def create_legacy_schema(
+    conn: object,
+    *,
+    schema: str = DEFAULT_SCHEMA,
+    first_month: date,
+    last_month: date,
+) -> None:
+    """Create the legacy schema, table, monthly partitions and a DEFAULT partition (idempotent).
+
+    ``conn`` is an open psycopg connection; the caller commits.
+    """
+    import psycopg
+
+    assert isinstance(conn, psycopg.Connection)
+    ident = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
+    statuses = sql.SQL(", ").join(sql.Literal(s) for s in MESSAGE_STATUSES)
+    conn.execute(sql.SQL(_TABLE).format(schema=ident, statuses=statuses))
+    for month in _month_starts(first_month, last_month):
+        following = _next_month(month)
+        name = sql.Identifier(schema, f"messages_{month:%Y_%m}")
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} PARTITION OF {}.messages"
+                " FOR VALUES FROM ({}) TO ({})"
+            ).format(
+                name,
+                ident,
+                sql.Literal(datetime(month.year, month.month, 1, tzinfo=UTC)),
+                sql.Literal(datetime(following.year, following.month, 1, tzinfo=UTC)),
+            )
+        )
+    conn.execute(
+        sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF {}.messages DEFAULT").format(
+            sql.Identifier(schema, "messages_default"), ident
+        )
+    )
+    for statement in _INDEXES:
+        conn.execute(sql.SQL(statement).format(schema=ident))
