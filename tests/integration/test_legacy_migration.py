@@ -438,3 +438,31 @@ def test_cli_without_the_legacy_dsn_names_the_variable(
     monkeypatch.delenv("TGSTACK_LEGACY_DATABASE_URL", raising=False)
     assert cli.main(["legacy", "fingerprint"]) == 2
     assert "TGSTACK_LEGACY_DATABASE_URL" in capsys.readouterr().err
+
+
+def test_seed_script_loads_the_same_rows_as_seeding_directly(
+    data_stack: DataStack, legacy_dsn: str, tmp_path: Any
+) -> None:
+    import subprocess
+
+    from tgstack.legacy.seed import seed_sql
+    from tgstack.localstack import postgres_bin_dir
+
+    seed_legacy(legacy_dsn, 700, seed=9)
+    lines, summary = seed_sql(700, seed=9)
+    script = tmp_path / "seed.sql"
+    script.write_text("".join(lines), encoding="utf-8")
+    other = f"legacy_{uuid.uuid4().hex[:10]}"
+    data_stack.postgres.create_database(other, "postgres")
+    try:
+        other_dsn = data_stack.postgres.superuser_dsn(other)
+        subprocess.run(
+            [str(postgres_bin_dir() / "psql"), "-v", "ON_ERROR_STOP=1", "-q", "-d", other_dsn,
+             "-f", str(script)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        loaded = fingerprint(other_dsn)
+        assert loaded["rows"] == summary.rows
+        assert loaded == fingerprint(legacy_dsn)
+    finally:
+        data_stack.postgres.drop_database(other)

@@ -108,11 +108,22 @@ def cmd_carry_back(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
-    from tgstack.legacy.seed import DEFAULT_LEGACY_CHANNELS, seed_legacy
+    from tgstack.legacy.seed import DEFAULT_LEGACY_CHANNELS, seed_legacy, seed_sql
 
     channels = list(DEFAULT_LEGACY_CHANNELS)
     if args.channels > len(channels):
         channels += [-1001300000000 - i for i in range(args.channels - len(channels))]
+    if args.sql:
+        lines, summary = seed_sql(
+            args.posts,
+            channels=channels[: args.channels],
+            seed=args.seed,
+            schema=args.schema,
+            days=args.days,
+        )
+        sys.stdout.writelines(lines)
+        print(json.dumps(summary.as_dict(), default=str), file=sys.stderr)
+        return EXIT_OK
     summary = seed_legacy(
         _legacy_dsn(),
         args.posts,
@@ -206,4 +217,10 @@ def add_legacy_commands(commands: Any) -> None:
     seed.add_argument("--channels", type=_at_least_one, default=5)
     seed.add_argument("--seed", type=int, default=1)
     seed.add_argument("--days", type=_at_least_one, default=120)
+    seed.add_argument(
+        "--sql",
+        action="store_true",
+        help="write a psql script (DDL + COPY) to stdout instead of loading a database; "
+        "the figures go to stderr",
+    )
     common(seed, cmd_seed, output=False)

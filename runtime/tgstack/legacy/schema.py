@@ -11,7 +11,9 @@ the duplicates the import folds. Used to build the legacy database of tests and 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from tgstack.models import MESSAGE_STATUSES
@@ -67,42 +69,48 @@ def _month_starts(first: date, last: date) -> list[date]:
     return months
 
 
+def legacy_schema_sql(
+    *, schema: str = DEFAULT_SCHEMA, first_month: date, last_month: date
+) -> list[str]:
+    """The statements creating the legacy schema, table, monthly partitions from
+    ``first_month`` to ``last_month``, a DEFAULT partition and the indexes (all idempotent)."""
+    ident = sql.Identifier(schema)
+    statuses = sql.SQL(", ").join(sql.Literal(s) for s in MESSAGE_STATUSES)
+    statements: list[sql.Composable] = [
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident),
+        sql.SQL(_TABLE).format(schema=ident, statuses=statuses),
+    ]
+    for month in _month_starts(first_month, last_month):
+        following = _next_month(month)
+        statements.append(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} PARTITION OF {}.messages"
+                " FOR VALUES FROM ({}) TO ({})"
+            ).format(
+                sql.Identifier(schema, f"messages_{month:%Y_%m}"),
+                ident,
+                sql.Literal(datetime(month.year, month.month, 1, tzinfo=UTC).isoformat()),
+                sql.Literal(datetime(following.year, following.month, 1, tzinfo=UTC).isoformat()),
+            )
+        )
+    statements.append(
+        sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF {}.messages DEFAULT").format(
+            sql.Identifier(schema, "messages_default"), ident
+        )
+    )
+    statements += [sql.SQL(statement).format(schema=ident) for statement in _INDEXES]
+    return [statement.as_string(None) for statement in statements]
+
+
 def create_legacy_schema(
-    conn: object,
+    conn: psycopg.Connection[Any],
     *,
     schema: str = DEFAULT_SCHEMA,
     first_month: date,
     last_month: date,
 ) -> None:
-    """Create the legacy schema, table, monthly partitions and a DEFAULT partition (idempotent).
-
-    ``conn`` is an open psycopg connection; the caller commits.
-    """
-    import psycopg
-
-    assert isinstance(conn, psycopg.Connection)
-    ident = sql.Identifier(schema)
-    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
-    statuses = sql.SQL(", ").join(sql.Literal(s) for s in MESSAGE_STATUSES)
-    conn.execute(sql.SQL(_TABLE).format(schema=ident, statuses=statuses))
-    for month in _month_starts(first_month, last_month):
-        following = _next_month(month)
-        name = sql.Identifier(schema, f"messages_{month:%Y_%m}")
-        conn.execute(
-            sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {} PARTITION OF {}.messages"
-                " FOR VALUES FROM ({}) TO ({})"
-            ).format(
-                name,
-                ident,
-                sql.Literal(datetime(month.year, month.month, 1, tzinfo=UTC)),
-                sql.Literal(datetime(following.year, following.month, 1, tzinfo=UTC)),
-            )
-        )
-    conn.execute(
-        sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF {}.messages DEFAULT").format(
-            sql.Identifier(schema, "messages_default"), ident
-        )
-    )
-    for statement in _INDEXES:
-        conn.execute(sql.SQL(statement).format(schema=ident))
+    """Run ``legacy_schema_sql`` on ``conn`` (the caller commits)."""
+    for statement in legacy_schema_sql(
+        schema=schema, first_month=first_month, last_month=last_month
+    ):
+        conn.execute(statement.encode())

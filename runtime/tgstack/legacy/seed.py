@@ -11,10 +11,11 @@ scenario (``tgstack legacy seed``).
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,7 +25,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from tgstack.gateway.synthetic import post_text
-from tgstack.legacy.schema import DEFAULT_SCHEMA, create_legacy_schema
+from tgstack.legacy.schema import DEFAULT_SCHEMA, create_legacy_schema, legacy_schema_sql
 
 DEFAULT_LEGACY_CHANNELS = (
     -1001649127710,
@@ -253,6 +254,54 @@ def generate_rows(
         summary.channels[row["channel_id"]] += 1
     summary.rows = len(rows)
     return rows, summary
+
+
+def _copy_text(value: Any) -> str:
+    """One field of COPY's text format."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, datetime):
+        text = value.isoformat()
+    elif isinstance(value, (dict, list)):
+        text = json.dumps(value, ensure_ascii=False, sort_keys=True)
+    else:
+        text = str(value)
+    return (
+        text.replace("\\", "\\\\")
+        .replace("\t", "\\t")
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
+    )
+
+
+def seed_sql(
+    posts: int,
+    *,
+    channels: Sequence[int] = DEFAULT_LEGACY_CHANNELS,
+    seed: int = 1,
+    schema: str = DEFAULT_SCHEMA,
+    start: datetime | None = None,
+    days: int = 120,
+) -> tuple[Iterator[str], SeedSummary]:
+    """The same rows as a psql script (schema DDL, then COPY): for a server the caller cannot
+    reach, fed to ``psql -v ON_ERROR_STOP=1`` there. Lines end with a newline."""
+    rows, summary = generate_rows(posts, channels=channels, seed=seed, start=start, days=days)
+    created = [r["created_at"] for r in rows]
+
+    def lines() -> Iterator[str]:
+        yield "BEGIN;\n"
+        for statement in legacy_schema_sql(
+            schema=schema, first_month=min(created).date(), last_month=max(created).date()
+        ):
+            yield statement + ";\n"
+        table = sql.Identifier(schema, "messages").as_string(None)
+        yield f"COPY {table} ({', '.join(_COLUMNS)}) FROM STDIN;\n"
+        for row in rows:
+            yield "\t".join(_copy_text(row[name]) for name in _COLUMNS) + "\n"
+        yield "\\.\n"
+        yield "COMMIT;\n"
+
+    return lines(), summary
 
 
 def seed_legacy(
