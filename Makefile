@@ -4,6 +4,7 @@
 #   make test-molecule  converge site.yml on a real systemd + Docker server, idempotence, verify
 #   make bench-db       data-layer benchmark on 1,000,000 stored messages
 #   make bench-ingest   tgstack replay of 100,000 synthetic posts through the whole pipeline
+#   make docs           the documentation site (mkdocs --strict), OpenSpec validation, doc checks
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -12,7 +13,7 @@ BIN := $(VENV)/bin
 STAMPS := .cache/stamps
 
 .PHONY: help deps system-deps venv lint lint-python lint-ansible test test-fast test-slow \
-	test-molecule testbed-images health bench-db bench-ingest clean
+	test-molecule testbed-images health bench-db bench-ingest docs clean
 
 # molecule and ansible-lint call ansible-* by name: the virtualenv must come first on PATH
 WITH_VENV := PATH=$(CURDIR)/$(BIN):$$PATH
@@ -53,7 +54,7 @@ lint-ansible: venv
 	@echo "==> ansible-playbook --syntax-check"
 	@$(WITH_VENV) $(BIN)/ansible-playbook --syntax-check ansible/site.yml ansible/health.yml
 
-test-fast: deps lint
+test-fast: deps lint docs
 	@echo "==> pytest (unit + integration, real servers)"
 	@$(BIN)/pytest -m "not slow" -q
 
@@ -80,6 +81,19 @@ bench-db: deps
 
 bench-ingest: deps
 	@$(BIN)/python tests/bench/bench_ingest.py $(BENCH_ARGS)
+
+# The documentation site (mkdocs.yml) built strictly into .cache/site, the OpenSpec specs
+# validated, and the doc checks: commands, targets, paths and named tests exist.
+docs: deps
+	@echo "==> docs tooling: ruff + mypy"
+	@$(BIN)/ruff check scripts/docs tests/docs
+	@MYPYPATH=scripts/docs $(BIN)/mypy --strict --no-warn-unused-ignores scripts/docs tests/docs
+	@echo "==> mkdocs build --strict"
+	@NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	@echo "==> openspec validate --strict"
+	@scripts/docs/openspec.sh validate --all --strict --no-interactive
+	@echo "==> doc checks"
+	@$(BIN)/pytest -q -p no:cacheprovider tests/docs
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache .hypothesis

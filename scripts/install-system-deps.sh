@@ -10,6 +10,10 @@ declare -A need=(
   [/usr/bin/redis-sentinel]="redis-sentinel"
   [/usr/lib/rabbitmq/bin/rabbitmq-server]="rabbitmq-server"
   [/usr/bin/promtool]="prometheus"
+  # make docs: PlantUML renders the diagrams (Graphviz lays them out), npm installs OpenSpec
+  [/usr/bin/plantuml]="plantuml default-jre-headless"
+  [/usr/bin/dot]="graphviz"
+  [/usr/bin/npm]="nodejs npm"
 )
 
 missing=()

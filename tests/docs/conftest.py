@@ -1,0 +1,6 @@
+"""The doc checks import the docs tooling of scripts/docs (doccheck)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "docs"))
