@@ -7,6 +7,10 @@ host, and every test an OpenSpec scenario names exists.
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -119,6 +123,23 @@ def test_no_page_links_to_another_host() -> None:
         for line, url in external_links(page.read_text())
     ]
     assert not found, "the site is read offline; link within the site:\n" + "\n".join(found)
+
+
+def test_the_built_site_loads_nothing_from_another_host() -> None:
+    site = REPO / ".cache" / "site"
+    if not (site / "index.html").is_file():
+        subprocess.run(
+            [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet"],
+            cwd=REPO, check=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        )
+    remote = re.compile(r"""(?:src|href|url)\s*[=(]\s*["']?(https?://[^"')\s>]+)""")
+    found = [
+        f"{page.relative_to(site)}: {url}"
+        for page in sorted(site.rglob("*.html"))
+        for url in remote.findall(page.read_text(errors="replace"))
+        if not re.match(r"https?://(127\.0\.0\.1|localhost)[:/]", url)
+    ]
+    assert not found, "\n".join(found[:20])
 
 
 def test_every_diagram_source_is_shown_on_a_page() -> None:
