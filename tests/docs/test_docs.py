@@ -187,3 +187,16 @@ def test_every_requirement_is_a_shall_statement() -> None:
         if not any("SHALL" in line or "MUST" in line for line in requirement.text)
     ]
     assert not weak, "\n".join(weak)
+
+
+def test_the_monitoring_guide_covers_every_dashboard_and_alert() -> None:
+    guide = (DOCS / "monitoring.md").read_text()
+    dashboards = sorted((REPO / "grafana" / "dashboards").glob("*.json"))
+    assert dashboards
+    missing = [path.name for path in dashboards if f"(`{path.name}`)" not in guide]
+    rules = REPO / "roles" / "tgstack_monitoring" / "files" / "prometheus" / "rules"
+    text = "\n".join(path.read_text() for path in rules.glob("*.yml"))
+    alerts = re.findall(r"^\s*- alert: (\w+)", text, flags=re.MULTILINE)
+    assert alerts
+    missing += [name for name in alerts if f"| {name} |" not in guide or f"### {name}" not in guide]
+    assert not missing, f"docs/monitoring.md lacks: {missing}"
