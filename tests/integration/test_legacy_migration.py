@@ -466,3 +466,42 @@ def test_seed_script_loads_the_same_rows_as_seeding_directly(
         assert loaded == fingerprint(legacy_dsn)
     finally:
         data_stack.postgres.drop_database(other)
+
+
+ROLE_FINGERPRINT_SQL = (
+    __import__("pathlib").Path(__file__).resolve().parents[2]
+    / "roles/tgstack_migration/files/legacy-fingerprint.sql"
+)
+
+
+def psql_fingerprint(dsn: str, migration: str = "", schema: str = "telegram_gateway") -> Any:
+    import subprocess
+
+    from tgstack.localstack import postgres_bin_dir
+
+    out = subprocess.run(
+        [str(postgres_bin_dir() / "psql"), "-X", "-q", "-At", "-v", f"schema={schema}",
+         "-v", f"migration={migration}", "-f", str(ROLE_FINGERPRINT_SQL), "-d", dsn],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_the_rollback_playbooks_fingerprint_sql_agrees_with_the_python_one(
+    legacy_dsn: str, db: Any
+) -> None:
+    assert psql_fingerprint(legacy_dsn)["exists"] is False
+    seed_legacy(legacy_dsn, 900, seed=12)
+    assert psql_fingerprint(legacy_dsn) == fingerprint(legacy_dsn)
+    import_legacy(legacy_dsn, db.direct_dsn)
+    with psycopg.connect(db.direct_dsn, autocommit=True) as conn:
+        conn.execute(
+            "SELECT * FROM telegram_gateway.bulk_upsert_messages(%s)",
+            (Jsonb([{"channel_id": OTHER, "message_id": 999_999, "telegram_date": BASE.isoformat(),
+                     "text": "novo"}]),),
+        )  # fmt: skip
+    carry_back(db.direct_dsn, legacy_dsn, migration_id="20260101T000000Z")
+    excluded = psql_fingerprint(legacy_dsn, "20260101T000000Z")
+    assert excluded == fingerprint(legacy_dsn, exclude_carried_from="20260101T000000Z")
+    assert excluded["carried_back_rows"] == 1
+    assert psql_fingerprint(legacy_dsn) == fingerprint(legacy_dsn)

@@ -216,10 +216,10 @@ def fingerprint(
     query = sql.SQL(
         "SELECT m.channel_id, count(*), md5(string_agg(m::text, E'\\n' ORDER BY m.id,"
         " m.created_at)) FROM {schema}.messages m {where} GROUP BY m.channel_id"
-        " ORDER BY m.channel_id"
+        ' ORDER BY m.channel_id COLLATE "C"'
     ).format(schema=ident, where=where)
     statuses_query = sql.SQL(
-        "SELECT m.status, count(*) FROM {schema}.messages m {where} GROUP BY 1 ORDER BY 1"
+        "SELECT m.status, count(*) FROM {schema}.messages m {where} GROUP BY 1"
     ).format(schema=ident, where=where)
     carried_query = sql.SQL("SELECT count(*) FROM {schema}.messages m WHERE {carried}").format(
         schema=ident, carried=carried
