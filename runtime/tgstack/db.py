@@ -20,6 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -140,6 +141,7 @@ class Database:
         retry_attempts: int = 3,
         retry_backoff: float = 0.25,
         batch_size: int = 1000,
+        write_parallelism: int = 2,
         name: str = "tgstack-db",
     ) -> None:
         """Configure the pool; ``open()`` (or ``with``) connects.
@@ -147,12 +149,17 @@ class Database:
         ``prepared_statements`` lets psycopg prepare a query server-side from its fifth run;
         leave it off (``prepare_threshold=None``) behind PgBouncer older than 1.22 or without
         ``max_prepared_statements``. ``retry_attempts`` bounds the tries of an operation that
-        lost its connection, waiting ``retry_backoff`` × 2ⁿ between them.
+        lost its connection, waiting ``retry_backoff`` × 2ⁿ between them. A bulk upsert of
+        more than ``batch_size`` messages writes its transactions on up to
+        ``write_parallelism`` pooled connections at once.
         """
         if retry_attempts < 1:
             raise ValueError("retry_attempts must be at least 1")
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if write_parallelism < 1:
+            raise ValueError("write_parallelism must be at least 1")
+        self.write_parallelism = write_parallelism
         self.retry_attempts = retry_attempts
         self.retry_backoff = retry_backoff
         self.batch_size = batch_size
@@ -211,16 +218,40 @@ class Database:
         """Store the messages not stored yet, in transactions of ``batch_size`` messages.
 
         A message is a duplicate when its (channel_id, message_id) is stored, whatever its
-        date, including a repeat within ``records``.
+        date, including a repeat within ``records`` (the first occurrence is the one stored).
+        Several transactions run at once when there are several: the server does most of the
+        work, and its message_keys ledger keeps concurrent writers of one message apart. On an
+        error, transactions already committed stay committed: a retry reports their messages
+        as duplicates.
         """
+        first: dict[MessageKey, int] = {}
+        for index, record in enumerate(records):
+            first.setdefault(record.key, index)
+        batches = _batches([records[index] for index in first.values()], self.batch_size)
+        if len(batches) <= 1 or self.write_parallelism == 1:
+            outcomes = [self._upsert_batch(batch) for batch in batches]
+        else:
+            workers = min(self.write_parallelism, len(batches))
+            with ThreadPoolExecutor(workers, thread_name_prefix="bulk-upsert") as executor:
+                outcomes = list(executor.map(self._upsert_batch, batches))
+        stored_now = {
+            MessageKey(int(channel_id), int(message_id))
+            for rows in outcomes
+            for channel_id, message_id, was_inserted in rows
+            if was_inserted
+        }
         inserted: list[MessageKey] = []
         duplicates: list[MessageKey] = []
-        for payload in map(_payload, _batches(records, self.batch_size)):
-            rows = self._run("bulk_upsert", _fetch_all(_BULK_UPSERT, (payload,)))
-            for channel_id, message_id, was_inserted in rows:
-                key = MessageKey(int(channel_id), int(message_id))
-                (inserted if was_inserted else duplicates).append(key)
+        for index, record in enumerate(records):
+            key = record.key
+            if key in stored_now and first[key] == index:
+                inserted.append(key)
+            else:
+                duplicates.append(key)
         return UpsertResult(tuple(inserted), tuple(duplicates))
+
+    def _upsert_batch(self, batch: Sequence[MessageRecord]) -> list[tuple[Any, ...]]:
+        return self._run("bulk_upsert", _fetch_all(_BULK_UPSERT, (_payload(batch),)))
 
     def apply_edit(self, record: MessageRecord) -> bool:
         """Apply an edit (``record.edit_date`` required); False if stale or not stored."""
@@ -262,7 +293,9 @@ class Database:
 
     def fetch_unprocessed(self, channel_id: int | None, limit: int = 100) -> list[StoredMessage]:
         """The oldest pending messages (of one channel, or all), oldest first."""
-        rows = self._run("fetch_unprocessed", _fetch_all(_FETCH_UNPROCESSED, (channel_id, limit)))
+        rows = self._run(
+            "fetch_unprocessed", _fetch_messages(_FETCH_UNPROCESSED, (channel_id, limit))
+        )
         return [_stored_message(row) for row in rows]
 
     def fetch_unpublished(
@@ -270,7 +303,7 @@ class Database:
     ) -> list[MessageRecord]:
         """Outbox: stored messages not published after ``min_age_seconds``, oldest first."""
         rows = self._run(
-            "fetch_unpublished", _fetch_all(_FETCH_UNPUBLISHED, (min_age_seconds, limit))
+            "fetch_unpublished", _fetch_messages(_FETCH_UNPUBLISHED, (min_age_seconds, limit))
         )
         return [_stored_message(row).record for row in rows]
 
@@ -315,7 +348,7 @@ class Database:
     ) -> list[StoredMessage]:
         """Claim pending messages for one consumer (others skip them) for ``lease_seconds``."""
         params = (consumer, limit, lease_seconds, channel_id)
-        rows = self._run("claim_unprocessed", _fetch_all(_CLAIM_UNPROCESSED, params))
+        rows = self._run("claim_unprocessed", _fetch_messages(_CLAIM_UNPROCESSED, params))
         return [_stored_message(row) for row in rows]
 
     def release_expired_claims(self, max_attempts: int = 3) -> int:
@@ -359,7 +392,7 @@ class Database:
             [key.message_id for key in keys],
             lease_seconds,
         )
-        rows = self._run("claim_by_keys", _fetch_all(_CLAIM_BY_KEYS, params))
+        rows = self._run("claim_by_keys", _fetch_messages(_CLAIM_BY_KEYS, params))
         return [_stored_message(row) for row in rows]
 
     def apply_processing_results(
@@ -424,11 +457,19 @@ class Database:
 # Helpers ----------------------------------------------------------------------------------------
 
 
-def _fetch_all(query: str, params: Sequence[Any]) -> Callable[[Connection], list[tuple[Any, ...]]]:
+def _fetch_all(
+    query: str, params: Sequence[Any], *, binary: bool = False
+) -> Callable[[Connection], list[tuple[Any, ...]]]:
     def work(conn: Connection) -> list[tuple[Any, ...]]:
-        return conn.execute(query, params).fetchall()
+        return conn.execute(query, params, binary=binary).fetchall()
 
     return work
+
+
+def _fetch_messages(query: str, params: Sequence[Any]) -> Callable[[Connection], list[Any]]:
+    """Rows of MESSAGE_COLUMNS in the binary format: formatting timestamps and ids as text on
+    the server and parsing them back here is a good part of a 100-post poll (measured)."""
+    return _fetch_all(query, params, binary=True)
 
 
 def _fetch_value(query: str, params: Sequence[Any]) -> Callable[[Connection], Any]:

@@ -167,6 +167,19 @@ class ManagedProcess:
             return "(no log)"
 
 
+# The WAL and checkpoint tuning of the deployed server (roles/tgstack_stack/templates/postgres/
+# postgresql.conf.j2), so that a durable local server (benchmarks) writes as production does.
+PRODUCTION_WAL_SETTINGS = {
+    "wal_compression": "on",
+    "wal_buffers": "16MB",
+    "min_wal_size": "512MB",
+    "checkpoint_timeout": "15min",
+    "checkpoint_completion_target": "0.9",
+    "random_page_cost": "1.1",
+    "effective_io_concurrency": "200",
+}
+
+
 class PostgresServer:
     """A throwaway PostgreSQL cluster with SCRAM auth on a loopback port."""
 
@@ -229,7 +242,9 @@ class PostgresServer:
             "log_min_messages": "warning",
             "password_encryption": "'scram-sha-256'",
         }
-        if not self.durable:
+        if self.durable:
+            settings |= PRODUCTION_WAL_SETTINGS
+        else:
             settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
         with (self.data_dir / "postgresql.auto.conf").open("a") as conf:
             conf.writelines(f"{key} = {value}\n" for key, value in settings.items())

@@ -78,6 +78,21 @@ def test_bulk_upsert_writes_large_inputs_in_batches(db: Any) -> None:
         assert len(database.fetch_unprocessed(CH, 100)) == 10
 
 
+def test_parallel_batches_keep_input_order_and_store_repeats_once(db: Any) -> None:
+    # 40 messages over four months, in batches of 5 written four at a time; every message is
+    # repeated in a later batch, so concurrent transactions meet the same keys and months.
+    records = [record(i, minutes_ago=i * 1440) for i in range(1, 41)]
+    repeats = [record(i, minutes_ago=i * 1440) for i in range(40, 0, -1)]
+    with Database(db.app_dsn, batch_size=5, write_parallelism=4, max_size=4) as database:
+        result = database.bulk_upsert([*records, *repeats])
+        again = database.bulk_upsert(records)
+
+        assert result.inserted == tuple(r.key for r in records)
+        assert result.duplicates == tuple(r.key for r in repeats)
+        assert again.inserted == ()
+        assert len(database.fetch_unprocessed(CH, 1000)) == 40
+
+
 def test_an_empty_bulk_upsert_does_nothing(database: Database) -> None:
     assert database.bulk_upsert([]) == UpsertResult((), ())
 

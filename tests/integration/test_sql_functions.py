@@ -188,6 +188,33 @@ def test_ensure_partitions_creates_each_month_once(conn: Conn) -> None:
         conn.execute(ensure, (end, start))
 
 
+def test_a_writer_waiting_for_a_partition_another_creates_finds_it_created(db: Any) -> None:
+    """Two writers of the same new month: the one that waited sees the partition, no error."""
+    ensure = "SELECT telegram_gateway.ensure_partitions(%s, %s)"
+    month = datetime(2023, 3, 10, tzinfo=UTC)
+    outcome: list[object] = []
+    with (
+        psycopg.connect(db.direct_dsn) as first,
+        psycopg.connect(db.direct_dsn, autocommit=True) as second,
+    ):
+        assert value(first, ensure, month, month) == 1  # created, lock held, not committed
+
+        def wait_for_the_lock() -> None:
+            try:
+                outcome.append(value(second, ensure, month, month))
+            except psycopg.Error as exc:
+                outcome.append(exc)
+
+        waiter = threading.Thread(target=wait_for_the_lock)
+        waiter.start()
+        time.sleep(0.5)  # the waiter is blocked on the advisory lock
+        assert outcome == []
+        first.commit()
+        waiter.join(10)
+
+    assert outcome == [0]
+
+
 def test_partition_bounds_are_utc_months_whatever_the_session_time_zone(db: Any) -> None:
     with psycopg.connect(db.direct_dsn, autocommit=True) as conn:
         conn.execute("SET TimeZone = 'America/Sao_Paulo'")
