@@ -141,8 +141,8 @@ POLLER_POLL_SECONDS = Histogram(
 )
 POLLER_DELIVERIES = Counter(
     "tgstack_poller_queue_deliveries_total",
-    "RabbitMQ deliveries by outcome (acked, requeued, dead_lettered; not_claimable: keys "
-    "acked unclaimed, held by another poller or already finished).",
+    "RabbitMQ deliveries by outcome (acked, requeued, dead_lettered; per key: not_claimable"
+    " at first try, reclaimed after a wait for a row lock).",
     ["outcome"],
 )
 POLLER_QUEUE_DEPTH = Gauge(

@@ -31,7 +31,10 @@ class LoadPlan:
 
     ``rate`` posts per second for ``duration`` seconds; with ``rate`` None, ``count`` posts
     as fast as the pipeline takes them. ``pollers`` poller processes (or threads) are
-    started for the run; 0 relies on pollers already running (a deployed stack).
+    started for the run; 0 relies on pollers already running (a deployed stack). With
+    ``abort_lag``, sending stops early once posts wait longer than that end to end (or the
+    sender trails its schedule by that much): the rate is not sustainable, and a rate search
+    need not wait for the whole backlog.
     """
 
     rate: float | None = 100.0
@@ -48,6 +51,7 @@ class LoadPlan:
     batch_delay_ms: int | None = None
     warmup: float = 5.0
     drain_timeout: float = 60.0
+    abort_lag: float | None = None
     label: str = "loadtest"
     out_dir: Path | None = None
     plot: bool = True

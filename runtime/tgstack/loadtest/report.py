@@ -46,6 +46,8 @@ def markdown(data: dict[str, Any]) -> str:
         f"| end-to-end rate (first sent → last finished) | {data['end_to_end_rate']:,.1f} "
         "posts/s |",
         f"| drained after the last send | {data['drain_seconds']:.2f} s |",
+        f"| kept pace (sustained) | {'yes' if data['sustained'] else 'no'}"
+        f"{' (stopped early)' if data['aborted'] else ''} |",
         f"| sender behind schedule (max) | {data['max_sender_lag_s']:.3f} s |",
         f"| RabbitMQ ready messages (max) | {data['max_queue_ready'] if data['max_queue_ready'] is not None else '–'} |",  # noqa: E501
         "",

@@ -50,6 +50,7 @@ class LoadResult:
     accounting: Accounting
     drained: bool
     drain_seconds: float
+    aborted: bool
     max_sender_lag_s: float
     max_queue_ready: int | None
     cache: cachestats.CacheCounters | None
@@ -76,7 +77,18 @@ class LoadResult:
 
     @property
     def ok(self) -> bool:
-        return self.accounting.ok and self.drained
+        return self.accounting.ok and self.drained and not self.aborted
+
+    def sustained(self) -> bool:
+        """Kept pace with the offered rate: clean, never far behind, drained at once (within a
+        tenth of the run, at least 2 s, after the last post was sent)."""
+        rate = self.plan.rate or 0.0
+        return (
+            self.ok
+            and self.achieved_rate >= 0.97 * rate
+            and self.max_sender_lag_s <= 1.0
+            and self.drain_seconds <= max(2.0, 0.1 * self.send_seconds)
+        )
 
     def latency(self) -> dict[str, Any]:
         steady = stats.steady(self.done, self.start, self.plan.warmup)
@@ -110,6 +122,8 @@ class LoadResult:
             "max_sender_lag_s": round(self.max_sender_lag_s, 3),
             "drained": self.drained,
             "drain_seconds": round(self.drain_seconds, 3),
+            "aborted": self.aborted,
+            "sustained": self.sustained(),
             "max_queue_ready": self.max_queue_ready,
             "accounting": self.accounting.as_dict(),
             "latency": self.latency(),
@@ -128,6 +142,8 @@ class LoadResult:
         found = self.accounting.problems()
         if not self.drained:
             found.append(f"not drained within {self.plan.drain_timeout:g} s")
+        if self.aborted:
+            found.append(f"stopped early: posts waited more than {self.plan.abort_lag:g} s")
         return found
 
 
@@ -166,6 +182,7 @@ class Progress:
         self.max_sender_lag = 0.0
         self.errors = 0
         self.signals = 0
+        self.lag = 0.0
         self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
 
     def start(self) -> None:
@@ -189,10 +206,11 @@ class Progress:
         queue = self.probe.read() if self.probe is not None else None
         if queue is not None:
             self.max_queue_ready = max(self.max_queue_ready or 0, queue[0])
-        if self.out is None:
-            return
         oldest = self.observer.oldest_outstanding()
         lag = max(0.0, time.time() - oldest) if oldest is not None else 0.0
+        self.lag = lag
+        if self.out is None:
+            return
         p99 = stats.percentile([d.latency for d in finished], 99)
         self.signals += sum(1 for d in finished if d.is_signal and d.state == "processed")
         done = self.observer.done
@@ -343,7 +361,12 @@ def run_loadtest(
             pacer.start()
             progress.start()
             warm_until = time.monotonic() + plan.warmup
+            aborted = False
             while not pacer.done:
+                if plan.abort_lag is not None and max(progress.lag, pacer.behind) > plan.abort_lag:
+                    aborted = True
+                    say(f"stopping early: posts wait more than {plan.abort_lag:g} s")
+                    break
                 due = pacer.due()
                 batch: list[SentPost] = []
                 for _ in range(due):
@@ -399,6 +422,7 @@ def run_loadtest(
         accounting=verdict,
         drained=drained,
         drain_seconds=drain_seconds,
+        aborted=aborted,
         max_sender_lag_s=progress.max_sender_lag,
         max_queue_ready=progress.max_queue_ready,
         cache=cache,

@@ -7,11 +7,13 @@ acknowledged after the results are committed. A delivery for a message already p
 simply acknowledged (duplicates are harmless).
 
 A claim skips rows another transaction has locked. The gateway marks a batch published right
-after the broker confirms it, so a delivery can arrive while its row is locked by that
+after the broker confirms it, so a fresh delivery can arrive while its row is locked by that
 ``mark_published``: the claim would skip it, and the post would wait for the next safety poll
-(30 s; seen as a 20 s p99 in the load test). Keys a claim skipped are therefore claimed again
-after ``reclaim_delays``; what is still not claimable then is held by another poller or
-already finished, and is acknowledged as before.
+(30 s; seen as a 20 s p99 in the load test). Keys of a *fresh* first delivery (published in
+the last ``FRESH_SECONDS``) that a claim skipped are therefore claimed again after
+``reclaim_delays``. Older or redelivered ones are not retried (a backlog of deliveries for
+posts the safety poll already finished would otherwise be slowed down by the waits); what
+is not claimable is held by another poller or already finished, and is acknowledged.
 
 Failures: while PostgreSQL is unavailable the batch is retried in place with backoff and
 nothing is acknowledged (the broker redelivers it if we die). A delivery that fails for any
@@ -27,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from amqpstorm.channel import Channel
@@ -48,6 +51,7 @@ from tgstack.queue import (
 log = logging.getLogger("tgstack.poller.queue")
 
 PREFETCH = 10
+FRESH_SECONDS = 2.0
 
 
 class PoisonMessage(ValueError):
@@ -59,6 +63,19 @@ class Delivery:
     message: Message
     event: str
     keys: tuple[MessageKey, ...]
+
+    @property
+    def fresh(self) -> bool:
+        """A first delivery published moments ago (its row may still be locked by the
+        gateway's mark_published)."""
+        if self.message.redelivered:
+            return False
+        stamp = self.message.properties.get("timestamp")
+        if not isinstance(stamp, datetime):
+            return False
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=UTC)
+        return (datetime.now(UTC) - stamp).total_seconds() <= FRESH_SECONDS
 
     @property
     def attempts(self) -> int:
@@ -220,7 +237,8 @@ class QueueConsumer:
 
     def _process(self, deliveries: list[Delivery]) -> PollStats:
         news = [key for d in deliveries if d.event != "delete" for key in d.keys]
-        stats = self.worker.process(self._claim(news))
+        fresh = {key for d in deliveries if d.event != "delete" and d.fresh for key in d.keys}
+        stats = self.worker.process(self._claim(news, fresh))
         for delivery in deliveries:
             if delivery.event == "delete":
                 key = delivery.keys[0]
@@ -230,10 +248,13 @@ class QueueConsumer:
                 metrics.POLLER_SIGNALS_RETIRED.inc(retired)
         return stats
 
-    def _claim(self, keys: list[MessageKey]) -> list[StoredMessage]:
-        """Claim the keys, trying again (briefly) for any a locked row made the claim skip."""
+    def _claim(self, keys: list[MessageKey], fresh: set[MessageKey]) -> list[StoredMessage]:
+        """Claim the keys, trying again (briefly) for fresh ones a locked row made it skip."""
         claimed = self.worker.claim_keys(keys)
-        missing = set(keys) - {message.key for message in claimed}
+        got = {message.key for message in claimed}
+        if len(got) < len(keys):
+            metrics.POLLER_DELIVERIES.labels("not_claimable").inc(len(set(keys) - got))
+        missing = fresh - got
         for delay in self.reclaim_delays:
             if not missing or self.stopping.is_set():
                 break
@@ -241,8 +262,7 @@ class QueueConsumer:
             again = self.worker.claim_keys(sorted(missing))
             claimed += again
             missing -= {message.key for message in again}
-        if missing:
-            metrics.POLLER_DELIVERIES.labels("not_claimable").inc(len(missing))
+            metrics.POLLER_DELIVERIES.labels("reclaimed").inc(len(again))
         return claimed
 
     def _process_alone(self, delivery: Delivery) -> None:

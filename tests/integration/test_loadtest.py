@@ -1,0 +1,148 @@
+"""``tgstack loadtest`` against real servers: short runs, the zero-loss accounting, the files.
+
+Figures are not asserted (no timed tests); what is asserted is the bookkeeping: every post
+sent is counted stored, finished and marked once, each signal post has one signal, and the
+accounting notices when that is not so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.conftest import TestDatabase
+from tgstack.config import Settings
+from tgstack.loadtest.accounting import account
+from tgstack.loadtest.plan import LoadPlan
+from tgstack.loadtest.runner import LoadResult, run_loadtest
+from tgstack.localstack import RedisServer
+
+
+@pytest.fixture
+def settings(
+    db: TestDatabase, redis_server: RedisServer, redis_client: object, amqp_url: str
+) -> Settings:
+    return Settings(
+        database_url=db.app_dsn,  # type: ignore[arg-type]
+        redis_url=f"redis://:{redis_server.password}@127.0.0.1:{redis_server.port}/0",  # type: ignore[arg-type]
+        amqp_url=amqp_url,  # type: ignore[arg-type]
+        log_level="WARNING",
+    )
+
+
+def short_plan(tmp_path: Path, **changes: object) -> LoadPlan:
+    values: dict[str, object] = {
+        "rate": 200.0,
+        "duration": 2.0,
+        "channels": 2,
+        "pollers": 1,
+        "poller_kind": "thread",
+        "mode": "queue",
+        "warmup": 0.5,
+        "drain_timeout": 30.0,
+        "label": "test",
+        "out_dir": tmp_path / "result",
+        "progress": False,
+    }
+    values.update(changes)
+    return LoadPlan(**values)  # type: ignore[arg-type]
+
+
+def test_a_short_run_stores_finishes_and_signals_every_post_once(
+    settings: Settings, tmp_path: Path
+) -> None:
+    result = run_loadtest(settings, short_plan(tmp_path), out=None)
+
+    acc = result.accounting
+    assert result.ok, result.problems()
+    assert acc.sent == 400
+    assert acc.unique_rows == acc.rows == acc.ledger_keys == 400
+    assert acc.processed + acc.ignored == 400
+    assert acc.marked_once == 400
+    assert acc.signals == acc.expected_signals > 0
+    assert acc.duplicate_signals == acc.missing_signals == acc.unexpected_signals == 0
+    assert len(result.done) == 400  # every post's latency read back from its row
+    assert all(d.sent_at <= d.received_at <= d.processed_at + 1e-3 for d in result.done)
+
+
+def test_the_result_files_hold_the_figures_the_summary_and_the_plot(
+    settings: Settings, tmp_path: Path
+) -> None:
+    result = run_loadtest(settings, short_plan(tmp_path, rate=100.0), out=None)
+
+    data = json.loads((tmp_path / "result" / "result.json").read_text())
+    assert data["ok"] is True
+    assert data["accounting"]["sent"] == data["sent"] == 200
+    assert data["latency"]["end_to_end_ms"]["n"] > 0
+    assert sum(row["sent"] for row in data["timeline"]) == 200
+    assert sum(row["done"] for row in data["timeline"]) == 200
+    assert len(data["loadavg_before"]) == 3
+    assert data["machine"]["nproc"] >= 1
+    summary = (tmp_path / "result" / "summary.md").read_text()
+    assert "PASS" in summary
+    assert "| lost | 0 |" in summary
+    assert (tmp_path / "result" / "plot.png").read_bytes().startswith(b"\x89PNG")
+    assert set(result.files) == {"json", "markdown", "plot"}
+
+
+def test_a_second_run_on_the_same_database_continues_the_ids(
+    settings: Settings, tmp_path: Path
+) -> None:
+    first = run_loadtest(settings, short_plan(tmp_path, duration=1.0), out=None, write=False)
+    second = run_loadtest(settings, short_plan(tmp_path, duration=1.0), out=None, write=False)
+
+    assert first.ok
+    assert second.ok
+    assert second.accounting.sent == second.accounting.unique_rows == 200
+    first_keys = {d.key for d in first.done}
+    assert first_keys.isdisjoint(d.key for d in second.done)
+
+
+def test_the_accounting_notices_a_lost_post_and_a_double_mark(
+    settings: Settings, db: TestDatabase, tmp_path: Path
+) -> None:
+    result = run_loadtest(settings, short_plan(tmp_path, duration=1.0), out=None, write=False)
+    lost, doubled = result.done[0].key, result.done[1].key
+    with psycopg.connect(db.superuser_dsn, autocommit=True) as conn:
+        for table in ("tp_capital.signals", "telegram_gateway.messages"):
+            conn.execute(f"DELETE FROM {table} WHERE channel_id = %s AND message_id = %s", lost)
+        conn.execute(
+            "DELETE FROM telegram_gateway.message_keys WHERE channel_id = %s AND message_id = %s",
+            lost,
+        )
+        conn.execute(
+            "UPDATE telegram_gateway.messages SET metadata = metadata || '{\"marks\": 2}'"
+            " WHERE channel_id = %s AND message_id = %s",
+            doubled,
+        )
+
+    signal_keys = [d.key for d in result.done if d.is_signal]
+    ranges = {
+        channel: (
+            min(d.key.message_id for d in result.done if d.key.channel_id == channel),
+            max(d.key.message_id for d in result.done if d.key.channel_id == channel),
+        )
+        for channel in {d.key.channel_id for d in result.done}
+    }
+    again = account(settings.require_database_url(), ranges, result.sent, signal_keys)
+
+    assert again.lost == 1
+    assert again.not_marked_once == 1
+    assert not again.ok
+    assert "1 posts lost" in again.problems()
+    assert again.missing_signals == (1 if result.done[0].is_signal else 0)
+
+
+@pytest.mark.slow
+def test_poller_processes_in_hybrid_mode_lose_and_double_nothing(
+    settings: Settings, tmp_path: Path
+) -> None:
+    plan = short_plan(tmp_path, pollers=3, poller_kind="process", mode="hybrid", duration=5.0)
+    result: LoadResult = run_loadtest(settings, plan, out=None)
+
+    assert result.ok, result.problems()
+    assert result.poller_exit_codes == [0, 0, 0]  # SIGTERM: graceful
+    assert result.accounting.unique_rows == 1000
