@@ -4,6 +4,17 @@
 -- materialized views of the same names and columns, with unique indexes so that
 -- telegram_gateway.refresh_aggregates() can refresh them CONCURRENTLY (readers never block).
 -- TimescaleDB-only statements live in EXECUTE strings so this file is valid SQL everywhere.
+-- Continuous aggregates (like compression and retention policies, 007) are TimescaleDB's TSL
+-- features: its Apache-2 build (Debian's package, the offline testbed) has hypertables but
+-- refuses them, so there the plain materialized views are used as without TimescaleDB.
+
+CREATE OR REPLACE FUNCTION tgstack_meta.timescaledb_tsl_enabled()
+RETURNS boolean
+LANGUAGE sql STABLE
+AS $$
+    SELECT tgstack_meta.timescaledb_enabled()
+       AND coalesce(current_setting('timescaledb.license', true), 'apache') <> 'apache'
+$$;
 
 DO $do$
 DECLARE
@@ -30,7 +41,7 @@ BEGIN
                    AS v(name, unit, start_offset, end_offset, schedule)
     LOOP
         CONTINUE WHEN to_regclass('telegram_gateway.' || v_view.name) IS NOT NULL;
-        IF tgstack_meta.timescaledb_enabled() THEN
+        IF tgstack_meta.timescaledb_tsl_enabled() THEN
             EXECUTE format(
                 'CREATE MATERIALIZED VIEW telegram_gateway.%I WITH (timescaledb.continuous) AS %s '
                 'WITH NO DATA',
@@ -64,14 +75,14 @@ COMMENT ON MATERIALIZED VIEW telegram_gateway.messages_daily IS
     'Messages per channel and UTC day (TimescaleDB continuous aggregate, or a plain '
     'materialized view refreshed by telegram_gateway.refresh_aggregates()).';
 
--- Refresh the plain materialized views. With TimescaleDB the refresh policies do this
+-- Refresh the plain materialized views. With TimescaleDB (TSL) the refresh policies do this
 -- (refresh_continuous_aggregate cannot run inside a function's transaction), so it does nothing.
 CREATE OR REPLACE FUNCTION telegram_gateway.refresh_aggregates()
 RETURNS void
 LANGUAGE plpgsql
 AS $$
 BEGIN
-    IF tgstack_meta.timescaledb_enabled() THEN
+    IF tgstack_meta.timescaledb_tsl_enabled() THEN
         RETURN;
     END IF;
     EXECUTE 'REFRESH MATERIALIZED VIEW CONCURRENTLY telegram_gateway.messages_hourly';

@@ -1,4 +1,4 @@
--- 007_timescaledb.sql — TimescaleDB storage policies, only where the extension is installed
+-- 007_timescaledb.sql — TimescaleDB storage policies, only where the extension (TSL) is installed
 -- (001_schema.sql made messages a hypertable then): compression of chunks older than 14 days
 -- (segmented by channel), and a 90-day retention policy. Without TimescaleDB this does nothing:
 -- retention is telegram_gateway.cleanup_old_messages(days), run by the maintenance timer.
@@ -7,9 +7,10 @@ DO $do$
 DECLARE
     v_compressed boolean;
 BEGIN
-    IF NOT tgstack_meta.timescaledb_enabled() THEN
-        RAISE NOTICE 'TimescaleDB is not installed: compression and retention policies skipped '
-                     '(cleanup_old_messages does retention)';
+    IF NOT tgstack_meta.timescaledb_tsl_enabled() THEN
+        -- Without TimescaleDB, or with its Apache-2 build (no policies): see 006.
+        RAISE NOTICE 'TimescaleDB (TSL) is not available: compression and retention policies '
+                     'skipped (cleanup_old_messages does retention)';
         RETURN;
     END IF;
     EXECUTE $q$

@@ -81,9 +81,7 @@ def test_a_file_dropped_twice_or_replaced_is_stored_once(db: TestDatabase, tmp_p
     assert (source.totals.stored, source.totals.duplicates) == (250, 500)
 
 
-def test_a_line_still_being_written_waits_for_its_newline(
-    db: TestDatabase, tmp_path: Path
-) -> None:
+def test_a_line_still_being_written_waits_for_its_newline(db: TestDatabase, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     spool.mkdir()
     first, second = lines(2).splitlines(keepends=True)
@@ -209,9 +207,7 @@ def test_gateway_killed_mid_stream_resumes_where_it_was_and_reads_what_came_mean
     assert positions["a.jsonl"]["lines"] == 4500
 
 
-def test_gateway_with_a_missing_spool_directory_exits_78(
-    db: TestDatabase, tmp_path: Path
-) -> None:
+def test_gateway_with_a_missing_spool_directory_exits_78(db: TestDatabase, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TGSTACK_")} | {
         "TGSTACK_DATABASE_URL": db.app_dsn,
         "TGSTACK_GATEWAY_SOURCE": "spool",
