@@ -4,6 +4,8 @@
 #   make test-molecule  converge site.yml on a real systemd + Docker server, idempotence, verify
 #   make bench-db       data-layer benchmark on 1,000,000 stored messages
 #   make bench-ingest   tgstack replay of 100,000 synthetic posts through the whole pipeline
+#   make bench          the seed's benchmarks beside the legacy baseline (BENCH_LONG=1: full)
+#   make loadtest       tgstack loadtest --local (LOADTEST_ARGS="--rate 500 --duration 60")
 #   make docs           the documentation site (mkdocs --strict), OpenSpec validation, doc checks
 
 SHELL := /bin/bash
@@ -81,6 +83,15 @@ bench-db: deps
 
 bench-ingest: deps
 	@$(BIN)/python tests/bench/bench_ingest.py $(BENCH_ARGS)
+
+.PHONY: bench loadtest
+
+# Every seed benchmark and the baseline in one run: bench-results/<time>/bench.md, bench.json
+bench: deps
+	@$(BIN)/python tests/bench/bench_stack.py $(if $(BENCH_LONG),--long) $(BENCH_ARGS)
+
+loadtest: deps
+	@$(BIN)/tgstack loadtest --local $(LOADTEST_ARGS)
 
 # The documentation site (mkdocs.yml) built strictly into .cache/site, the OpenSpec specs
 # validated, and the doc checks: commands, targets, paths and named tests exist.
