@@ -182,6 +182,7 @@ class BaselineResult:
     unique_signals: int = 0
     drained: bool = False
     drain_seconds: float = 0.0
+    aborted: bool = False
     end_to_end_ms: dict[str, Any] = field(default_factory=dict)
     ingest_ms: dict[str, Any] = field(default_factory=dict)
     end_to_end_rate: float = 0.0
@@ -205,10 +206,21 @@ class BaselineResult:
     def missing_signals(self) -> int:
         return self.expected_signals - self.unique_signals
 
+    def sustained(self) -> bool:
+        """Kept pace: clean, the sender never far behind, every signal in within two polls."""
+        rate = self.rate or 0.0
+        return (
+            self.ok
+            and self.achieved_rate >= 0.97 * rate
+            and self.max_sender_lag_s <= 1.0
+            and self.drain_seconds <= 2 * POLL_INTERVAL + 2
+        )
+
     @property
     def ok(self) -> bool:
         return (
             self.drained
+            and not self.aborted
             and self.lost == 0
             and self.duplicate_rows == 0
             and self.duplicate_signals == 0
@@ -236,6 +248,8 @@ class BaselineResult:
             "missing_signals": self.missing_signals,
             "drained": self.drained,
             "drain_seconds": round(self.drain_seconds, 3),
+            "aborted": self.aborted,
+            "sustained": self.sustained(),
             "end_to_end_signals_ms": self.end_to_end_ms,
             "ingest_ms": self.ingest_ms,
             "poll_query_ms": self.poll_query_ms,
@@ -257,6 +271,7 @@ def run(
     signal_share: float = 0.3,
     seed: int = 1,
     drain_timeout: float | None = None,
+    abort_lag: float | None = None,
     say: Callable[[str], None] = lambda _: None,
 ) -> BaselineResult:
     """The same posts as a tgstack load test, through the legacy path."""
@@ -274,6 +289,10 @@ def run(
     with connect(dsn) as conn:
         pacer.start()
         while not pacer.done:
+            if abort_lag is not None and pacer.behind > abort_lag:
+                result.aborted = True
+                say(f"  baseline {label}: stopping early, {pacer.behind:.1f} s behind schedule")
+                break
             for _ in range(pacer.due()):
                 record, post = factory.make()
                 channel = str(record.channel_id)
