@@ -2,6 +2,8 @@
 #   make test           the whole test suite (fast tier + slow real-server drills); what CI runs
 #   make test-fast      lint + unit + integration tests against real servers (a few minutes)
 #   make test-molecule  converge site.yml on a real systemd + Docker server, idempotence, verify
+#   make demo           the whole stack on a local sandbox server: site.yml, a sample channel, a report
+#   make demo-down      remove the sandbox server and its Docker volume
 #   make bench-db       data-layer benchmark on 1,000,000 stored messages
 #   make bench-ingest   tgstack replay of 100,000 synthetic posts through the whole pipeline
 #   make bench          the seed's benchmarks beside the legacy baseline (BENCH_LONG=1: full)
@@ -15,7 +17,7 @@ BIN := $(VENV)/bin
 STAMPS := .cache/stamps
 
 .PHONY: help deps system-deps venv lint lint-python lint-ansible test test-fast test-slow \
-	test-molecule testbed-images health bench-db bench-ingest docs clean
+	test-molecule testbed-images demo demo-down health bench-db bench-ingest docs clean
 
 # molecule and ansible-lint call ansible-* by name: the virtualenv must come first on PATH
 WITH_VENV := PATH=$(CURDIR)/$(BIN):$$PATH
@@ -44,7 +46,7 @@ lint: lint-python lint-ansible
 
 lint-python: venv
 	@echo "==> ruff"
-	@$(BIN)/ruff check runtime tests filter_plugins
+	@$(BIN)/ruff check runtime tests filter_plugins roles/tgstack_runtime/files
 	@echo "==> mypy"
 	@$(BIN)/mypy
 
@@ -74,6 +76,12 @@ testbed-images:
 test-molecule: venv testbed-images
 	@echo "==> molecule test -s default"
 	@$(WITH_VENV) molecule test -s default
+
+demo: venv
+	@$(WITH_VENV) scripts/demo.sh up
+
+demo-down:
+	@scripts/demo.sh down
 
 health: venv
 	@$(WITH_VENV) $(BIN)/ansible-playbook ansible/health.yml $(HEALTH_ARGS)

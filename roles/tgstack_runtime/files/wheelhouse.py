@@ -3,12 +3,15 @@
 
     wheelhouse.py --project DIR --cache DIR --python-version 3.13 --machine x86_64 --glibc 2.41
 
-Writes ``<cache>/<tag>/`` (tag: ``cp313-manylinux_2_41_x86_64``) holding the tgstack wheel
+Writes ``<cache>/<tag>/<hash>/`` (tag: ``cp313-manylinux_2_41_x86_64``; hash: of the inputs
+below) holding the tgstack wheel
 built from DIR, every dependency as a wheel for that interpreter and platform (pure-Python
 sdists such as pyaes are built into py3-none-any wheels here), ``requirements.txt`` pinning
 each of them, ``SHA256SUMS`` and ``wheelhouse.tar`` (the same files, for one copy to the
-server). The inputs (project sources, pyproject.toml, target, this script) are hashed: when
-the hash matches the last build nothing is done, so a rerun is instant and changes nothing.
+server). The inputs (project sources, pyproject.toml, target, this script) are hashed: when a
+build of that hash exists nothing is done, so a rerun is instant and changes nothing. The
+newest few builds per tag are kept (a sandbox and a Molecule scenario may deploy different
+versions of the tree without rebuilding each other's).
 Prints one JSON object: {"changed": bool, "dir": ..., "tar": ..., "sha256": ..., "wheels": [...]}.
 The cache is locked while building: parallel runs (several Molecule scenarios) share it.
 """
@@ -29,7 +32,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-FORMAT = 1  # bump when the layout of a built wheelhouse changes
+FORMAT = 2  # bump when the layout of a built wheelhouse changes
+KEEP_BUILDS = 4  # builds kept per target tag
 SOURCE_PATHS = ("pyproject.toml", "README.md", "LICENSE", "runtime", "sql")
 _MISSING = re.compile(r"No matching distribution found for ([A-Za-z0-9_.\-]+)(\S*)")
 
@@ -209,26 +213,31 @@ def main() -> int:
         parser.error(f"{args.project} has no pyproject.toml")
     wanted = source_hash(args.project, files, tag)
     args.cache.mkdir(parents=True, exist_ok=True)
-    final = args.cache / tag
-    stamp = final / ".stamp"
+    builds = args.cache / tag
+    final = builds / wanted[:16]
     with (args.cache / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        changed = not (stamp.is_file() and stamp.read_text().strip() == wanted)
+        changed = not (final / ".stamp").is_file()
         if changed:
-            work = Path(tempfile.mkdtemp(prefix=f".{tag}-", dir=args.cache))
+            builds.mkdir(parents=True, exist_ok=True)
+            work = Path(tempfile.mkdtemp(prefix=".build-", dir=builds))
             try:
                 build(args, files, work)
                 finish(work)
                 (work / ".stamp").write_text(wanted + "\n")
-                old = args.cache / f".{tag}.old"
-                shutil.rmtree(old, ignore_errors=True)
-                if final.exists():
-                    final.rename(old)
+                shutil.rmtree(final, ignore_errors=True)
                 work.rename(final)
-                shutil.rmtree(old, ignore_errors=True)
             except BaseException:
                 shutil.rmtree(work, ignore_errors=True)
                 raise
+        os.utime(final)  # most recently used
+        done = sorted(
+            (d for d in builds.iterdir() if (d / ".stamp").is_file()),
+            key=lambda d: d.stat().st_mtime,
+            reverse=True,
+        )
+        for stale in done[KEEP_BUILDS:]:
+            shutil.rmtree(stale, ignore_errors=True)
     tar = final / "wheelhouse.tar"
     print(
         json.dumps(
