@@ -38,8 +38,10 @@ import amqpstorm.channel
 import amqpstorm.rpc
 from amqpstorm.channel import Channel
 from amqpstorm.exception import AMQPError
-from amqpstorm.message import Message
 from amqpstorm.uri_connection import UriConnection
+from pamqp import commands
+from pamqp.body import ContentBody
+from pamqp.header import ContentHeader
 
 from tgstack.models import MessageRecord
 
@@ -52,6 +54,11 @@ DLQ_MAX_LENGTH = 100_000
 DEFAULT_CONSUMER_QUEUES = ("tp-capital",)
 
 log = logging.getLogger("tgstack.queue")
+
+BODY_FRAME_MAX = 131072 - 8
+"""Largest body frame payload: RabbitMQ's default frame_max less the frame overhead."""
+WRITE_CHUNK = 100
+"""Messages whose frames go to the socket in one write."""
 
 IDLE_WAIT = 0.001
 """Seconds between amqpstorm's checks for a reply or a delivery (its default is 0.01)."""
@@ -222,18 +229,41 @@ class MessagePublisher:
         return PublishOutcome(False, self._attempts, error)
 
     def _publish_once(self, items: Sequence[tuple[int, str, str]], event: str) -> None:
+        """Write the batch's frames in a few socket writes, then commit the transaction.
+
+        amqpstorm's ``Message.publish`` marshals and writes each message on its own (and
+        validates and copies its properties): 560 µs a message in the ingest benchmark, the
+        largest cost of the gateway. The frames are the same (basic.publish, content header,
+        body), built with pamqp as amqpstorm does and written ``WRITE_CHUNK`` messages at once.
+        """
         channel = self._ensure_channel()
-        for channel_id, body, ident in items:
-            properties: dict[str, Any] = {
-                "message_id": ident,
-                "content_type": "application/json",
-                "content_encoding": "utf-8",
-                "delivery_mode": 2,
-                "timestamp": datetime.now(UTC),
-                "headers": {"source": self._source, "channel_id": str(channel_id), "event": event},
-            }
-            message = Message.create(channel, body, properties)
-            message.publish(routing_key(channel_id), EXCHANGE, mandatory=True)
+        now = datetime.now(UTC)
+        frames: list[Any] = []
+        for number, (channel_id, body, ident) in enumerate(items, start=1):
+            properties = commands.Basic.Properties(
+                message_id=ident,
+                content_type="application/json",
+                content_encoding="utf-8",
+                delivery_mode=2,
+                timestamp=now,
+                headers={"source": self._source, "channel_id": str(channel_id), "event": event},
+            )
+            payload = body.encode("utf-8")
+            frames.append(
+                commands.Basic.Publish(
+                    exchange=EXCHANGE, routing_key=routing_key(channel_id), mandatory=True
+                )
+            )
+            frames.append(ContentHeader(body_size=len(payload), properties=properties))
+            frames.extend(
+                ContentBody(payload[start : start + BODY_FRAME_MAX])
+                for start in range(0, len(payload), BODY_FRAME_MAX)
+            )
+            if number % WRITE_CHUNK == 0:
+                channel.write_frames(frames)
+                frames = []
+        if frames:
+            channel.write_frames(frames)
         channel.tx.commit()
         # A basic.return (unroutable) arrives before commit-ok; it fails the whole batch.
         channel.check_for_exceptions()
