@@ -1,4 +1,9 @@
-"""The queue path: consume the poller's quorum queue, prefetch 10, manual ack.
+"""The queue path: consume the poller's quorum queue, manual ack, prefetch 100 by default.
+
+Prefetch bounds a batch. The reference stack used 10; measured here, claiming and applying a
+batch costs 2.3 + 8.2 ms for 10 posts and 9.2 + 17.4 ms for 100 (about 920 against 3,350
+posts/s for one poller), and at a low rate batches stay small anyway (``batch_wait``), so
+the default is 100 (``TGSTACK_POLLER_PREFETCH``).
 
 Deliveries are gathered into small batches (up to the prefetch count or ``batch_wait``, 2 ms:
 at a high rate the buffer refills while a batch is processed, so batches grow by themselves;
@@ -50,7 +55,7 @@ from tgstack.queue import (
 
 log = logging.getLogger("tgstack.poller.queue")
 
-PREFETCH = 10
+PREFETCH = 100
 FRESH_SECONDS = 2.0
 
 
@@ -112,7 +117,8 @@ class QueueConsumer:
         backoff_seconds: float = 0.5,
         max_attempts: int = 3,
         batch_wait: float = 0.002,
-        reclaim_delays: tuple[float, ...] = (0.005, 0.02, 0.1),
+        reclaim_delays: tuple[float, ...] = (0.002, 0.01, 0.05),
+        prefetch: int = PREFETCH,
         on_batch: Callable[[PollStats], None] | None = None,
     ) -> None:
         self.url = url
@@ -123,6 +129,7 @@ class QueueConsumer:
         self.max_attempts = max_attempts
         self.batch_wait = batch_wait
         self.reclaim_delays = reclaim_delays
+        self.prefetch = prefetch
         self.on_batch = on_batch
         self.stopping = threading.Event()
         self._buffer: list[Message] = []
@@ -137,10 +144,10 @@ class QueueConsumer:
         tune_connection(self._connection)  # acks and claims answered without Nagle's delay
         channel = self._connection.channel()
         declare_topology(channel)
-        channel.basic.qos(PREFETCH)
+        channel.basic.qos(self.prefetch)
         channel.basic.consume(self._buffer.append, self.queue, no_ack=False)
         self._channel = channel
-        log.info("consuming", extra={"queue": self.queue, "prefetch": PREFETCH})
+        log.info("consuming", extra={"queue": self.queue, "prefetch": self.prefetch})
         return channel
 
     def close(self) -> None:
@@ -190,7 +197,7 @@ class QueueConsumer:
                 time.sleep(0.002)
             else:
                 deadline = time.monotonic() + self.batch_wait
-                while len(self._buffer) < PREFETCH and time.monotonic() < deadline:
+                while len(self._buffer) < self.prefetch and time.monotonic() < deadline:
                     time.sleep(0.0005)
                     channel.process_data_events(to_tuple=False)
                 batch, self._buffer[:] = list(self._buffer), []
