@@ -59,6 +59,9 @@ def add_parser(commands: Any, handler: Any) -> None:
     parser.add_argument(
         "--batch-delay-ms", type=int, help="gateway micro-batch wait (default: the setting)"
     )
+    parser.add_argument(
+        "--prefetch", type=_positive(int), help="deliveries a poller holds (default: the setting)"
+    )
     parser.add_argument("--signal-share", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds left out of steady")
@@ -94,6 +97,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         batch_delay_ms=args.batch_delay_ms,
+        prefetch=args.prefetch,
         warmup=args.warmup,
         drain_timeout=args.drain_timeout,
         label=args.label,

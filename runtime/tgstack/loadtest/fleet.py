@@ -56,6 +56,7 @@ class ThreadPoller:
         self.service = PollerService(settings, mode)
         # Claims are fenced by consumer name (host:pid): threads of one process need their own.
         self.service.worker.consumer += f"#{number}"
+        self.service.poll_worker.consumer += f"#{number}"
         self.threads: list[threading.Thread] = []
 
     @property

@@ -49,6 +49,7 @@ class LoadPlan:
     seed: int = 1
     batch_size: int | None = None
     batch_delay_ms: int | None = None
+    prefetch: int | None = None
     warmup: float = 5.0
     drain_timeout: float = 60.0
     abort_lag: float | None = None

@@ -286,6 +286,8 @@ def run_loadtest(
         updates["poller_safety_poll_seconds"] = plan.poll_interval
     if plan.batch_size is not None:
         updates["gateway_batch_size"] = plan.batch_size
+    if plan.prefetch is not None:
+        updates["poller_prefetch"] = plan.prefetch
     if plan.batch_delay_ms is not None:
         updates["gateway_batch_delay_ms"] = plan.batch_delay_ms
     settings = settings.model_copy(update=updates)
