@@ -1,5 +1,5 @@
 # tgstack — one entry point for building, testing and running the stack.
-#   make test           the whole test suite (fast tier + slow real-server drills); what CI runs
+#   make test           the whole test suite (fast tier, slow real-server drills, Molecule default); what CI runs
 #   make test-fast      lint + unit + integration tests against real servers (a few minutes)
 #   make test-molecule  converge site.yml on a real systemd + Docker server, idempotence, verify
 #   make demo           the whole stack on a local sandbox server: site.yml, a sample channel, a report
@@ -66,7 +66,7 @@ test-slow: deps
 	@echo "==> pytest (slow real-server drills)"
 	@$(BIN)/pytest -m slow -q
 
-test: test-fast test-slow
+test: test-fast test-slow test-molecule
 
 testbed-images:
 	@scripts/testbed/engine.sh
