@@ -236,11 +236,24 @@ class QueueConsumer:
                 for delivery in deliveries:
                     self._process_alone(delivery)
                 return
-        for delivery in deliveries:
-            delivery.message.ack()
+        self._ack_all(deliveries)
         metrics.POLLER_DELIVERIES.labels("acked").inc(len(deliveries))
         if self.on_batch is not None:
             self.on_batch(stats)
+
+    def _ack_all(self, deliveries: list[Delivery]) -> None:
+        """Acknowledge a batch with one ``basic.ack(multiple)`` frame.
+
+        Batches are handled one after the other and every delivery of a batch is settled
+        (acked, requeued or dead-lettered) before the next, so acknowledging up to the
+        batch's highest tag settles exactly this batch.
+        """
+        tags = [d.message.delivery_tag for d in deliveries]
+        if self._channel is None or any(tag is None for tag in tags):
+            for delivery in deliveries:
+                delivery.message.ack()
+            return
+        self._channel.basic.ack(delivery_tag=max(int(tag or 0) for tag in tags), multiple=True)
 
     def _process(self, deliveries: list[Delivery]) -> PollStats:
         news = [key for d in deliveries if d.event != "delete" for key in d.keys]
