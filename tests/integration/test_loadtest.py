@@ -8,6 +8,10 @@ accounting notices when that is not so.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import psycopg
@@ -16,7 +20,7 @@ import pytest
 from tests.conftest import TestDatabase
 from tgstack.config import Settings
 from tgstack.loadtest.accounting import account
-from tgstack.loadtest.plan import LoadPlan
+from tgstack.loadtest.plan import LOADTEST_CHANNEL_BASE, LoadPlan
 from tgstack.loadtest.runner import LoadResult, run_loadtest
 from tgstack.localstack import RedisServer
 
@@ -146,3 +150,50 @@ def test_poller_processes_in_hybrid_mode_lose_and_double_nothing(
     assert result.ok, result.problems()
     assert result.poller_exit_codes == [0, 0, 0]  # SIGTERM: graceful
     assert result.accounting.unique_rows == 1000
+
+
+@pytest.mark.slow
+def test_the_cli_runs_against_a_configured_stack_with_its_own_poller_and_cleans_up(
+    settings: Settings, db: TestDatabase, tmp_path: Path
+) -> None:
+    """The deployed-stack path: ``tgstack --env-file … loadtest --pollers 0`` relies on the
+    poller already running, reads its metrics, and ``--cleanup`` leaves no row behind."""
+    from tgstack.cli import main
+    from tgstack.loadtest.fleet import settings_env
+    from tgstack.localstack import free_port
+
+    port = free_port()
+    deployed = settings.model_copy(update={"poller_port": port})
+    env_file = tmp_path / "tgstack.env"
+    env_file.write_text(
+        "".join(f"{name}={value}\n" for name, value in settings_env(deployed).items())
+    )
+    env_file.chmod(0o600)
+    poller = subprocess.Popen(
+        [sys.executable, "-m", "tgstack", "--env-file", str(env_file), "poller", "--mode", "queue"],
+        env={k: v for k, v in os.environ.items() if not k.startswith("TGSTACK_")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        code = main(
+            [
+                "--env-file", str(env_file), "loadtest", "--rate", "100", "--duration", "2",
+                "--pollers", "0", "--mode", "queue", "--warmup", "0", "--cleanup",
+                "--out", str(tmp_path / "deployed"), "--no-plot",
+            ]
+        )  # fmt: skip
+    finally:
+        poller.send_signal(signal.SIGTERM)
+        poller.wait(30)
+    assert code == 0
+    data = json.loads((tmp_path / "deployed" / "result.json").read_text())
+    assert data["accounting"]["sent"] == data["accounting"]["unique_rows"] == 200
+    assert data["machine"]["servers"]["postgresql"]
+    with psycopg.connect(db.superuser_dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM telegram_gateway.messages WHERE channel_id <= %s",
+            (LOADTEST_CHANNEL_BASE,),
+        ).fetchone()
+    assert row is not None
+    assert row[0] == 0
