@@ -8,6 +8,7 @@ microsecond: PostgreSQL stores it with the row, so the end-to-end latency of a p
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,14 +43,23 @@ class PostFactory:
         self.signal_share = signal_share
         self._rng = random.Random(seed)  # noqa: S311 - test data, not cryptography
         self._index = 0
+        self._prepared: deque[tuple[bool, str]] = deque()
+
+    def prepare(self, count: int) -> None:
+        """Write the texts of the next ``count`` posts now, so that sending them costs the
+        load generator as little CPU as possible (it shares the machine with the stack)."""
+        self._prepared.extend(self._text() for _ in range(count))
+
+    def _text(self) -> tuple[bool, str]:
+        is_signal = self._rng.random() < self.signal_share
+        return is_signal, signal_text(self._rng) if is_signal else self._rng.choice(CHATTER)
 
     def make(self) -> tuple[MessageRecord, SentPost]:
         channel = self.channels[self._index % len(self.channels)]
         self._index += 1
         message_id = self.next_id[channel]
         self.next_id[channel] = message_id + 1
-        is_signal = self._rng.random() < self.signal_share
-        text = signal_text(self._rng) if is_signal else self._rng.choice(CHATTER)
+        is_signal, text = self._prepared.popleft() if self._prepared else self._text()
         now = datetime.now(UTC)
         record = MessageRecord.create(channel, message_id, now, text=text, source="loadtest")
         return record, SentPost(record.key, now.timestamp(), is_signal)

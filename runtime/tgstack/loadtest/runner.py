@@ -305,6 +305,7 @@ def run_loadtest(
         signal_share=plan.signal_share,
         seed=plan.seed,
     )
+    factory.prepare(min(plan.total_posts, 300_000))  # the rest is written on the fly
     observer = Observer(conninfo, channels)
     observer.open()
     probe = (
