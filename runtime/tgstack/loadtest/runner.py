@@ -389,8 +389,8 @@ def run_loadtest(
             send_seconds = time.time() - start
             cache_end = _scrape_cache(fleet, settings)
             say(f"sent {pacer.sent:,} posts in {send_seconds:.1f} s; draining")
+            drain_started = time.monotonic()  # from the last post sent, gateway flush included
             worker.stop(timeout=plan.drain_timeout)
-            drain_started = time.monotonic()
             deadline = drain_started + plan.drain_timeout
             while time.monotonic() < deadline:
                 if observer.oldest_outstanding() is None:
