@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 
 from tgstack import keys
 from tgstack.metrics import CACHE_FALLBACKS, CACHE_OPERATIONS
-from tgstack.models import MessageRecord, StoredMessage
+from tgstack.models import MessageKey, MessageRecord, StoredMessage
 from tgstack.redis_client import close_redis_client
 
 logger = logging.getLogger(__name__)
@@ -185,6 +185,25 @@ class MessageCache:
             return 0
         self._succeeded("mark_processed", "ok")
         return sum(int(removed) for removed in replies[::2])
+
+    def still_pending(self, wanted: Sequence[MessageKey]) -> set[MessageKey] | None:
+        """The keys still in their channel's recent window (not marked processed yet), in one
+        pipeline; None when Redis cannot say."""
+        if not wanted or not self._redis_usable("still_pending"):
+            return None if wanted else set()
+        try:
+            with self._client.pipeline(transaction=False) as pipe:
+                for key in wanted:
+                    pipe.zscore(
+                        keys.recent_key(key.channel_id),
+                        keys.recent_member(key.message_id),
+                    )
+                scores = pipe.execute()
+        except RedisError as exc:
+            self._failed("still_pending", exc)
+            return None
+        self._succeeded("still_pending", "ok")
+        return {key for key, score in zip(wanted, scores, strict=True) if score is not None}
 
     def cleanup_expired(self, channel_id: int) -> int:
         """Remove window entries older than the hot TTL (by message time) and entries whose

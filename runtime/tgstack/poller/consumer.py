@@ -16,9 +16,12 @@ after the broker confirms it, so a fresh delivery can arrive while its row is lo
 ``mark_published``: the claim would skip it, and the post would wait for the next safety poll
 (30 s; seen as a 20 s p99 in the load test). Keys of a *fresh* first delivery (published in
 the last ``FRESH_SECONDS``) that a claim skipped are therefore claimed again after
-``reclaim_delays``. Older or redelivered ones are not retried (a backlog of deliveries for
-posts the safety poll already finished would otherwise be slowed down by the waits); what
-is not claimable is held by another poller or already finished, and is acknowledged.
+``reclaim_delays`` (2, 10, 50 ms); those Redis still lists in the channel's recent window (so
+not finished by anyone) are tried again for up to 1.5 s more (``reclaim_pending_delays``), which
+covers a machine too busy for the gateway to release its lock quickly. Older or redelivered
+deliveries are not retried (a backlog of deliveries for posts the safety poll already finished
+would otherwise be slowed down by the waits); what is not claimable is held by another poller
+or already finished, and is acknowledged.
 
 Failures: while PostgreSQL is unavailable the batch is retried in place with backoff and
 nothing is acknowledged (the broker redelivers it if we die). A delivery that fails for any
@@ -118,6 +121,7 @@ class QueueConsumer:
         max_attempts: int = 3,
         batch_wait: float = 0.002,
         reclaim_delays: tuple[float, ...] = (0.002, 0.01, 0.05),
+        reclaim_pending_delays: tuple[float, ...] = (0.1, 0.2, 0.4, 0.8),
         prefetch: int = PREFETCH,
         on_batch: Callable[[PollStats], None] | None = None,
     ) -> None:
@@ -129,6 +133,7 @@ class QueueConsumer:
         self.max_attempts = max_attempts
         self.batch_wait = batch_wait
         self.reclaim_delays = reclaim_delays
+        self.reclaim_pending_delays = reclaim_pending_delays
         self.prefetch = prefetch
         self.on_batch = on_batch
         self.stopping = threading.Event()
@@ -279,11 +284,30 @@ class QueueConsumer:
             if not missing or self.stopping.is_set():
                 break
             time.sleep(delay)
-            again = self.worker.claim_keys(sorted(missing))
-            claimed += again
-            missing -= {message.key for message in again}
-            metrics.POLLER_DELIVERIES.labels("reclaimed").inc(len(again))
+            missing = self._claim_again(missing, claimed)
+        # Still locked after the short waits (a busy machine): keep trying, longer, for the
+        # posts Redis says are still pending (a post already finished leaves the window).
+        cache = self.worker.cache
+        for delay in self.reclaim_pending_delays if cache is not None else ():
+            if not missing or self.stopping.is_set():
+                break
+            pending = cache.still_pending(sorted(missing)) if cache is not None else None
+            if pending is None:
+                break
+            missing &= pending
+            if not missing:
+                break
+            time.sleep(delay)
+            missing = self._claim_again(missing, claimed)
         return claimed
+
+    def _claim_again(
+        self, missing: set[MessageKey], claimed: list[StoredMessage]
+    ) -> set[MessageKey]:
+        again = self.worker.claim_keys(sorted(missing))
+        claimed += again
+        metrics.POLLER_DELIVERIES.labels("reclaimed").inc(len(again))
+        return missing - {message.key for message in again}
 
     def _process_alone(self, delivery: Delivery) -> None:
         try:
