@@ -1,7 +1,9 @@
 # tgstack — one entry point for building, testing and running the stack.
-#   make test           the whole test suite (fast tier, slow real-server drills, Molecule default); what CI runs
+#   make test           the whole test suite (fast tier, slow real-server drills, Molecule default, failover, rollback); what CI runs
 #   make test-fast      lint + unit + integration tests against real servers (a few minutes)
 #   make test-molecule  converge site.yml on a real systemd + Docker server, idempotence, verify
+#   make test-molecule-failover  failure drills while posts flow: Redis master, gateway kill -9, DB, RabbitMQ, password rotation
+#   make test-molecule-rollback  migrate 30,000 legacy posts, backup/restore, roll back, roll back again
 #   make demo           the whole stack on a local sandbox server: site.yml, a sample channel, a report
 #   make demo-down      remove the sandbox server and its Docker volume
 #   make bench-db       data-layer benchmark on 1,000,000 stored messages
@@ -17,7 +19,7 @@ BIN := $(VENV)/bin
 STAMPS := .cache/stamps
 
 .PHONY: help deps system-deps venv lint lint-python lint-ansible test test-fast test-slow \
-	test-molecule testbed-images demo demo-down health bench-db bench-ingest docs clean
+	test-molecule test-molecule-failover test-molecule-rollback testbed-images demo demo-down health bench-db bench-ingest docs clean
 
 # molecule and ansible-lint call ansible-* by name: the virtualenv must come first on PATH
 WITH_VENV := PATH=$(CURDIR)/$(BIN):$$PATH
@@ -56,7 +58,9 @@ lint-ansible: venv
 	@echo "==> ansible-lint"
 	@$(WITH_VENV) $(BIN)/ansible-lint
 	@echo "==> ansible-playbook --syntax-check"
-	@$(WITH_VENV) $(BIN)/ansible-playbook --syntax-check ansible/site.yml ansible/health.yml
+	@$(WITH_VENV) $(BIN)/ansible-playbook --syntax-check ansible/site.yml ansible/health.yml \
+		ansible/migrate.yml ansible/rollback.yml ansible/backup.yml ansible/restore.yml \
+		ansible/start.yml ansible/stop.yml ansible/rotate-credentials.yml
 
 test-fast: deps lint docs
 	@echo "==> pytest (unit + integration, real servers)"
@@ -66,7 +70,7 @@ test-slow: deps
 	@echo "==> pytest (slow real-server drills)"
 	@$(BIN)/pytest -m slow -q
 
-test: test-fast test-slow test-molecule
+test: test-fast test-slow test-molecule test-molecule-failover test-molecule-rollback
 
 testbed-images:
 	@scripts/testbed/engine.sh
@@ -76,6 +80,14 @@ testbed-images:
 test-molecule: venv testbed-images
 	@echo "==> molecule test -s default"
 	@$(WITH_VENV) molecule test -s default
+
+test-molecule-failover: venv testbed-images
+	@echo "==> molecule test -s failover"
+	@$(WITH_VENV) molecule test -s failover
+
+test-molecule-rollback: venv testbed-images
+	@echo "==> molecule test -s rollback"
+	@$(WITH_VENV) molecule test -s rollback
 
 demo: venv
 	@$(WITH_VENV) scripts/demo.sh up
