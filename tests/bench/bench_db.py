@@ -8,7 +8,8 @@ PgBouncer:
 * bulk upsert rows/s (``Database.bulk_upsert`` called with ``--chunk`` messages, which it
   writes in transactions of ``--batch``),
 * ``get_unprocessed_messages_optimized`` p50/p95, one channel and all channels, both as the raw
-  SQL call and through ``Database.fetch_unprocessed`` (which also builds the records),
+  SQL call (rows in the binary format, as the runtime reads them) and through
+  ``Database.fetch_unprocessed`` (which also builds the records),
 * the SQL dedup check (``Database.message_exists``) p50/p99, half hits and half misses.
 
 Other dedup implementations (e.g. Redis) plug in through ``DEDUP_CHECKS``: a name mapped to a
@@ -253,7 +254,8 @@ def bench_polling(
     with psycopg.connect(stack.app_dsn, autocommit=True, prepare_threshold=None) as conn:
 
         def sql_poll(channel: Callable[[], int | None], limit: int) -> Callable[[], object]:
-            return lambda: conn.execute(query, (channel(), limit)).fetchall()
+            # in the binary format, as Database issues it
+            return lambda: conn.execute(query, (channel(), limit), binary=True).fetchall()
 
         def db_poll(channel: Callable[[], int | None], limit: int) -> Callable[[], object]:
             return lambda: database.fetch_unprocessed(channel(), limit)
