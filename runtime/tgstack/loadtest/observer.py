@@ -81,8 +81,8 @@ class Observer:
         conninfo: str,
         channels: Sequence[int],
         *,
-        recent_window: float = 5.0,
-        straggler_batch: int = 2000,
+        recent_window: float = 3.0,
+        straggler_batch: int = 1000,
     ) -> None:
         self.channels = list(channels)
         self.recent_window = recent_window

@@ -183,6 +183,7 @@ class Progress:
         self.errors = 0
         self.signals = 0
         self.lag = 0.0
+        self.last_tick = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
 
     def start(self) -> None:
@@ -200,7 +201,16 @@ class Progress:
                 self.errors += 1
                 log.warning("progress round failed", extra={"error": str(exc)})
 
+    def current_lag(self) -> float:
+        """The end-to-end lag as last measured, plus the time a measurement is overdue (a
+        round stuck in a slow query on an overloaded machine must not hide a growing lag)."""
+        overdue = max(0.0, time.monotonic() - self.last_tick - 2.0)
+        return self.lag + overdue
+
     def tick(self) -> None:
+        self.last_tick = time.monotonic()
+        oldest = self.observer.oldest_outstanding()  # before the round: cheap, in memory
+        self.lag = max(0.0, time.time() - oldest) if oldest is not None else 0.0
         finished = self.observer.poll()
         self.max_sender_lag = max(self.max_sender_lag, self.pacer.behind)
         queue = self.probe.read() if self.probe is not None else None
@@ -366,7 +376,8 @@ def run_loadtest(
             warm_until = time.monotonic() + plan.warmup
             aborted = False
             while not pacer.done:
-                if plan.abort_lag is not None and max(progress.lag, pacer.behind) > plan.abort_lag:
+                lag = max(progress.current_lag(), pacer.behind)
+                if plan.abort_lag is not None and lag > plan.abort_lag:
                     aborted = True
                     say(f"stopping early: posts wait more than {plan.abort_lag:g} s")
                     break
