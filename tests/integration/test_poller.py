@@ -194,6 +194,49 @@ def test_results_of_a_worker_whose_lease_expired_are_not_applied(
     assert counts(db.app_dsn)["not_marked_once"] == 0
 
 
+def test_two_applies_of_one_claim_at_once_mark_the_message_once(
+    db: TestDatabase, database: Database
+) -> None:
+    """The fence locks: a second apply waits for the first and then finds nothing to own."""
+    record = MessageRecord.create(CHANNEL, 1, WHEN, text=SIGNAL)
+    store(database, [record])
+    assert len(database.claim_by_keys("twin", [record.key])) == 1
+    payload = json.dumps(
+        [
+            {
+                "channel_id": CHANNEL,
+                "message_id": 1,
+                "state": "processed",
+                "signal": {"asset": "PETR4", "signal_type": "swing_trade", "buy_min": "36.50"},
+            }
+        ]
+    )
+    apply = "SELECT applied FROM tp_capital.apply_processing_results('twin', %s::jsonb)"
+    second: list[object] = []
+    with (
+        psycopg.connect(db.direct_dsn) as first,
+        psycopg.connect(db.direct_dsn, autocommit=True) as other,
+    ):
+        assert first.execute(apply, (payload,)).fetchall() == [(True,)]  # not committed yet
+
+        def apply_again() -> None:
+            try:
+                second.extend(row[0] for row in other.execute(apply, (payload,)).fetchall())
+            except psycopg.Error as exc:
+                second.append(exc)
+
+        waiter = threading.Thread(target=apply_again)
+        waiter.start()
+        time.sleep(0.5)
+        assert second == []  # waiting for the first apply's row lock
+        first.commit()
+        waiter.join(10)
+
+    assert second == [False]
+    assert counts(db.app_dsn)["signals"] == 1
+    assert counts(db.app_dsn)["not_marked_once"] == 0
+
+
 def test_concurrent_pollers_process_each_message_exactly_once(
     db: TestDatabase, database: Database
 ) -> None:
