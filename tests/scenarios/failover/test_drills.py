@@ -29,6 +29,8 @@ from tests.scenarios.conftest import (
 )
 
 testinfra_hosts = ["tgstack"]
+# Drills and playbook runs take minutes (pyproject's default timeout is 300 s).
+pytestmark = pytest.mark.timeout(1800)
 
 PYTHON = "/opt/tgstack/runtime/venv/bin/python"
 DRILL = "/usr/local/lib/tgstack-drill.py"

@@ -27,6 +27,8 @@ from tests.scenarios.conftest import (
 )
 
 testinfra_hosts = ["tgstack"]
+# Playbook runs take minutes (pyproject's default timeout is 300 s).
+pytestmark = pytest.mark.timeout(1800)
 
 MIGRATION_DIR = "/var/backups/tgstack/migration"
 LEGACY_DIR = "/opt/legacy/telegram-gateway"
