@@ -234,38 +234,43 @@ def fault_redis_master(feed: Feed, figures: dict[str, Any]) -> None:
     figures["stop_seconds"] = round(stopped, 2)
     figures["promotion_seconds"] = round(promoted, 2)
     figures["promotion_after_stopped_seconds"] = round(promoted - stopped, 2)
-    # The gateway follows: a post sent now (one every 2 s until then) is cached on the new master.
-    feed.done.wait()
-    first_probe = time.monotonic()
+    try:
+        # The gateway follows: a post sent now (one every 2 s until then) gets its dedup key on
+        # the new master (the body key is short-lived: the poller drops it once processed).
+        feed.done.wait()
+        first_probe = time.monotonic()
 
-    def probe_cached() -> bool:
-        if not feed.probes or time.monotonic() - first_probe > 2 * len(feed.probes):
-            feed.probe()
-        return any(
-            redis_cli(after[1], "EXISTS", f"telegram:msg:{ch}:{mid}") == "1"
-            for ch, mid in feed.probes
-        )
+        def probe_cached() -> bool:
+            if not feed.probes or time.monotonic() - first_probe > 2 * len(feed.probes):
+                feed.probe()
+            return any(
+                redis_cli(after[1], "EXISTS", f"telegram:dedup:{ch}:{mid}") == "1"
+                for ch, mid in feed.probes
+            )
 
-    wait("a new post cached on the new master", probe_cached, timeout=120, interval=0.5)
-    figures["gateway_follows_seconds"] = round(time.monotonic() - first_probe, 2)
-    figures["probe_posts"] = len(feed.probes)
-    figures["poller_follows_seconds"] = round(
-        wait("the poller's cache on the new master",
-             lambda: (h := http_json(4007)) is not None and h.get("redis") is True, timeout=120),
-        2,
-    )  # fmt: skip
-    run("docker", "start", container, check=True)
-    figures["old_master_rejoined_as_replica_seconds"] = round(
-        wait(
-            "the old master back as a replica",
-            lambda: (
-                "role:slave" in redis_cli(before[1], "INFO", "replication")
-                and "master_link_status:up" in redis_cli(before[1], "INFO", "replication")
+        wait("a new post's dedup key on the new master", probe_cached, timeout=120, interval=0.5)
+        figures["gateway_follows_seconds"] = round(time.monotonic() - first_probe, 2)
+        figures["probe_posts"] = len(feed.probes)
+        figures["poller_follows_seconds"] = round(
+            wait("the poller's cache on the new master",
+                 lambda: (h := http_json(4007)) is not None and h.get("redis") is True,
+                 timeout=120),
+            2,
+        )  # fmt: skip
+    finally:
+        # Whatever happened, the old master comes back (Sentinel makes it a replica).
+        run("docker", "start", container, check=True)
+        figures["old_master_rejoined_as_replica_seconds"] = round(
+            wait(
+                "the old master back as a replica",
+                lambda: (
+                    "role:slave" in redis_cli(before[1], "INFO", "replication")
+                    and "master_link_status:up" in redis_cli(before[1], "INFO", "replication")
+                ),
+                timeout=90,
             ),
-            timeout=90,
-        ),
-        2,
-    )
+            2,
+        )
 
 
 def gateway_pid() -> int:
