@@ -70,9 +70,7 @@ test-slow: deps
 	@echo "==> pytest (slow real-server drills)"
 	@$(BIN)/pytest -m slow -q
 
-# test-molecule-failover is left out until its Redis-master drill passes (issue 6: the deployed
-# gateway did not cache a post on the new master within 120 s); run it on its own meanwhile.
-test: test-fast test-slow test-molecule test-molecule-rollback
+test: test-fast test-slow test-molecule test-molecule-failover test-molecule-rollback
 
 testbed-images:
 	@scripts/testbed/engine.sh
