@@ -78,6 +78,15 @@ def build_pipeline(parts: Components) -> IngestPipeline:
     )
 
 
+def build_relay(parts: Components, settings: Settings) -> OutboxRelay | None:
+    """The outbox relay of a long-running gateway (none without RabbitMQ)."""
+    if parts.publisher is None:
+        return None
+    return OutboxRelay(
+        parts.database, parts.publisher, interval_seconds=settings.gateway_outbox_interval_seconds
+    )
+
+
 # Replay ------------------------------------------------------------------------------------
 
 
@@ -222,15 +231,7 @@ class GatewayService:
             cursors=parts.database,
             on_flood_wait=lambda seconds, _: metrics.GATEWAY_FLOOD_WAIT_SECONDS.inc(seconds),
         )
-        self.relay = (
-            OutboxRelay(
-                parts.database,
-                parts.publisher,
-                interval_seconds=settings.gateway_outbox_interval_seconds,
-            )
-            if parts.publisher is not None
-            else None
-        )
+        self.relay = build_relay(parts, settings)
         self.health = HealthServer(settings.gateway_bind, settings.gateway_port, self.check)
         self._stopping = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None

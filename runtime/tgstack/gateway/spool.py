@@ -347,8 +347,7 @@ class SpoolGatewayService:
     """``tgstack gateway`` with ``TGSTACK_GATEWAY_SOURCE=spool``: source, relay, /health."""
 
     def __init__(self, settings: Settings, parts: Any) -> None:
-        from tgstack.gateway.outbox import OutboxRelay
-        from tgstack.gateway.service import build_pipeline
+        from tgstack.gateway.service import build_pipeline, build_relay
         from tgstack.health_server import HealthServer
 
         self.settings = settings
@@ -360,15 +359,7 @@ class SpoolGatewayService:
             poll_interval=settings.gateway_spool_poll_seconds,
             channels=settings.channels,
         )
-        self.relay = (
-            OutboxRelay(
-                parts.database,
-                parts.publisher,
-                interval_seconds=settings.gateway_outbox_interval_seconds,
-            )
-            if parts.publisher is not None
-            else None
-        )
+        self.relay = build_relay(parts, settings)
         self.health = HealthServer(settings.gateway_bind, settings.gateway_port, self.check)
 
     def check(self) -> tuple[bool, dict[str, Any]]:
