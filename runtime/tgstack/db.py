@@ -6,8 +6,11 @@ autocommit mode, each operation is one statement (so one PgBouncer transaction),
 statements are off unless asked for (PgBouncer < 1.22 cannot route them).
 
 Every operation is idempotent, so one that fails for want of a connection (or on a deadlock)
-is retried a bounded number of times on a fresh connection; the pool itself checks each
-connection before handing it out and replaces broken ones. (If a commit went through but its
+is retried a bounded number of times on a fresh connection. The pool checks a connection before
+handing it out only when it has been idle for a while (``check_after_idle``): checking every
+checkout costs one more PgBouncer round trip per operation, and a connection used a moment
+ago is almost always good. When one turns out broken anyway, every idle connection is checked
+before the retry, so a retry does not draw the next broken one. (If a commit went through but its
 acknowledgement was lost, the retry reports what it found: e.g. the messages as duplicates,
 which the outbox then publishes.) Errors surface as ``DatabaseError`` subclasses whose message
 starts with the operation's name; each operation is timed in ``tgstack_db_operation_seconds``,
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,6 +42,7 @@ __all__ = [
     "Database",
     "DatabaseError",
     "DatabaseUnavailable",
+    "IdleCheck",
     "InvalidInput",
     "UpsertResult",
 ]
@@ -142,6 +147,7 @@ class Database:
         retry_backoff: float = 0.25,
         batch_size: int = 1000,
         write_parallelism: int = 2,
+        check_after_idle: float = 2.0,
         name: str = "tgstack-db",
     ) -> None:
         """Configure the pool; ``open()`` (or ``with``) connects.
@@ -151,7 +157,8 @@ class Database:
         ``max_prepared_statements``. ``retry_attempts`` bounds the tries of an operation that
         lost its connection, waiting ``retry_backoff`` × 2ⁿ between them. A bulk upsert of
         more than ``batch_size`` messages writes its transactions on up to
-        ``write_parallelism`` pooled connections at once.
+        ``write_parallelism`` pooled connections at once. A connection idle for more than
+        ``check_after_idle`` seconds is checked before it is handed out (0 checks every one).
         """
         if retry_attempts < 1:
             raise ValueError("retry_attempts must be at least 1")
@@ -163,6 +170,7 @@ class Database:
         self.retry_attempts = retry_attempts
         self.retry_backoff = retry_backoff
         self.batch_size = batch_size
+        idle_check = IdleCheck(check_after_idle)
         self._pool: ConnectionPool[Connection] = ConnectionPool(
             conninfo,
             min_size=min_size,
@@ -170,7 +178,8 @@ class Database:
             open=False,
             timeout=timeout,
             name=name,
-            check=ConnectionPool.check_connection,
+            check=idle_check,
+            reset=idle_check.returned,
             kwargs={
                 "autocommit": True,
                 "prepare_threshold": PREPARE_THRESHOLD if prepared_statements else None,
@@ -451,10 +460,36 @@ class Database:
                 )
                 metrics.DB_RETRIES.labels(operation).inc()
                 time.sleep(delay)
+                # What broke this connection (a PgBouncer or server restart) most likely broke
+                # the idle ones too, recently used or not.
+                self._pool.check()
         raise AssertionError("unreachable")  # pragma: no cover
 
 
 # Helpers ----------------------------------------------------------------------------------------
+
+
+class IdleCheck:
+    """The pool's ``check``: check a connection only when it has been idle for ``after`` s.
+
+    ``returned`` is the pool's ``reset`` callback, so it sees every connection coming back.
+    """
+
+    def __init__(self, after: float) -> None:
+        if after < 0:
+            raise ValueError("check_after_idle must not be negative")
+        self.after = after
+        self._returned_at: weakref.WeakKeyDictionary[Connection, float] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def returned(self, conn: Connection) -> None:
+        self._returned_at[conn] = time.monotonic()
+
+    def __call__(self, conn: Connection) -> None:
+        returned_at = self._returned_at.get(conn)
+        if returned_at is None or time.monotonic() - returned_at >= self.after:
+            ConnectionPool.check_connection(conn)
 
 
 def _fetch_all(

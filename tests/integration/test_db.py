@@ -14,7 +14,14 @@ import psycopg
 import pytest
 from prometheus_client import REGISTRY
 
-from tgstack.db import Database, DatabaseError, DatabaseUnavailable, InvalidInput, UpsertResult
+from tgstack.db import (
+    Database,
+    DatabaseError,
+    DatabaseUnavailable,
+    IdleCheck,
+    InvalidInput,
+    UpsertResult,
+)
 from tgstack.localstack import DataStack, free_port
 from tgstack.migrate import apply_migrations
 from tgstack.models import MessageKey, MessageRecord
@@ -383,6 +390,65 @@ def test_many_threads_share_the_pool_through_pgbouncer(database: Database) -> No
         results = list(pool.map(work, range(200)))
 
     assert results == [(True, 5)] * 200
+
+
+# Checking pooled connections ------------------------------------------------------------------
+
+
+def test_a_connection_returned_a_moment_ago_is_handed_out_unchecked(db: Any) -> None:
+    check = IdleCheck(after=60)
+    conn = psycopg.connect(db.app_dsn, autocommit=True)
+    check.returned(conn)
+    conn.close()  # broken, but the check does not look
+
+    check(conn)
+
+
+def test_a_connection_idle_for_longer_than_the_bound_is_checked(db: Any) -> None:
+    check = IdleCheck(after=0.05)
+    conn = psycopg.connect(db.app_dsn, autocommit=True)
+    check.returned(conn)
+    check(conn)  # open and answering
+    conn.close()
+    time.sleep(0.1)
+
+    with pytest.raises(psycopg.OperationalError):
+        check(conn)
+
+
+def test_a_connection_never_returned_is_checked(db: Any) -> None:
+    conn = psycopg.connect(db.app_dsn, autocommit=True)
+    conn.close()
+
+    with pytest.raises(psycopg.OperationalError):
+        IdleCheck(after=60)(conn)
+
+
+def test_a_negative_idle_bound_is_refused() -> None:
+    with pytest.raises(ValueError, match="check_after_idle"):
+        IdleCheck(after=-1)
+
+
+@pytest.mark.slow
+def test_after_pgbouncer_restarts_one_retry_gets_past_every_recently_used_connection(
+    own_data_stack: DataStack,
+) -> None:
+    apply_migrations(own_data_stack.direct_dsn)
+    with Database(
+        own_data_stack.app_dsn, min_size=4, max_size=4, retry_attempts=3, check_after_idle=3600
+    ) as database:
+        database.bulk_upsert([record(1)])
+        for _ in range(4):  # the pool hands connections out in turn: each is now fresh
+            assert database.message_exists(CH, 1)
+        retries_before = sample("tgstack_db_retries_total", "message_exists")
+
+        own_data_stack.pgbouncer.stop()
+        own_data_stack.pgbouncer.start()
+
+        # Four broken connections, none checked on checkout, three attempts: only the check
+        # of the whole pool after the first failure gets the call through.
+        assert database.message_exists(CH, 1) is True
+        assert sample("tgstack_db_retries_total", "message_exists") == retries_before + 1
 
 
 # PostgreSQL restarts behind PgBouncer ---------------------------------------------------------
