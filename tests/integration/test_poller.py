@@ -237,6 +237,44 @@ def test_two_applies_of_one_claim_at_once_mark_the_message_once(
     assert counts(db.app_dsn)["not_marked_once"] == 0
 
 
+def test_apply_answers_in_the_order_given_and_owns_only_what_the_consumer_holds(
+    db: TestDatabase, database: Database
+) -> None:
+    records = [MessageRecord.create(CHANNEL, i, WHEN, text=SIGNAL) for i in (1, 2, 3)]
+    store(database, records)
+    assert len(database.claim_by_keys("mine", [records[0].key, records[2].key])) == 2
+    payload = json.dumps(
+        [{"channel_id": CHANNEL, "message_id": i, "state": "ignored"} for i in (3, 2, 1)]
+    )
+    apply = "SELECT * FROM tp_capital.apply_processing_results('mine', %s::jsonb)"
+
+    with psycopg.connect(db.direct_dsn, autocommit=True) as conn:
+        rows = conn.execute(apply, (payload,)).fetchall()
+        again = conn.execute(apply, (payload,)).fetchall()
+
+    assert rows == [(CHANNEL, 3, True), (CHANNEL, 2, False), (CHANNEL, 1, True)]
+    assert again == [(CHANNEL, 3, False), (CHANNEL, 2, False), (CHANNEL, 1, False)]
+    assert counts(db.app_dsn) == {
+        "ignored": 2,
+        "pending": 1,
+        "signals": 0,
+        "not_marked_once": 1,  # message 2, never finished
+    }
+
+
+@pytest.mark.parametrize(
+    "results",
+    [[42], [{"channel_id": CHANNEL, "message_id": 1}], [{"message_id": 1, "state": "done"}]],
+)
+def test_apply_refuses_a_result_without_a_known_state(db: TestDatabase, results: object) -> None:
+    apply = "SELECT * FROM tp_capital.apply_processing_results('mine', %s::jsonb)"
+    with (
+        psycopg.connect(db.direct_dsn, autocommit=True) as conn,
+        pytest.raises(psycopg.errors.InvalidParameterValue, match="needs state"),
+    ):
+        conn.execute(apply, (json.dumps(results),))
+
+
 def test_concurrent_pollers_process_each_message_exactly_once(
     db: TestDatabase, database: Database
 ) -> None:
