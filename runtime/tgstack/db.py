@@ -34,7 +34,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolClosed
 
-from tgstack import metrics
+from tgstack import jsonb, metrics
 from tgstack.models import MessageKey, MessageRecord, StoredMessage, sanitize_text
 from tgstack.poller.processing import ProcessingResult
 
@@ -180,6 +180,7 @@ class Database:
             name=name,
             check=idle_check,
             reset=idle_check.returned,
+            configure=jsonb.configure,
             kwargs={
                 "autocommit": True,
                 "prepare_threshold": PREPARE_THRESHOLD if prepared_statements else None,

@@ -36,7 +36,7 @@ from pathlib import Path
 import psycopg
 import redis
 
-from tgstack import keys
+from tgstack import jsonb, keys
 from tgstack.cache import MessageCache
 from tgstack.db import MESSAGE_COLUMNS, Database
 from tgstack.localstack import DataStack, RedisServer, start_data_stack
@@ -252,6 +252,7 @@ def bench_polling(
         f"SELECT {MESSAGE_COLUMNS} FROM telegram_gateway.get_unprocessed_messages_optimized(%s, %s)"
     )
     with psycopg.connect(stack.app_dsn, autocommit=True, prepare_threshold=None) as conn:
+        jsonb.configure(conn)  # jsonb decoded as Database's connections decode it
 
         def sql_poll(channel: Callable[[], int | None], limit: int) -> Callable[[], object]:
             # in the binary format, as Database issues it

@@ -130,6 +130,22 @@ def test_fetch_unprocessed_reads_back_every_field_oldest_first(database: Databas
     assert (second.status, second.processing_state) == ("received", "pending")
 
 
+def test_metadata_comes_back_exactly_even_with_numbers_beyond_64_bits(database: Database) -> None:
+    metadata = {
+        "views": 123456789012345678901234567890,
+        "ratio": 0.1,
+        "forwards": 7,
+        "nested": {"ids": [-9223372036854775809, 2**63, 1]},
+    }
+    database.bulk_upsert([record(1, metadata=metadata)])
+
+    (stored,) = database.fetch_unprocessed(CH, 10)
+
+    assert stored.record.metadata == metadata
+    assert stored.record.metadata["views"] == 123456789012345678901234567890
+    assert isinstance(stored.record.metadata["views"], int)
+
+
 def test_fetch_unprocessed_of_one_channel_and_with_a_limit(database: Database) -> None:
     database.bulk_upsert([record(1), record(2), record(3), record(1, channel_id=CH2)])
 

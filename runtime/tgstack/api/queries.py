@@ -34,6 +34,8 @@ from psycopg import errors as pg_errors
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
+from tgstack import jsonb
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -134,6 +136,7 @@ class ApiStore:
             open=False,
             timeout=timeout,
             name=name,
+            configure=jsonb.configure,
             # No check on checkout: behind PgBouncer it could wait for minutes while PostgreSQL
             # is down, out of the watchdog's reach. A lost connection is retried instead.
             kwargs={
