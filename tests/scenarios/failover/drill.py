@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from tgstack.gateway.synthetic import DEFAULT_CHANNELS, generate, to_jsonl_line
+from tgstack.keys import dedup_key
 from tgstack.signals import parse_signal
 
 ENV_FILE = Path("/etc/tgstack/tgstack.env")
@@ -244,7 +245,7 @@ def fault_redis_master(feed: Feed, figures: dict[str, Any]) -> None:
             if not feed.probes or time.monotonic() - first_probe > 2 * len(feed.probes):
                 feed.probe()
             return any(
-                redis_cli(after[1], "EXISTS", f"telegram:dedup:{ch}:{mid}") == "1"
+                redis_cli(after[1], "EXISTS", dedup_key(ch, mid)) == "1"
                 for ch, mid in feed.probes
             )
 
@@ -260,16 +261,13 @@ def fault_redis_master(feed: Feed, figures: dict[str, Any]) -> None:
     finally:
         # Whatever happened, the old master comes back (Sentinel makes it a replica).
         run("docker", "start", container, check=True)
+
+        def old_master_is_a_replica() -> bool:
+            info = redis_cli(before[1], "INFO", "replication")
+            return "role:slave" in info and "master_link_status:up" in info
+
         figures["old_master_rejoined_as_replica_seconds"] = round(
-            wait(
-                "the old master back as a replica",
-                lambda: (
-                    "role:slave" in redis_cli(before[1], "INFO", "replication")
-                    and "master_link_status:up" in redis_cli(before[1], "INFO", "replication")
-                ),
-                timeout=90,
-            ),
-            2,
+            wait("the old master back as a replica", old_master_is_a_replica, timeout=90), 2
         )
 
 
