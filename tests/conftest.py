@@ -161,7 +161,7 @@ def own_redis(server_dir: Path) -> Iterator[RedisServer]:
 @pytest.fixture
 def redis_ha(server_dir: Path) -> Iterator[RedisHA]:
     """Master, replica and three Sentinels (quorum 2), with a short down-after for drills."""
-    ha = RedisHA(server_dir / "redis-ha", down_after_ms=1000, failover_timeout_ms=3000)
+    ha = RedisHA(server_dir / "redis-ha", down_after_ms=2000, failover_timeout_ms=4000)
     ha.start()
     try:
         yield ha

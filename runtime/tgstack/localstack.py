@@ -565,6 +565,12 @@ class SentinelServer:
             client.close()
 
 
+# Sentinel reconnects a link at most once a second. After a switch its link to the promoted
+# master may wait that second with the ping clock already running, so a down-after of 1 s
+# can declare the new master down at once and fail back to a replica that just restarted.
+MIN_SENTINEL_DOWN_AFTER_MS = 2000
+
+
 class RedisHA:
     """A Redis master, one replica and three Sentinels (quorum 2), as the stack runs them."""
 
@@ -578,6 +584,11 @@ class RedisHA:
         sentinels: int = 3,
         quorum: int = 2,
     ) -> None:
+        if down_after_ms < MIN_SENTINEL_DOWN_AFTER_MS:
+            raise LocalStackError(
+                f"down_after_ms {down_after_ms} is below {MIN_SENTINEL_DOWN_AFTER_MS}: Sentinel"
+                " could declare a just-promoted master down and fail over a second time"
+            )
         self.password = secrets.token_urlsafe(18)
         self.master_name = master_name
         self.master = RedisServer(base_dir / "master", self.password)
@@ -634,6 +645,12 @@ class RedisHA:
             if server.port == port:
                 return server
         raise LocalStackError(f"no Redis server on port {port}")
+
+    def sentinel_events(self, lines: int = 40) -> str:
+        """The last lines of each Sentinel's log, for a failed drill's report."""
+        return "\n".join(
+            f"--- sentinel :{s.port}\n{s.process.tail_log(lines)}" for s in self.sentinels
+        )
 
     def stop(self) -> None:
         for sentinel in self.sentinels:
