@@ -165,19 +165,25 @@ def run_api(settings: Settings) -> None:
         close_app(app)
         raise
 
+    grace = settings.api_shutdown_grace_seconds
+    shutdowns: list[threading.Thread] = []
+
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("api_stopping", extra={"signal": signal.Signals(signum).name})
-        threading.Thread(
-            target=server.shutdown,
-            args=(settings.api_shutdown_grace_seconds,),
-            name="api-shutdown",
-            daemon=True,
-        ).start()
+        shutdown = threading.Thread(
+            target=server.shutdown, args=(grace,), name="api-shutdown", daemon=True
+        )
+        shutdowns.append(shutdown)
+        shutdown.start()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.serve_forever()
     finally:
+        # The loop ends before the shutdown thread reports how it went: wait for that report,
+        # or the process exits and the daemon thread dies with it, unheard.
+        for shutdown in shutdowns:
+            shutdown.join(grace + 10)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         close_app(app)
