@@ -10,9 +10,10 @@ is retried a bounded number of times on a fresh connection. The pool checks a co
 handing it out only when it has been idle for a while (``check_after_idle``): checking every
 checkout costs one more PgBouncer round trip per operation, and a connection used a moment
 ago is almost always good. When one turns out broken anyway, every idle connection is checked
-before the retry, so a retry does not draw the next broken one. (If a commit went through but its
-acknowledgement was lost, the retry reports what it found: e.g. the messages as duplicates,
-which the outbox then publishes.) Errors surface as ``DatabaseError`` subclasses whose message
+before the retry, so a retry does not draw the next broken one; after a deadlock the pool is
+left alone, as its connection is fine. (If a commit went through but its acknowledgement was
+lost, the retry reports what it found: e.g. the messages as duplicates, which the outbox then
+publishes.) Errors surface as ``DatabaseError`` subclasses whose message
 starts with the operation's name; each operation is timed in ``tgstack_db_operation_seconds``,
 retries are counted in ``tgstack_db_retries_total`` and failures in ``tgstack_db_errors_total``.
 """
@@ -65,7 +66,8 @@ class DatabaseError(Exception):
 
 
 class DatabaseUnavailable(DatabaseError):
-    """No usable connection to the database, even after the bounded retries."""
+    """No usable connection to the database, or a transaction still rolled back by a deadlock,
+    even after the bounded retries: transient, worth trying again later."""
 
 
 class InvalidInput(DatabaseError, ValueError):
@@ -450,20 +452,23 @@ class Database:
             except psycopg.Error as exc:
                 if not _retryable(exc) or attempt == self.retry_attempts:
                     raise _translate(operation, exc, attempt) from exc
+                rolled_back = _rolled_back(exc)
                 delay = self.retry_backoff * 2 ** (attempt - 1)
                 log.warning(
-                    "%s: attempt %d/%d lost the database (%s); retrying in %.2fs",
+                    "%s: attempt %d/%d %s (%s); retrying in %.2fs",
                     operation,
                     attempt,
                     self.retry_attempts,
+                    "was rolled back" if rolled_back else "lost the database",
                     _first_line(exc),
                     delay,
                 )
                 metrics.DB_RETRIES.labels(operation).inc()
                 time.sleep(delay)
-                # What broke this connection (a PgBouncer or server restart) most likely broke
-                # the idle ones too, recently used or not.
-                self._pool.check()
+                if not rolled_back:
+                    # What broke this connection (a PgBouncer or server restart) most likely
+                    # broke the idle ones too, recently used or not. A deadlock broke nothing.
+                    self._pool.check()
         raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -523,12 +528,24 @@ def _retryable(exc: psycopg.Error) -> bool:
     return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
 
 
+def _rolled_back(exc: psycopg.Error) -> bool:
+    """A deadlock or serialization failure (SQLSTATE class 40): the connection is fine.
+
+    Checked by SQLSTATE because psycopg's ``DeadlockDetected`` is not a ``TransactionRollback``.
+    """
+    return (exc.sqlstate or "").startswith("40")
+
+
 def _translate(operation: str, exc: psycopg.Error, attempts: int) -> DatabaseError:
     detail = _first_line(exc)
     if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
         return InvalidInput(operation, detail)
     if isinstance(exc, PoolClosed):
         return DatabaseError(operation, f"the pool is not open ({detail})")
+    if _rolled_back(exc):
+        return DatabaseUnavailable(
+            operation, f"still rolled back after {attempts} attempt(s): {detail}"
+        )
     if _retryable(exc):
         return DatabaseUnavailable(
             operation, f"database unavailable after {attempts} attempt(s): {detail}"

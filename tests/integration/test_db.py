@@ -445,6 +445,64 @@ def test_a_negative_idle_bound_is_refused() -> None:
         IdleCheck(after=-1)
 
 
+# Deadlocks --------------------------------------------------------------------------------------
+
+_TOUCH = (
+    "UPDATE telegram_gateway.messages SET publish_attempts = publish_attempts"
+    " WHERE channel_id = %s AND message_id = %s"
+)
+
+
+def _lock_waiters(superuser_dsn: str, dbname: str) -> int:
+    with psycopg.connect(superuser_dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'",
+            (dbname,),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_an_operation_rolled_back_by_a_deadlock_is_retried_without_checking_the_pool(
+    database: Database, db: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    database.bulk_upsert([record(1), record(2)])
+    pool_checks: list[float] = []
+    real_check = database._pool.check
+
+    def counted_check() -> None:
+        pool_checks.append(time.monotonic())
+        real_check()
+
+    monkeypatch.setattr(database._pool, "check", counted_check)
+    retries_before = sample("tgstack_db_retries_total", "deadlock_probe")
+
+    def one_then_two(conn: psycopg.Connection[Any]) -> str:
+        with conn.transaction():
+            conn.execute(_TOUCH, (CH, 1))
+            conn.execute(_TOUCH, (CH, 2))
+        return "both updated"
+
+    # Another session holds row 2 and, once the operation holds row 1 and waits for row 2, asks
+    # for row 1. Its deadlock_timeout is long, so the operation's backend (1 s) finds the cycle
+    # and is the one rolled back; the other session then commits and the retry goes through.
+    with psycopg.connect(db.superuser_dsn) as other, ThreadPoolExecutor(1) as runner:
+        other.execute("SET LOCAL deadlock_timeout = '20s'")
+        other.execute(_TOUCH, (CH, 2))
+        outcome = runner.submit(database._run, "deadlock_probe", one_then_two)
+        deadline = time.monotonic() + 10
+        while _lock_waiters(db.superuser_dsn, db.name) == 0:
+            assert time.monotonic() < deadline, "the operation never waited for row 2"
+            time.sleep(0.02)
+        other.execute(_TOUCH, (CH, 1))
+        other.commit()
+        assert outcome.result(timeout=30) == "both updated"
+
+    assert sample("tgstack_db_retries_total", "deadlock_probe") == retries_before + 1
+    assert "deadlock_probe: attempt 1/" in caplog.text
+    assert "was rolled back (deadlock detected)" in caplog.text
+    assert pool_checks == []
+
+
 @pytest.mark.slow
 def test_after_pgbouncer_restarts_one_retry_gets_past_every_recently_used_connection(
     own_data_stack: DataStack,
