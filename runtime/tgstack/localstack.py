@@ -496,6 +496,12 @@ class RedisServer:
         self.process.kill()
 
 
+# Sentinel reconnects a link at most once a second. After a switch its link to the promoted
+# master may wait that second with the ping clock already running, so a down-after of 1 s
+# can declare the new master down at once and fail back to a replica that just restarted.
+MIN_SENTINEL_DOWN_AFTER_MS = 2000
+
+
 class SentinelServer:
     """A redis-sentinel watching one master."""
 
@@ -511,6 +517,11 @@ class SentinelServer:
         down_after_ms: int = 5000,
         failover_timeout_ms: int = 10000,
     ) -> None:
+        if down_after_ms < MIN_SENTINEL_DOWN_AFTER_MS:
+            raise LocalStackError(
+                f"down_after_ms {down_after_ms} is below {MIN_SENTINEL_DOWN_AFTER_MS}: Sentinel"
+                " could declare a just-promoted master down and fail over a second time"
+            )
         self.base_dir = base_dir
         self.port = port or free_port()
         self.master_name = master_name
@@ -565,12 +576,6 @@ class SentinelServer:
             client.close()
 
 
-# Sentinel reconnects a link at most once a second. After a switch its link to the promoted
-# master may wait that second with the ping clock already running, so a down-after of 1 s
-# can declare the new master down at once and fail back to a replica that just restarted.
-MIN_SENTINEL_DOWN_AFTER_MS = 2000
-
-
 class RedisHA:
     """A Redis master, one replica and three Sentinels (quorum 2), as the stack runs them."""
 
@@ -584,11 +589,6 @@ class RedisHA:
         sentinels: int = 3,
         quorum: int = 2,
     ) -> None:
-        if down_after_ms < MIN_SENTINEL_DOWN_AFTER_MS:
-            raise LocalStackError(
-                f"down_after_ms {down_after_ms} is below {MIN_SENTINEL_DOWN_AFTER_MS}: Sentinel"
-                " could declare a just-promoted master down and fail over a second time"
-            )
         self.password = secrets.token_urlsafe(18)
         self.master_name = master_name
         self.master = RedisServer(base_dir / "master", self.password)
