@@ -17,8 +17,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMPS := .cache/stamps
+REQ_DEV := requirements/dev.txt
 
-.PHONY: help deps system-deps venv lint lint-python lint-ansible test test-fast test-slow \
+.PHONY: help deps system-deps venv lock lock-check lint lint-python lint-ansible test test-fast test-slow \
 	test-molecule test-molecule-failover test-molecule-rollback testbed-images demo demo-down health bench-db bench-ingest docs clean
 
 # molecule and ansible-lint call ansible-* by name: the virtualenv must come first on PATH
@@ -30,14 +31,27 @@ help:
 $(STAMPS):
 	@mkdir -p $@
 
-$(STAMPS)/venv: pyproject.toml | $(STAMPS)
-	@echo "==> creating virtualenv $(VENV) and installing tgstack[dev]"
+# The virtualenv holds exactly the lock's requirements/dev.txt, hashes checked: uv (pinned in
+# that file) is bootstrapped with pip, then `uv pip sync` installs and removes whatever differs.
+$(STAMPS)/venv: $(REQ_DEV) pyproject.toml | $(STAMPS)
+	@echo "==> virtualenv $(VENV) from the lock ($(REQ_DEV), hashes checked)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install --quiet --upgrade pip
-	@$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@scripts/lock.sh entry uv $(REQ_DEV) >$(STAMPS)/uv-requirement.txt
+	@$(BIN)/python -m pip --isolated install --quiet --disable-pip-version-check --require-hashes --no-deps \
+		-r $(STAMPS)/uv-requirement.txt
+	@$(BIN)/uv pip sync --quiet --python $(BIN)/python --require-hashes $(REQ_DEV)
+	@$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps --no-build-isolation -e .
 	@touch $@
 
 venv: $(STAMPS)/venv
+
+# Re-resolve the lock from pyproject.toml (LOCK_ARGS="--upgrade" takes the newest of everything)
+# and rewrite its exports; commit uv.lock and requirements/ with a green make test.
+lock: venv
+	@UV=$(BIN)/uv scripts/lock.sh lock $(LOCK_ARGS)
+
+lock-check: venv
+	@UV=$(BIN)/uv scripts/lock.sh check
 
 system-deps:
 	@scripts/install-system-deps.sh
@@ -62,7 +76,7 @@ lint-ansible: venv
 		ansible/migrate.yml ansible/rollback.yml ansible/backup.yml ansible/restore.yml \
 		ansible/start.yml ansible/stop.yml ansible/rotate-credentials.yml
 
-test-fast: deps lint docs
+test-fast: deps lock-check lint docs
 	@echo "==> pytest (unit + integration, real servers)"
 	@$(BIN)/pytest -m "not slow" -q
 
@@ -70,7 +84,10 @@ test-slow: deps
 	@echo "==> pytest (slow real-server drills)"
 	@$(BIN)/pytest -m slow -q
 
-test: test-fast test-slow test-molecule test-molecule-failover test-molecule-rollback
+# One tier after the other, each timed (scripts/test-tiers.sh prints the table at the end).
+TEST_TIERS := test-fast test-slow test-molecule test-molecule-failover test-molecule-rollback
+test:
+	@MAKE="$(MAKE)" scripts/test-tiers.sh $(TEST_TIERS)
 
 testbed-images:
 	@scripts/testbed/engine.sh
@@ -118,7 +135,7 @@ loadtest: deps
 docs: deps
 	@echo "==> docs tooling: ruff + mypy"
 	@$(BIN)/ruff check scripts/docs tests/docs
-	@MYPYPATH=scripts/docs $(BIN)/mypy --strict --no-warn-unused-ignores scripts/docs tests/docs
+	@MYPYPATH=scripts/docs $(BIN)/mypy --strict scripts/docs tests/docs
 	@echo "==> mkdocs build --strict"
 	@NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	@echo "==> openspec validate --strict"

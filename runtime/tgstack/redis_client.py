@@ -136,8 +136,8 @@ def _sentinel_client(
         "password": sentinel_password,
         "maint_notifications_config": options["maint_notifications_config"],
     }
-    manager = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
-    client: redis.Redis = manager.master_for(  # type: ignore[no-untyped-call]
+    manager = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)
+    client: redis.Redis = manager.master_for(
         master_name,
         connection_pool_class=FollowingSentinelPool,
         connection_class=FollowingSentinelConnection,

@@ -88,7 +88,7 @@ def _ansible_playbook() -> str:
         return str(beside)
     found = shutil.which("ansible-playbook")
     if found is None:
-        pytest.fail("ansible-playbook not found: install the dev extra (pip install -e '.[dev]')")
+        pytest.fail("ansible-playbook not found: run make venv (the locked dev environment)")
     return found
 
 
