@@ -12,6 +12,7 @@ TGSTACK_SPOOL_DIR (default /var/lib/tgstack/spool).
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import os
 import re
@@ -156,6 +157,36 @@ def test_code_is_root_owned_and_not_writable_by_the_service_user(root, settings)
     assert (venv.user, venv.mode & 0o022) == ("root", 0)
     out = root.run(f"sudo -u {settings.service_user} test -w {RUNTIME_DIR}/venv/bin/tgstack")
     assert out.rc == 1
+
+
+def _wheelhouse_module() -> Any:
+    """The runtime role's wheelhouse builder, whose ``locked_pins`` reads the lock as it does."""
+    path = REPO / "roles" / "tgstack_runtime" / "files" / "wheelhouse.py"
+    spec = importlib.util.spec_from_file_location("tgstack_wheelhouse", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_virtualenv_holds_exactly_the_locked_runtime(root):
+    """The server's `pip freeze` equals the lock's runtime export, evaluated for its Python."""
+    wheelhouse = _wheelhouse_module()
+    python = f"{RUNTIME_DIR}/venv/bin/python"
+    probe = "import platform, sys; print('%d.%d.%d' % sys.version_info[:3], platform.machine())"
+    version, machine = root.check_output(f"{python} -c {shlex.quote(probe)}").split()
+    lock = (REPO / "requirements" / "runtime.txt").read_text()
+    locked = wheelhouse.locked_pins(lock, wheelhouse.target_environment(version, machine))
+    frozen = root.check_output(
+        f"{python} -m pip freeze --disable-pip-version-check --exclude tgstack"
+    )
+    held = {}
+    for line in frozen.splitlines():
+        name, _, pinned = line.partition("==")
+        assert pinned, f"not installed from a pinned wheel: {line}"
+        held[re.sub(r"[-_.]+", "-", name).lower()] = pinned
+    assert held == locked
 
 
 def test_every_migration_is_applied(root, settings):
