@@ -11,8 +11,9 @@
 # tgstack/trixie-base:$TESTBED_TAG) and labelled org.tgstack.recipe-hash with the hash of its
 # recipe directory (plus the base's hash for images built FROM it). An image whose label
 # matches the recipe is not rebuilt; --force rebuilds (docker build --no-cache).
-# Full build logs: $TESTBED_CACHE/logs/NAME.log; installed package versions:
-# $TESTBED_CACHE/manifests/NAME.txt. Needs a Docker engine: scripts/testbed/engine.sh.
+# Full build logs: $TESTBED_CACHE/logs/NAME.log. The Debian package versions of each build are
+# recorded in molecule/images/manifests/NAME.txt (commit it), and a build prints what changed
+# since that record. Needs a Docker engine: scripts/testbed/engine.sh.
 set -euo pipefail
 # shellcheck source=scripts/testbed/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -24,7 +25,7 @@ FORCE=0
 BUILD_NETWORK=""
 declare -A STATUS=() HASH_CACHE=()
 
-usage() { sed -n '2,17p' "$0"; }
+usage() { sed -n '2,18p' "$0"; }
 
 # dir_hash DIR: hash of the files under DIR (relative path, executable bit, content).
 dir_hash() {
@@ -62,13 +63,44 @@ size_of() {
   printf '%d MB' "$((bytes / 1000000))"
 }
 
+# write_manifest NAME: record the Debian packages (name, version) image NAME was built from in
+# molecule/images/manifests/NAME.txt (committed: a fresh clone's build is compared with the
+# versions the last committed build used) and print what changed since that record.
 write_manifest() {
-  local name="$1" ref
+  local name="$1" ref manifest fresh
   ref="$(image_ref "$name")"
-  mkdir -p "$TESTBED_CACHE/manifests"
+  manifest="$TESTBED_MANIFESTS_DIR/$name.txt"
+  mkdir -p "$TESTBED_MANIFESTS_DIR"
+  fresh="$(mktemp)"
   # shellcheck disable=SC2016 # dpkg-query's own ${...} format
-  "$DOCKER" run --rm --network none --user 0 --entrypoint dpkg-query "$ref" \
-    -W -f '${Package} ${Version}\n' >"$TESTBED_CACHE/manifests/$name.txt" 2>/dev/null || true
+  if ! "$DOCKER" run --rm --network none --user 0 --entrypoint dpkg-query "$ref" \
+    -W -f '${Package}:${Architecture} ${Version}\n' 2>/dev/null | LC_ALL=C sort >"$fresh"; then
+    rm -f "$fresh"
+    die "$name: cannot list the image's Debian packages (dpkg-query)"
+  fi
+  if [ -f "$manifest" ]; then
+    manifest_changes "$name" "$manifest" "$fresh"
+  else
+    log "$name: package manifest recorded ($(wc -l <"$fresh") packages, no earlier record)"
+  fi
+  mv "$fresh" "$manifest"
+  chmod 0644 "$manifest"
+}
+
+# manifest_changes NAME OLD NEW: one line per package added, removed or at another version.
+manifest_changes() {
+  local name="$1" changes
+  changes="$(LC_ALL=C join -a1 -a2 -e '-' -o 0,1.2,2.2 "$2" "$3" | awk '$2 != $3 {
+      if ($2 == "-") print "    + " $1 " " $3
+      else if ($3 == "-") print "    - " $1 " " $2
+      else print "    ~ " $1 " " $2 " -> " $3
+    }')"
+  if [ -z "$changes" ]; then
+    log "$name: Debian packages unchanged since the last build ($(wc -l <"$3") packages)"
+  else
+    log "$name: Debian packages changed since the last build ($(printf '%s\n' "$changes" | wc -l)):"
+    printf '%s\n' "$changes"
+  fi
 }
 
 build_base() {
@@ -77,6 +109,7 @@ build_base() {
   want="$(recipe_hash base)"
   if up_to_date base; then
     log "base: $ref up to date (recipe ${want:0:12}, $(size_of "$ref"))"
+    [ -f "$TESTBED_MANIFESTS_DIR/base.txt" ] || write_manifest base
     STATUS[base]=cached
     return 0
   fi
@@ -144,6 +177,7 @@ build_docker() {
   want="$(recipe_hash "$name")"
   if up_to_date "$name"; then
     log "$name: $ref up to date (recipe ${want:0:12}, $(size_of "$ref"))"
+    [ -f "$TESTBED_MANIFESTS_DIR/$name.txt" ] || write_manifest "$name"
     STATUS[$name]=cached
     return 0
   fi

@@ -12,6 +12,8 @@ TESTBED_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 TESTBED_TAG="${TESTBED_TAG:-trixie}"
 TESTBED_CACHE="${TESTBED_CACHE:-$TESTBED_ROOT/.cache/testbed}"
 TESTBED_IMAGES_DIR="$TESTBED_ROOT/molecule/images"
+# Committed record of the Debian package versions each image was last built from.
+TESTBED_MANIFESTS_DIR="$TESTBED_IMAGES_DIR/manifests"
 TESTBED_SUITE="trixie"
 DOCKER="${DOCKER:-docker}"
 # Label carrying the hash of an image's recipe; a build is skipped when it matches.
