@@ -12,11 +12,12 @@ TGSTACK_SPOOL_DIR (default /var/lib/tgstack/spool).
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import re
 import shlex
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -31,6 +32,7 @@ testinfra_hosts = ["ansible://tgstack"]
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "samples" / "channel-sample.jsonl"
+WHEELHOUSE = REPO / "roles" / "tgstack_runtime" / "files" / "wheelhouse.py"
 RUNTIME_DIR = os.environ.get("TGSTACK_RUNTIME_DIR", "/opt/tgstack/runtime")
 SPOOL_DIR = os.environ.get("TGSTACK_SPOOL_DIR", "/var/lib/tgstack/spool")
 ENV_FILE = "tgstack.env"
@@ -159,25 +161,19 @@ def test_code_is_root_owned_and_not_writable_by_the_service_user(root, settings)
     assert out.rc == 1
 
 
-def _wheelhouse_module() -> Any:
-    """The runtime role's wheelhouse builder, whose ``locked_pins`` reads the lock as it does."""
-    path = REPO / "roles" / "tgstack_runtime" / "files" / "wheelhouse.py"
-    spec = importlib.util.spec_from_file_location("tgstack_wheelhouse", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_virtualenv_holds_exactly_the_locked_runtime(root):
     """The server's `pip freeze` equals the lock's runtime export, evaluated for its Python."""
-    wheelhouse = _wheelhouse_module()
     python = f"{RUNTIME_DIR}/venv/bin/python"
     probe = "import platform, sys; print('%d.%d.%d' % sys.version_info[:3], platform.machine())"
     version, machine = root.check_output(f"{python} -c {shlex.quote(probe)}").split()
-    lock = (REPO / "requirements" / "runtime.txt").read_text()
-    locked = wheelhouse.locked_pins(lock, wheelhouse.target_environment(version, machine))
+    locked = json.loads(
+        subprocess.run(
+            [sys.executable, str(WHEELHOUSE), "--print-pins", "--requirements",
+             str(REPO / "requirements" / "runtime.txt"), "--python-version", version,
+             "--machine", machine],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    )  # fmt: skip
     frozen = root.check_output(
         f"{python} -m pip freeze --disable-pip-version-check --exclude tgstack"
     )

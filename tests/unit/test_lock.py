@@ -4,6 +4,7 @@ runtime role's wheelhouse reads the runtime export for a server's interpreter.""
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import shutil
 import subprocess
@@ -117,3 +118,13 @@ def test_the_check_fails_when_an_export_was_edited_by_hand(tmp_path):
     done = _check(project)
     assert done.returncode == 1
     assert "requirements/runtime.txt is not the export of uv.lock" in done.stderr
+
+
+def test_print_pins_gives_what_the_server_must_hold():
+    done = subprocess.run(
+        [sys.executable, str(REPO / "roles" / "tgstack_runtime" / "files" / "wheelhouse.py"),
+         "--print-pins", "--requirements", str(RUNTIME_LOCK), "--python-version", "3.13.5",
+         "--machine", "x86_64"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert json.loads(done.stdout) == _pins(RUNTIME_LOCK)

@@ -19,7 +19,8 @@ may deploy different versions of the tree without rebuilding each other's).
 Prints one JSON object: {"changed": bool, "dir": ..., "tar": ..., "sha256": ..., "wheels": [...]}.
 The cache is locked while building: parallel runs (several Molecule scenarios) share it.
 
-``locked_pins`` (importable) is what the deployed server's ``pip freeze`` must equal.
+``--print-pins`` prints only what the lock gives a target (name -> version, JSON): what the
+deployed server's ``pip freeze`` must equal.
 """
 
 from __future__ import annotations
@@ -271,8 +272,12 @@ def finish(work: Path) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--project", type=Path, required=True)
-    parser.add_argument("--cache", type=Path, required=True)
+    parser.add_argument("--project", type=Path)
+    parser.add_argument("--cache", type=Path)
+    parser.add_argument(
+        "--print-pins", action="store_true",
+        help="only print, as JSON, the locked name -> version the target gets (no build)",
+    )  # fmt: skip
     parser.add_argument(
         "--requirements", type=Path, required=True,
         help="the lock's hashed runtime export (requirements/runtime.txt)",
@@ -281,11 +286,18 @@ def main() -> int:
         "--python-version", required=True, help="target interpreter's full version, e.g. 3.13.5"
     )
     parser.add_argument("--machine", required=True, help="target architecture, e.g. x86_64")
-    parser.add_argument("--glibc", required=True, help="target glibc version, e.g. 2.41")
+    parser.add_argument("--glibc", help="target glibc version, e.g. 2.41 (for a build)")
     parser.add_argument("--pip-python", default=sys.executable, help="Python whose pip to use")
     args = parser.parse_args()
     if not re.fullmatch(r"3\.\d+\.\d+", args.python_version):
         parser.error(f"--python-version must look like 3.13.5, not {args.python_version!r}")
+    if args.print_pins:
+        environment = target_environment(args.python_version, args.machine)
+        print(json.dumps(locked_pins(args.requirements.read_text(), environment), sort_keys=True))
+        return 0
+    missing = [name for name in ("project", "cache", "glibc") if getattr(args, name) is None]
+    if missing:
+        parser.error("a build needs " + ", ".join(f"--{name}" for name in missing))
 
     args.project = args.project.resolve()
     minor = "".join(args.python_version.split(".")[:2])
