@@ -1,9 +1,12 @@
 # tgstack — one entry point for building, testing and running the stack.
-#   make test           the whole test suite (fast tier, slow real-server drills, Molecule default, failover, rollback); what CI runs
-#   make test-fast      lint + unit + integration tests against real servers (a few minutes)
+#   make test           the whole test suite (fast tier, slow drills, Telegram at the wire, Molecule default, failover, rollback), each tier timed; what CI runs
+#   make test-fast      lock check + lint + unit + integration tests against real servers (a few minutes)
+#   make test-telegram  the local MTProto server and the real Telethon path, over the wire
 #   make test-molecule  converge site.yml on a real systemd + Docker server, idempotence, verify
 #   make test-molecule-failover  failure drills while posts flow: Redis master, gateway kill -9, DB, RabbitMQ, password rotation
 #   make test-molecule-rollback  migrate 30,000 legacy posts, backup/restore, roll back, roll back again
+#   make venv           the virtualenv .venv, exactly as locked (uv.lock, requirements/dev.txt, hashes checked)
+#   make lock           re-resolve the lock from pyproject.toml (LOCK_ARGS="--upgrade" for the newest of everything)
 #   make demo           the whole stack on a local sandbox server: site.yml, a sample channel, a report
 #   make demo-down      remove the sandbox server and its Docker volume
 #   make bench-db       data-layer benchmark on 1,000,000 stored messages
@@ -19,7 +22,7 @@ BIN := $(VENV)/bin
 STAMPS := .cache/stamps
 REQ_DEV := requirements/dev.txt
 
-.PHONY: help deps system-deps venv lock lock-check lint lint-python lint-ansible test test-fast test-slow \
+.PHONY: help deps system-deps venv lock lock-check lint lint-python lint-ansible test test-fast test-slow test-telegram \
 	test-molecule test-molecule-failover test-molecule-rollback testbed-images demo demo-down health bench-db bench-ingest docs clean
 
 # molecule and ansible-lint call ansible-* by name: the virtualenv must come first on PATH
@@ -62,7 +65,7 @@ lint: lint-python lint-ansible
 
 lint-python: venv
 	@echo "==> ruff"
-	@$(BIN)/ruff check runtime tests filter_plugins roles/tgstack_runtime/files
+	@$(BIN)/ruff check runtime testing tests filter_plugins roles/tgstack_runtime/files
 	@echo "==> mypy"
 	@$(BIN)/mypy
 
@@ -84,8 +87,14 @@ test-slow: deps
 	@echo "==> pytest (slow real-server drills)"
 	@$(BIN)/pytest -m slow -q
 
+# Over the wire: the local MTProto server (testing/tgstack_testing/telegram) and real Telethon
+# clients, then the real `tgstack login` and `tgstack gateway` against it.
+test-telegram: deps
+	@echo "==> pytest (Telegram at the wire: local MTProto server, real Telethon clients)"
+	@$(BIN)/pytest -q tests/telegram
+
 # One tier after the other, each timed (scripts/test-tiers.sh prints the table at the end).
-TEST_TIERS := test-fast test-slow test-molecule test-molecule-failover test-molecule-rollback
+TEST_TIERS := test-fast test-slow test-telegram test-molecule test-molecule-failover test-molecule-rollback
 test:
 	@MAKE="$(MAKE)" scripts/test-tiers.sh $(TEST_TIERS)
 

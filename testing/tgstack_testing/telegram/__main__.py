@@ -1,0 +1,183 @@
+"""Command line of the local Telegram server: ``serve``, the control operations, ``bench``.
+
+``python -m tgstack_testing.telegram serve --state-dir DIR`` runs the server; it writes
+``DIR/server.json`` (ports, dc id, public key path) once it listens, and every control
+subcommand finds the server through that file (or ``--control HOST:PORT``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from .control import ControlClient, ControlError
+
+SERVER_FILE = "server.json"
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from .control import start_control
+    from .server import Server
+
+    state_dir = Path(args.state_dir)
+    server = Server(state_dir, args.host, args.port, args.dc_id)
+    await server.start()
+    control = await start_control(server, args.host, args.control_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    info = {
+        "host": args.host,
+        "port": server.port,
+        "control_port": control.sockets[0].getsockname()[1],
+        "dc_id": server.dc_id,
+        "public_key": str(state_dir / "server_public.pem"),
+    }
+    tmp = state_dir / (SERVER_FILE + ".tmp")
+    tmp.write_text(json.dumps(info))
+    tmp.replace(state_dir / SERVER_FILE)
+    print(json.dumps(info), flush=True)
+    try:
+        await stop.wait()
+    finally:
+        control.close()
+        await server.stop()
+
+
+def _client(args: argparse.Namespace) -> ControlClient:
+    if args.control:
+        host, _, port = args.control.rpartition(":")
+        return ControlClient(host or "127.0.0.1", int(port))
+    info = json.loads((Path(args.state_dir) / SERVER_FILE).read_text())
+    return ControlClient(info["host"], info["control_port"])
+
+
+def _channel(value: str) -> str | int:
+    return int(value) if value.lstrip("-").isdigit() else value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tgstack_testing.telegram",
+        description="A local Telegram server (MTProto 2.0 over loopback TCP) for tests and demos.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server until SIGTERM/SIGINT")
+    serve.add_argument("--state-dir", required=True, help="state.json, RSA key, server.json")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=0, help="MTProto port (0: any free port)")
+    serve.add_argument("--control-port", type=int, default=0, help="control port (0: any)")
+    serve.add_argument("--dc-id", type=int, default=2, help="the DC id clients must use")
+    serve.add_argument("-v", "--verbose", action="store_true")
+
+    def control(name: str, help_text: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help_text)
+        where = command.add_mutually_exclusive_group(required=True)
+        where.add_argument("--state-dir", help="the server's state directory (reads server.json)")
+        where.add_argument("--control", help="HOST:PORT of the control interface")
+        return command
+
+    control("info", "ports, key path, accounts and channels")
+    control("counters", "open connections, handshakes, pushes, requests per method")
+    command = control("create-account", "add a user account (phone, name, username)")
+    command.add_argument("phone")
+    command.add_argument("--first-name", default="")
+    command.add_argument("--username")
+    command = control("create-channel", "add a broadcast channel")
+    command.add_argument("title")
+    command.add_argument("--username")
+    command.add_argument("--member", action="append", default=[], help="phone or user id")
+    command = control("post", "post one message, or --count N at --rate per second")
+    command.add_argument("channel", type=_channel, help="channel id or username")
+    command.add_argument("text", help="the text; with --count, {n} is the post number")
+    command.add_argument("--count", type=int)
+    command.add_argument("--rate", type=float, default=0.0)
+    command = control("edit", "edit a message")
+    command.add_argument("channel", type=_channel)
+    command.add_argument("id", type=int)
+    command.add_argument("text")
+    command = control("delete", "delete messages")
+    command.add_argument("channel", type=_channel)
+    command.add_argument("ids", type=int, nargs="+")
+    command = control("flood", "answer the next calls of a method with FLOOD_WAIT_X")
+    command.add_argument("method", help="TL name, e.g. messages.getHistory")
+    command.add_argument("--times", type=int, default=1)
+    command.add_argument("--seconds", type=int, default=5)
+    control("drop", "close every client connection")
+    command = control("revoke", "revoke an account's auth keys (or one key)")
+    command.add_argument("--phone")
+    command.add_argument("--key-id", type=int)
+    command.add_argument("--reason", default="AUTH_KEY_UNREGISTERED",
+                         choices=["AUTH_KEY_UNREGISTERED", "SESSION_REVOKED"])
+    command = control("gap", "open a pts gap in a channel")
+    command.add_argument("channel", type=_channel)
+    command.add_argument("--skip", type=int, default=0, help="don't push the next N events")
+    command.add_argument("--bump", type=int, default=0, help="advance pts invisibly by N")
+    command = control("updates-too-long", "push updatesTooLong to connected clients")
+    command.add_argument("--phone")
+
+    bench = sub.add_parser("bench", help="measure pushed messages per second to one client")
+    bench.add_argument("--count", type=int, default=20000)
+    return parser
+
+
+def _run_control(args: argparse.Namespace) -> Any:
+    with _client(args) as client:
+        match args.command:
+            case "info":
+                return client.info()
+            case "counters":
+                return client.counters()
+            case "create-account":
+                return client.create_account(args.phone, args.first_name, args.username)
+            case "create-channel":
+                return client.create_channel(args.title, args.username, args.member)
+            case "post" if args.count:
+                return client.post_many(args.channel, args.count, args.rate, args.text)
+            case "post":
+                return client.post(args.channel, args.text)
+            case "edit":
+                return client.edit(args.channel, args.id, args.text)
+            case "delete":
+                return client.delete(args.channel, args.ids)
+            case "flood":
+                return client.flood(args.method, args.times, args.seconds)
+            case "drop":
+                return client.drop_connections()
+            case "revoke":
+                return client.revoke(args.phone, args.key_id, args.reason)
+            case "gap":
+                return client.gap(args.channel, args.skip, args.bump)
+            case "updates-too-long":
+                return client.updates_too_long(args.phone)
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+        asyncio.run(_serve(args))
+        return 0
+    if args.command == "bench":
+        from .bench import run
+
+        return run(args.count)
+    try:
+        print(json.dumps(_run_control(args), indent=2))
+    except ControlError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
