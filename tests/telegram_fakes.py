@@ -64,6 +64,9 @@ class FakeTelegram:
             self._disconnected = asyncio.get_running_loop().create_future()
         return self._disconnected
 
+    async def run_until_disconnected(self) -> None:
+        await self.disconnected
+
     async def disconnect(self) -> None:
         self._connected = False
         if self._disconnected is not None and not self._disconnected.done():

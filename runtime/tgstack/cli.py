@@ -150,9 +150,19 @@ def cmd_signals_parse(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_login(args: argparse.Namespace, settings: Settings) -> int:
-    from tgstack.gateway.login import interactive_login
+    from telethon import errors
 
-    interactive_login(settings)
+    from tgstack.gateway.login import LoginAnswers, LoginError, run_login
+
+    try:
+        report = run_login(settings, LoginAnswers.from_environment(args.phone, args.code))
+    except (LoginError, errors.RPCError) as exc:
+        print(f"tgstack: login failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    first, *warnings = report.lines()
+    print(first)
+    for line in warnings:
+        print(line, file=sys.stderr)
     return EXIT_OK
 
 
@@ -248,8 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     cleanup.set_defaults(handler=cmd_cleanup)
 
     login = commands.add_parser(
-        "login", help="create the Telegram session interactively (phone, code, 2FA password)"
+        "login",
+        help="create the Telegram session (asks for phone, code and 2FA password unless given)",
+        description="Sign the Telegram account in once and store its channels' access hashes "
+        "in the session. Non-interactive with --phone and --code (or TGSTACK_LOGIN_PHONE, "
+        "TGSTACK_LOGIN_CODE) and TGSTACK_LOGIN_PASSWORD for two-step verification.",
     )
+    login.add_argument("--phone", help="the account's phone number, international format")
+    login.add_argument("--code", help="the login code Telegram sent (the test server's fixed one)")
     login.set_defaults(handler=cmd_login)
 
     gateway = commands.add_parser(

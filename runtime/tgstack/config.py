@@ -108,6 +108,18 @@ class Settings(BaseSettings):
         default=Path("/var/lib/tgstack/gateway.session"),
         description="the Telethon session file written by `tgstack login` (mode 0600)",
     )
+    telegram_server: str | None = Field(
+        default=None,
+        description="host:port of an MTProto server to use instead of Telegram's own (the "
+        "local test server of the sandbox); unset in production",
+    )
+    telegram_server_dc: int = Field(
+        default=2, ge=1, le=5, description="the data-center id telegram_server answers as"
+    )
+    telegram_server_rsa_key: Path | None = Field(
+        default=None,
+        description="PEM public key of telegram_server, trusted for the auth-key exchange",
+    )
 
     gateway_source: Literal["telethon", "spool"] = Field(
         default="telethon",
@@ -195,6 +207,13 @@ class Settings(BaseSettings):
             raise ValueError("has an invalid port") from None
         return value
 
+    @field_validator("telegram_server", mode="after")
+    @classmethod
+    def _valid_telegram_server(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_host_port(value)
+        return value
+
     @field_validator("redis_sentinels", mode="before")
     @classmethod
     def _split_sentinels(cls, value: Any) -> Any:
@@ -273,6 +292,18 @@ class Settings(BaseSettings):
         if self.telegram_api_id is None:
             raise ConfigError(f"{env_name('telegram_api_id')}: is required but not set")
         return self.telegram_api_id, _required(self.telegram_api_hash, "telegram_api_hash")
+
+    def telegram_endpoint(self) -> tuple[str, int, Path] | None:
+        """(host, port, RSA key) of a non-Telegram MTProto server, or None for Telegram's own."""
+        if self.telegram_server is None:
+            return None
+        if self.telegram_server_rsa_key is None:
+            raise ConfigError(
+                f"{env_name('telegram_server_rsa_key')}: is required when "
+                f"{env_name('telegram_server')} is set"
+            )
+        host, port = _check_host_port(self.telegram_server)
+        return host, port, self.telegram_server_rsa_key
 
     def require_channels(self) -> list[int]:
         if not self.channels:

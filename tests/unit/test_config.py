@@ -144,3 +144,45 @@ def test_cli_config_check_prints_masked_settings() -> None:
     assert result.returncode == 0, result.stderr
     assert "secret" not in result.stdout
     assert "-1001649127710" in result.stdout
+
+
+def test_a_test_server_endpoint_needs_its_rsa_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TGSTACK_TELEGRAM_SERVER", "127.0.0.1:4443")
+    with pytest.raises(ConfigError, match="TGSTACK_TELEGRAM_SERVER_RSA_KEY: is required"):
+        load_settings().telegram_endpoint()
+    monkeypatch.setenv("TGSTACK_TELEGRAM_SERVER_RSA_KEY", "/etc/tgstack/server.pem")
+    assert load_settings().telegram_endpoint() == (
+        "127.0.0.1",
+        4443,
+        Path("/etc/tgstack/server.pem"),
+    )
+
+
+def test_production_talks_to_telegram_itself() -> None:
+    assert load_settings().telegram_endpoint() is None
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1", "127.0.0.1:0", "host:port", ":443"])
+def test_a_bad_test_server_address_is_one_line(value: str) -> None:
+    done = run_cli("config", "check", env={"TGSTACK_TELEGRAM_SERVER": value})
+    assert done.returncode == 2
+    assert "TGSTACK_TELEGRAM_SERVER" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_login_with_an_unreadable_server_key_fails_in_one_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tgstack", "login"],
+        env={k: v for k, v in os.environ.items() if not k.startswith("TGSTACK_")}
+        | {
+            "TGSTACK_TELEGRAM_API_ID": "1",
+            "TGSTACK_TELEGRAM_API_HASH": "0" * 32,
+            "TGSTACK_TELEGRAM_SESSION": str(tmp_path / "gateway"),
+            "TGSTACK_TELEGRAM_SERVER": "127.0.0.1:1",
+            "TGSTACK_TELEGRAM_SERVER_RSA_KEY": str(tmp_path / "missing.pem"),
+        },
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "missing.pem" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

@@ -21,6 +21,7 @@ from tgstack import metrics
 from tgstack.cache import MessageCache
 from tgstack.config import Settings
 from tgstack.db import Database, DatabaseUnavailable
+from tgstack.gateway.client import build_client, session_path
 from tgstack.gateway.events import MessageEvent
 from tgstack.gateway.outbox import OutboxRelay
 from tgstack.gateway.pipeline import BatchingWorker, BatchStats, IngestPipeline
@@ -195,23 +196,12 @@ def flush_outbox(settings: Settings) -> dict[str, int]:
 
 
 def make_client(settings: Settings) -> Any:
-    from telethon import TelegramClient
-
-    api_id, api_hash = settings.require_telegram_credentials()
-    session = settings.telegram_session
-    if not session.with_suffix(".session").exists() and not session.exists():
+    if not session_path(settings).exists():
         raise GatewayFatal(
-            f"no Telegram session at {session}; run `tgstack login` once as the service user"
+            f"no Telegram session at {session_path(settings)}; "
+            "run `tgstack login` once as the service user"
         )
-    return TelegramClient(
-        str(session),
-        api_id,
-        api_hash,
-        receive_updates=True,
-        catch_up=True,
-        auto_reconnect=True,
-        connection_retries=-1,
-    )
+    return build_client(settings, gateway=True)
 
 
 class GatewayService:
@@ -269,16 +259,20 @@ class GatewayService:
             if self.relay is not None:
                 self.relay.start()
             backfill = asyncio.create_task(self._backfill_forever())
-            disconnected = asyncio.ensure_future(self.client.disconnected)
+            # Public API: it raises what ended Telethon's update loop (a revoked session).
+            disconnected = asyncio.ensure_future(self.client.run_until_disconnected())
             stopping = asyncio.create_task(self._stopping.wait())
             done, _ = await asyncio.wait(
-                {disconnected, stopping}, return_when=asyncio.FIRST_COMPLETED
+                {disconnected, stopping, backfill}, return_when=asyncio.FIRST_COMPLETED
             )
             backfill.cancel()
+            if backfill in done and not backfill.cancelled() and backfill.exception():
+                raise GatewayFatal(str(backfill.exception()))
             if disconnected in done and not self._stopping.is_set():
                 error = disconnected.exception()
                 explanation = explain_fatal(error) if error is not None else None
                 raise GatewayFatal(explanation or f"Telegram connection ended: {error}")
+            disconnected.cancel()
         finally:
             metrics.GATEWAY_CONNECTED.set(0)
             await self._shutdown()
@@ -290,7 +284,12 @@ class GatewayService:
                 log.info("gap backfill round", extra={"fetched": fetched})
             except asyncio.CancelledError:
                 raise
+            except GatewayFatal:
+                raise
             except Exception as exc:
+                explanation = explain_fatal(exc)
+                if explanation is not None:
+                    raise GatewayFatal(explanation) from exc
                 log.warning("gap backfill failed", extra={"error": str(exc)})
             await asyncio.sleep(self.settings.gateway_backfill_interval_seconds)
 

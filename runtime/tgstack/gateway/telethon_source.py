@@ -117,6 +117,7 @@ class TelethonSource:
         self._on_flood_wait = on_flood_wait
         self._on_backfill_progress = on_backfill_progress
         self._entities: dict[int, Any] = {}
+        self._dialogs_loaded = False
 
     async def start(self) -> None:
         """Connect, verify the session, resolve channels and register the event handlers."""
@@ -138,10 +139,26 @@ class TelethonSource:
         log.info("telegram source started", extra={"channels": len(chats)})
 
     async def _resolve(self, channel_id: int) -> Any:
+        """The channel's input entity. A user account needs the access hash Telegram gave it:
+        the session's cache holds it after `tgstack login`; when it does not (an older session,
+        a channel joined since), the dialogs are read once and the lookup tried again."""
         peer = types.PeerChannel(utils.resolve_id(channel_id)[0])
-        return await self._with_flood_wait(
-            lambda: self._client.get_input_entity(peer), f"resolve {channel_id}"
-        )
+        try:
+            return await self._with_flood_wait(
+                lambda: self._client.get_input_entity(peer), f"resolve {channel_id}"
+            )
+        except ValueError:
+            pass
+        if not self._dialogs_loaded:
+            await self._with_flood_wait(self._client.get_dialogs, "dialogs")
+            self._dialogs_loaded = True
+        try:
+            return await self._client.get_input_entity(peer)
+        except ValueError:
+            raise GatewayFatal(
+                f"channel {channel_id} is not among the Telegram account's dialogs: join it with "
+                "this account (or remove it from TGSTACK_CHANNELS)"
+            ) from None
 
     async def on_new_message(self, event: events.NewMessage.Event) -> None:
         self._sink(MessageEvent.new(record_from_message(event.message)))
