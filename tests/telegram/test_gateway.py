@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import psycopg
 import pytest
 
 from tests.conftest import TestDatabase
-from tgstack.localstack import free_port
+from tgstack.localstack import free_port, wait_until
 from tgstack_testing.telegram.control import ControlClient
 
 from .conftest import PHONE, TEST_CODE, TelegramServerProcess
@@ -34,17 +34,6 @@ WAIT = 30.0
 
 def marked(channel_id: int) -> int:
     return -1_000_000_000_000 - channel_id
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
 
 
 class Gateway:
@@ -71,7 +60,9 @@ class Gateway:
             return None
 
     def wait_healthy(self) -> None:
-        wait_for(lambda: (self.health() or {}).get("status") == "ok" or self.exited(), "health")
+        wait_until(
+            lambda: (self.health() or {}).get("status") == "ok" or self.exited(), WAIT, "health"
+        )
         assert not self.exited(), self.log.read_text()[-3000:]
 
     def exited(self) -> bool:
@@ -195,15 +186,16 @@ def test_fresh_session_resolves_backfills_and_stores_live_posts_edits_and_delete
     history = [control.post(channel, f"before start {n}")["id"] for n in range(3)]
     gateway.start()
     gateway.wait_healthy()
-    wait_for(lambda: len(stored(db, channel)) == 3, "the backfilled history")
+    wait_until(lambda: len(stored(db, channel)) == 3, WAIT, "the backfilled history")
 
     live = [control.post(channel, f"live {n}")["id"] for n in range(5)]
     control.edit(channel, live[1], "live 1, edited")
     control.delete(channel, [live[2]])
-    wait_for(
+    wait_until(
         lambda: (rows := stored(db, channel)).get(live[1], ("",))[0] == "live 1, edited"
         and rows.get(live[2], (None, False))[1]
         and len(rows) == 8,
+        WAIT,
         "live posts, the edit and the deletion",
     )
     rows = stored(db, channel)
@@ -220,7 +212,7 @@ def test_a_dropped_connection_and_a_server_restart_lose_and_double_nothing(
     gateway.start()
     gateway.wait_healthy()
     sent = [control.post(channel, f"first {n}")["id"] for n in range(5)]
-    wait_for(lambda: len(stored(db, channel)) == 5, "the first posts")
+    wait_until(lambda: len(stored(db, channel)) == 5, WAIT, "the first posts")
 
     control.drop_connections()
     sent += [control.post(channel, f"after drop {n}")["id"] for n in range(5)]
@@ -230,7 +222,7 @@ def test_a_dropped_connection_and_a_server_restart_lose_and_double_nothing(
         sent += [restarted.post(channel, f"after restart {n}")["id"] for n in range(5)]
     finally:
         restarted.close()
-    wait_for(lambda: len(stored(db, channel)) == 15, "every post after the faults", 90)
+    wait_until(lambda: len(stored(db, channel)) == 15, 90, "every post after the faults")
     rows = stored(db, channel)
     assert sorted(rows) == sorted(sent)
     assert all(count == 1 for _, _, count in rows.values())
@@ -269,7 +261,7 @@ def test_a_flood_wait_on_history_is_waited_out_and_counted(
     started = time.monotonic()
     gateway.start()
     gateway.wait_healthy()
-    wait_for(lambda: len(stored(db, channel)) == 1, "the history after the flood wait")
+    wait_until(lambda: len(stored(db, channel)) == 1, WAIT, "the history after the flood wait")
     assert time.monotonic() - started >= 2
     assert _metric(gateway.port, "tgstack_gateway_flood_wait_seconds_total") >= 2
 
@@ -283,7 +275,7 @@ def test_a_channel_joined_after_login_is_resolved_through_the_dialogs_despite_a_
     control.flood("messages.getDialogs", times=1, seconds=2)
     gateway.start()
     gateway.wait_healthy()
-    wait_for(lambda: len(stored(db, joined)) == 1, "the later channel's history")
+    wait_until(lambda: len(stored(db, joined)) == 1, WAIT, "the later channel's history")
     assert _metric(gateway.port, "tgstack_gateway_flood_wait_seconds_total") >= 2
 
 

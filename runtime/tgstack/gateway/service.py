@@ -266,8 +266,8 @@ class GatewayService:
                 {disconnected, stopping, backfill}, return_when=asyncio.FIRST_COMPLETED
             )
             backfill.cancel()
-            if backfill in done and not backfill.cancelled() and backfill.exception():
-                raise GatewayFatal(str(backfill.exception()))
+            if backfill in done:
+                backfill.result()  # the backfill loop ends only by raising GatewayFatal
             if disconnected in done and not self._stopping.is_set():
                 error = disconnected.exception()
                 explanation = explain_fatal(error) if error is not None else None
