@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
 # The whole stack on this machine, end to end, in one command (what `make demo` runs).
 #
-#   scripts/demo.sh up      engine + images if missing, sandbox server, site.yml, sample replay, report
+#   scripts/demo.sh up      engine + images if missing, sandbox server, site.yml, sample channel, report
 #   scripts/demo.sh down    remove the sandbox server and its Docker volume
-#   scripts/demo.sh replay  drop the sample channel again (nothing is stored twice) and report
+#   scripts/demo.sh replay  post the sample channel again (it is there already: nothing changes) and report
 #   scripts/demo.sh report  print the report again (counts, latency, where to look)
 #
 # The sandbox server is a container named tgstack-sandbox, the same kind of instance as
 # Molecule's (molecule/default/molecule.yml): a Debian trixie server with systemd as PID 1 and
 # its own Docker engine. site.yml provisions it through inventories/sandbox exactly as it would
-# a real server; its gateway reads the spool directory instead of Telegram, and the committed
-# sample channel (samples/channel-sample.jsonl) is dropped there. A second `up` converges with
-# 0 changed and re-drops the sample, which changes nothing either (each post is stored once).
+# a real server. Its Telegram is the local MTProto test server (unit tgstack-telegram-test, set
+# by tgstack_runtime_telegram_test_server in the inventory): the real telethon gateway signs in
+# to it with the test code, and the committed sample channel (samples/channel-sample.jsonl) is
+# posted through it. A second `up` converges with 0 changed and finds the sample posted already,
+# which changes nothing either (each post is stored once).
 #
 # Knobs: TGSTACK_SANDBOX_NAME (tgstack-sandbox; must match inventories/sandbox),
 # TGSTACK_SANDBOX_PRIVILEGED=true (normal CI hosts; these VMs refuse --privileged),
-# TGSTACK_SAMPLE (the JSONL file to drop), PYTHON_VENV (.venv).
+# TGSTACK_SAMPLE (the JSONL file to post, replay format), PYTHON_VENV (.venv).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,7 +27,6 @@ IMAGE="tgstack/server:${TESTBED_TAG:-trixie}"
 TESTBED_CACHE="${TESTBED_CACHE:-$ROOT/.cache/testbed}"
 SAMPLE="${TGSTACK_SAMPLE:-$ROOT/samples/channel-sample.jsonl}"
 VENV="${PYTHON_VENV:-$ROOT/.venv}"
-SPOOL=/var/lib/tgstack/spool
 STATE="$ROOT/.cache/demo"
 T0=$EPOCHSECONDS
 
@@ -110,25 +111,18 @@ converge() {
   printf '%s %s\n' "$CHANGED" "$SITE_SECONDS" >"$STATE/last-converge"
 }
 
-drop_sample() {
+# The sample is posted to the sample channel through the local Telegram test server, with the
+# file's message ids: posts the channel already has are skipped, so a second run adds nothing.
+post_sample() {
   [ -f "$SAMPLE" ] || die "sample channel $SAMPLE not found"
-  local name
-  name="$(basename "$SAMPLE")"
+  local result
   POSTS="$(grep -c . "$SAMPLE")"
-  READ_BEFORE="$(gateway_reads)"
-  DROPPED_AT="$(date +%s.%N)"
-  # Written beside the spool file, then renamed: the gateway never sees half a file.
-  docker exec -i "$NAME" sh -c "cat > $SPOOL/.$name.tmp && chown tgstack:tgstack $SPOOL/.$name.tmp \
-    && chmod 0640 $SPOOL/.$name.tmp && mv $SPOOL/.$name.tmp $SPOOL/$name" <"$SAMPLE"
-  say "dropped $POSTS posts of ${SAMPLE#"$ROOT"/} into the gateway's spool ($NAME:$SPOOL)"
-}
-
-# "new duplicates": posts the gateway stored, and posts it read but had stored already.
-gateway_reads() {
-  in_sandbox curl -s http://127.0.0.1:4006/metrics | awk '
-    $1 == "tgstack_gateway_messages_stored_total" { stored = $2 }
-    $1 == "tgstack_gateway_duplicates_total" { dup = $2 }
-    END { printf "%d %d\n", stored, dup }'
+  POSTED_AT="$(date +%s.%N)"
+  result="$(docker exec -i "$NAME" tgstack-telegram-test post-file "$(sample_channel)" - --keep-ids <"$SAMPLE")" \
+    || die "posting the sample through the test server failed (docker exec $NAME journalctl -u tgstack-telegram-test)"
+  read -r NEW ALREADY <<<"$("$VENV/bin/python" -c \
+    'import json, sys; r = json.load(sys.stdin); print(r["posted"], r["already_there"])' <<<"$result")"
+  say "posted $NEW of the $POSTS posts of ${SAMPLE#"$ROOT"/} to the sample channel through the local Telegram server over MTProto ($ALREADY were there already)"
 }
 
 sample_channel() { head -n1 "$SAMPLE" | sed -E 's/.*"channel_id": *(-?[0-9]+).*/\1/'; }
@@ -142,20 +136,14 @@ counts() {
 }
 
 wait_for_signals() {
-  local channel="$1" row stored0 dup0 stored dup deadline=$((EPOCHSECONDS + 90))
-  read -r stored0 dup0 <<<"$READ_BEFORE"
+  local channel="$1" row deadline=$((EPOCHSECONDS + 90))
   while [ "$EPOCHSECONDS" -lt "$deadline" ]; do
-    # Every line of the drop read by the gateway (stored now, or already stored before) ...
-    read -r stored dup <<<"$(gateway_reads)"
-    NEW=$((stored - stored0)) SEEN=$((dup - dup0))
-    if [ $((NEW + SEEN)) -ge "$POSTS" ]; then
-      # ... and every post of the channel processed by the poller.
-      row="$(counts "$channel" 2>/dev/null || true)"
-      IFS='|' read -r MESSAGES UNPROCESSED SIGNALS NOT_ONCE <<<"${row:-0|1|0|0}"
-      if [ "$MESSAGES" -ge "$POSTS" ] && [ "$UNPROCESSED" -eq 0 ]; then
-        DONE_AT="$(date +%s.%N)"
-        return
-      fi
+    # Every post of the sample stored by the gateway and processed by the poller.
+    row="$(counts "$channel" 2>/dev/null || true)"
+    IFS='|' read -r MESSAGES UNPROCESSED SIGNALS NOT_ONCE <<<"${row:-0|1|0|0}"
+    if [ "$MESSAGES" -ge "$POSTS" ] && [ "$UNPROCESSED" -eq 0 ]; then
+      DONE_AT="$(date +%s.%N)"
+      return
     fi
     sleep 0.3
   done
@@ -188,9 +176,9 @@ messages in     $MESSAGES stored of $POSTS posts in ${SAMPLE#"$ROOT"/} (channel 
 signals out     $SIGNALS TP Capital signals; posts not marked exactly once: $NOT_ONCE; unprocessed: $UNPROCESSED
 latency         post stored -> signal stored: p50 ${P50:-?} ms, p95 ${P95:-?} ms, max ${PMAX:-?} ms
 EOF
-  if [ -n "${DONE_AT:-}" ] && [ -n "${DROPPED_AT:-}" ]; then
-    awk -v a="$DROPPED_AT" -v b="$DONE_AT" -v n="$NEW" -v d="$SEEN" 'BEGIN {
-      printf "this run        %d new posts stored, %d already stored and ignored; file dropped -> all processed in %.1f s\n", n, d, b - a }'
+  if [ -n "${DONE_AT:-}" ] && [ -n "${POSTED_AT:-}" ]; then
+    awk -v a="$POSTED_AT" -v b="$DONE_AT" -v n="$NEW" -v d="$ALREADY" 'BEGIN {
+      printf "this run        %d new posts through the local Telegram server (%d there already); posted -> all processed in %.1f s\n", n, d, b - a }'
   fi
   cat <<EOF
 
@@ -201,7 +189,9 @@ where to look (everything listens on the server's loopback; reach it with docker
   metrics       docker exec $NAME curl -s http://127.0.0.1:4006/metrics | grep ^tgstack_gateway
   api           docker exec $NAME sh -c 'curl -s -H "Authorization: Bearer \$(sed -n "s/^TGSTACK_API_READ_TOKENS=//p" /etc/tgstack/tgstack.env)" "http://127.0.0.1:4010/v1/signals?limit=3"'
   database      docker exec -it $NAME docker exec -it -u postgres tgstack-postgres psql -d telegram_gateway
-  more posts    docker exec -i $NAME sh -c 'cat > $SPOOL/more.jsonl' < FILE.jsonl   (docs/replay-format.md)
+  telegram      docker exec $NAME tgstack-telegram-test info        (the local Telegram server; --help lists its commands)
+  more posts    docker exec $NAME tgstack-telegram-test post tgstack_sample 'Ativo: PETR4 Compra: 36,50 Alvo: 38,90 Stop: 34,80'
+  replay a file docker exec -i $NAME sh -c 'cat > /tmp/more.jsonl && sudo -u tgstack tgstack replay /tmp/more.jsonl' < FILE.jsonl   (docs/replay-format.md)
   health        make health
   remove it     make demo-down
 EOF
@@ -215,7 +205,7 @@ up() {
   start_sandbox
   wait_for_sandbox
   converge
-  drop_sample
+  post_sample
   wait_for_signals "$(sample_channel)"
   report
   say "done"
@@ -239,11 +229,11 @@ case "${1:-up}" in
   up) up ;;
   down) down ;;
   replay)
-    drop_sample
+    post_sample
     wait_for_signals "$(sample_channel)"
     report
     ;;
   report) report ;;
-  -h | --help) sed -n '2,21p' "$0" ;;
+  -h | --help) sed -n '2,20p' "$0" ;;
   *) die "usage: $0 up|down|replay|report" ;;
 esac

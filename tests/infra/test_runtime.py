@@ -2,11 +2,12 @@
 
 Units active, enabled and hardened (systemd-analyze security <= 1.5 on the server itself), the
 env file private, every port on loopback, migrations applied, and the gateway's source at work.
-With the spool source (the sandbox), a sample channel dropped into the spool directory - and
-dropped again - ends in PostgreSQL as messages and TP Capital signals exactly once.
+On a sandbox (tgstack_runtime_telegram_test_server), the telethon gateway is signed in to the
+local Telegram test server, and the sample channel posted through that server over MTProto ends
+in PostgreSQL as messages and TP Capital signals exactly once, also across a gateway restart
+and a dropped connection. `tgstack replay` of a spool file twice stores its posts once.
 
-Settings (environment of the test run): TGSTACK_RUNTIME_DIR (default /opt/tgstack/runtime),
-TGSTACK_SPOOL_DIR (default /var/lib/tgstack/spool).
+Settings (environment of the test run): TGSTACK_RUNTIME_DIR (default /opt/tgstack/runtime).
 """
 
 from __future__ import annotations
@@ -34,11 +35,16 @@ REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "samples" / "channel-sample.jsonl"
 WHEELHOUSE = REPO / "roles" / "tgstack_runtime" / "files" / "wheelhouse.py"
 RUNTIME_DIR = os.environ.get("TGSTACK_RUNTIME_DIR", "/opt/tgstack/runtime")
-SPOOL_DIR = os.environ.get("TGSTACK_SPOOL_DIR", "/var/lib/tgstack/spool")
 ENV_FILE = "tgstack.env"
 MAX_EXPOSURE = 1.5
 
 UNITS = {"tgstack-gateway": 4006, "tgstack-poller": 4007, "tgstack-api": 4010}
+# The sandbox's local Telegram test server (tgstack_runtime_telegram_test_* role defaults).
+TEST_SERVER_UNIT = "tgstack-telegram-test"
+TEST_SERVER_USER = "tgstack-telegram-test"
+TEST_SERVER_DIR = "/opt/tgstack/telegram-test"
+TEST_SERVER_STATE = "/var/lib/tgstack-telegram-test"
+TEST_SERVER_PORTS = (4020, 4021)  # MTProto, control
 T = TypeVar("T")
 
 
@@ -217,27 +223,70 @@ def test_api_requires_its_token_and_answers_with_it(root, secrets):
     assert status == 200, body
 
 
-# ----- a sample channel through the deployed gateway ----------------------------------------
+# ----- the sandbox's Telegram: the local test server ------------------------------------------
 
 
-def _gateway_source(root: Any, settings: StackSettings) -> str:
-    env = root.file(f"{settings.config_dir}/{ENV_FILE}").content_string
-    match = re.search(r"^TGSTACK_GATEWAY_SOURCE=(\w+)$", env, re.MULTILINE)
-    return match.group(1) if match else "telethon"
-
-
-def _drop(root: Any, name: str, body: str, owner: str) -> None:
-    """Write a spool file atomically (temporary name, then rename), as an operator would."""
-    encoded = base64.b64encode(body.encode()).decode()
-    temporary = f"{SPOOL_DIR}/.{name}.tmp"
-    out = root.run(
-        f"echo {encoded} | base64 -d > {temporary} && chown {owner} {temporary} "
-        f"&& chmod 0640 {temporary} && mv {temporary} {SPOOL_DIR}/{name}"
+def _env(root: Any, settings: StackSettings) -> dict[str, str]:
+    content = root.file(f"{settings.config_dir}/{ENV_FILE}").content_string
+    return dict(
+        line.split("=", 1) for line in content.splitlines() if "=" in line and line[0] != "#"
     )
+
+
+def _test_server_env(root: Any, settings: StackSettings) -> dict[str, str]:
+    env = _env(root, settings)
+    if not env.get("TGSTACK_TELEGRAM_SERVER"):
+        pytest.fail(
+            "this server's gateway reads Telegram itself: run this check on a sandbox "
+            "(tgstack_runtime_telegram_test_server: true) or deselect it with -k 'not test_server'"
+        )
+    return env
+
+
+def _test_server(root: Any, *args: str, stdin: str | None = None) -> Any:
+    """A control subcommand of the server's test server, through the role's root-only command."""
+    feed = f"echo {base64.b64encode(stdin.encode()).decode()} | base64 -d | " if stdin else ""
+    command = " ".join(shlex.quote(a) for a in args)
+    out = root.run(f"{feed}tgstack-telegram-test {command}")
     assert out.rc == 0, out.stderr
+    return json.loads(out.stdout)
 
 
-def _channel_counts(root: Any, settings: StackSettings, channel: int) -> dict[str, int]:
+def test_test_server_runs_on_loopback_as_its_own_user_with_private_state(root, settings):
+    _test_server_env(root, settings)
+    service = root.service(TEST_SERVER_UNIT)
+    assert service.is_running, root.run(f"journalctl -u {TEST_SERVER_UNIT} -n 30").stdout
+    assert service.is_enabled
+    main_pid = unit_properties(root, TEST_SERVER_UNIT, "MainPID")["MainPID"]
+    assert root.check_output(f"ps -o user= -p {main_pid}").strip() == TEST_SERVER_USER
+    for port in TEST_SERVER_PORTS:
+        assert root.socket(f"tcp://127.0.0.1:{port}").is_listening
+        assert not root.socket(f"tcp://0.0.0.0:{port}").is_listening
+    state = root.file(f"{TEST_SERVER_STATE}/state.json")
+    key = root.file(f"{TEST_SERVER_STATE}/server_public.pem")
+    assert (state.user, state.mode) == (TEST_SERVER_USER, 0o600)  # it holds the auth keys
+    assert key.mode == 0o644
+    assert root.file(TEST_SERVER_DIR).user == "root"
+    control = root.file("/usr/local/bin/tgstack-telegram-test")  # it can post and revoke
+    assert (control.user, control.mode) == ("root", 0o750)
+
+
+def test_test_server_gateway_is_telethon_signed_in_and_reaches_only_loopback(root, settings):
+    env = _test_server_env(root, settings)
+    session = root.file(env["TGSTACK_TELEGRAM_SESSION"])
+
+    assert env["TGSTACK_GATEWAY_SOURCE"] == "telethon"
+    assert env["TGSTACK_TELEGRAM_SERVER"] == f"127.0.0.1:{TEST_SERVER_PORTS[0]}"
+    assert (session.user, session.mode) == (settings.service_user, 0o600)
+    allowed = unit_properties(root, "tgstack-gateway", "IPAddressAllow")["IPAddressAllow"]
+    assert allowed.split() == ["127.0.0.0/8", "::1/128"]
+    # Every configured channel is one the signed-in account reached through its dialogs.
+    followed = {int(c) for c in env["TGSTACK_CHANNELS"].split(",")}
+    channels = {-(10**12) - c["id"] for c in _test_server(root, "info")["channels"]}
+    assert followed <= channels
+
+
+def _counts(root: Any, settings: StackSettings, channel: int, ids: range) -> dict[str, int]:
     rows = psql(
         root,
         settings,
@@ -245,7 +294,9 @@ def _channel_counts(root: Any, settings: StackSettings, channel: int) -> dict[st
         " count(*) FILTER (WHERE processing_state IN ('pending', 'processing')),"
         " count(*) FILTER (WHERE coalesce((metadata->>'marks')::int, 0) <> 1),"
         " (SELECT count(*) FROM tp_capital.signals s WHERE s.channel_id = "
-        f"{channel}) FROM telegram_gateway.messages WHERE channel_id = {channel}",
+        f"{channel} AND s.message_id BETWEEN {ids.start} AND {ids.stop - 1})"
+        f" FROM telegram_gateway.messages WHERE channel_id = {channel}"
+        f" AND message_id BETWEEN {ids.start} AND {ids.stop - 1}",
     )
     messages, unprocessed, not_marked_once, signals = (int(v) for v in rows[0])
     return {
@@ -256,53 +307,63 @@ def _channel_counts(root: Any, settings: StackSettings, channel: int) -> dict[st
     }
 
 
-def _metric(root: Any, name: str) -> float:
-    text = http_get(root, 4006, "/metrics")[1]
-    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
-    assert match, f"{name} missing from the gateway's /metrics"
-    return float(match.group(1))
-
-
-def test_sample_channel_through_the_deployed_gateway_ends_as_signals_exactly_once(root, settings):
-    if _gateway_source(root, settings) != "spool":
-        pytest.fail(
-            "this server's gateway reads Telegram (source telethon): run this check on a "
-            "sandbox (spool source) or deselect it with -k 'not sample_channel'"
-        )
+def test_test_server_sample_posted_over_the_wire_ends_as_signals_exactly_once(root, settings):
+    env = _test_server_env(root, settings)
     from tgstack.signals import parse_signal
 
-    # The committed sample on a channel of its own, fresh for this run: counts start at zero.
-    channel = -1009000000000 - int(uuid.uuid4().int % 999_999_999)
+    # The committed sample, posted as new posts to the last followed channel (ids are the
+    # server's: the next ones of that channel, so every run counts its own range).
+    channel = int(env["TGSTACK_CHANNELS"].split(",")[-1])
+    bare = -channel - 10**12
     posts = [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines()]
     expected_signals = sum(1 for p in posts if parse_signal(p["text"]) is not None)
     assert (len(posts), expected_signals) == (24, 14)
-    body = "".join(json.dumps(p | {"channel_id": channel}) + "\n" for p in posts)
-    owner = f"{settings.service_user}:{settings.service_user}"
-    duplicates_before = _metric(root, "tgstack_gateway_duplicates_total")
 
-    _drop(root, f"sample-{-channel}.jsonl", body, owner)
+    posted = _test_server(root, "post-file", str(bare), "-", stdin=SAMPLE.read_text())
+    ids = range(posted["first_id"], posted["last_id"] + 1)
+    assert len(ids) == len(posts)
+    expected = {"messages": len(posts), "unprocessed": 0, "not_marked_once": 0,
+                "signals": expected_signals}  # fmt: skip
 
-    def all_signals() -> dict[str, int]:
-        counts = _channel_counts(root, settings, channel)
-        assert counts == {
-            "messages": len(posts),
-            "unprocessed": 0,
-            "not_marked_once": 0,
-            "signals": expected_signals,
-        }
-        return counts
+    def all_signals() -> None:
+        assert _counts(root, settings, channel, ids) == expected
 
     retry(all_signals, timeout=120)
 
-    # Dropped again under another name, and the first file replaced: still exactly once.
-    _drop(root, f"sample-{-channel}-again.jsonl", body, owner)
-    _drop(root, f"sample-{-channel}.jsonl", body, owner)
+    # The gateway restarted and its connection dropped: it catches up, and stores none twice.
+    assert root.run("systemctl restart tgstack-gateway").rc == 0
+    _test_server(root, "drop")
+    probe = _test_server(root, "post", str(bare), "probe after the restart")["id"]
 
-    def reread_twice() -> None:
-        seen = _metric(root, "tgstack_gateway_duplicates_total") - duplicates_before
-        assert seen >= 2 * len(posts)
+    def probe_stored() -> None:
+        assert _counts(root, settings, channel, range(probe, probe + 1))["messages"] == 1
 
-    retry(reread_twice, timeout=60)
-    time.sleep(3)  # anything the re-drops could have set off downstream has happened by now
+    retry(probe_stored, timeout=120)
     all_signals()
-    root.run(f"rm -f {SPOOL_DIR}/sample-{-channel}.jsonl {SPOOL_DIR}/sample-{-channel}-again.jsonl")
+
+
+def test_replay_of_a_spool_file_stores_its_posts_once(root, settings):
+    """The spool format stays for replays: `tgstack replay` of the same file twice."""
+    channel = -1009000000000 - int(uuid.uuid4().int % 999_999_999)
+    posts = [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines()]
+    body = "".join(json.dumps(p | {"channel_id": channel}) + "\n" for p in posts)
+    path = root.check_output("mktemp --suffix=.jsonl").strip()
+    encoded = base64.b64encode(body.encode()).decode()
+    assert root.run(f"echo {encoded} | base64 -d > {path} && chmod 0644 {path}").rc == 0
+    ids = range(min(p["message_id"] for p in posts), max(p["message_id"] for p in posts) + 1)
+
+    replays = [
+        root.run(f"sudo -u {settings.service_user} tgstack replay {path}") for _ in range(2)
+    ]
+    root.run(f"rm -f {path}")
+
+    assert [r.rc for r in replays] == [0, 0], [r.stderr for r in replays]
+    first, second = (json.loads(r.stdout) for r in replays)
+
+    def stored_once() -> None:
+        counts = _counts(root, settings, channel, ids)
+        assert (counts["messages"], counts["not_marked_once"]) == (len(posts), 0)
+
+    retry(stored_once, timeout=60)
+    assert (first["read"], first["stored"], first["rejected"]) == (len(posts), len(posts), 0)
+    assert (second["stored"], second["duplicates"]) == (0, len(posts))

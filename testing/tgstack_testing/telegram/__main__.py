@@ -13,8 +13,9 @@ import json
 import logging
 import signal
 import sys
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from .control import ControlClient, ControlError
 
@@ -87,6 +88,11 @@ def _parser() -> argparse.ArgumentParser:
 
     control("info", "ports, key path, accounts and channels")
     control("counters", "open connections, handshakes, pushes, requests per method")
+    command = control("channel", "one channel: id, title, username, pts, last id, members")
+    command.add_argument("channel", type=_channel, help="channel id or username")
+    command = control("messages", "a channel's last posts still there, oldest first")
+    command.add_argument("channel", type=_channel, help="channel id or username")
+    command.add_argument("--limit", type=int, default=100)
     command = control("create-account", "add a user account (phone, name, username)")
     command.add_argument("phone")
     command.add_argument("--first-name", default="")
@@ -95,6 +101,19 @@ def _parser() -> argparse.ArgumentParser:
     command.add_argument("title")
     command.add_argument("--username")
     command.add_argument("--member", action="append", default=[], help="phone or user id")
+    command = control("ensure-channel", "the channel by --id (else --username), created when "
+                      "missing, with every --member added (prints changed: true/false)")
+    command.add_argument("title")
+    command.add_argument("--id", type=int, help="bare channel id (the N of -100N)")
+    command.add_argument("--username")
+    command.add_argument("--member", action="append", default=[], help="phone or user id")
+    command = control("post-file", "post the text of each line of a JSONL file (the replay "
+                      "format: docs/replay-format.md), in order; - reads stdin")
+    command.add_argument("channel", type=_channel, help="channel id or username")
+    command.add_argument("file", type=argparse.FileType("r", encoding="utf-8"))
+    command.add_argument("--keep-ids", action="store_true",
+                         help="post with the file's message_id and date; lines whose id the "
+                         "channel already has are skipped, so posting a file twice adds nothing")
     command = control("post", "post one message, or --count N at --rate per second")
     command.add_argument("channel", type=_channel, help="channel id or username")
     command.add_argument("text", help="the text; with --count, {n} is the post number")
@@ -129,6 +148,46 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _post_file(
+    client: ControlClient, channel: str | int, lines: TextIO, *, keep_ids: bool = False
+) -> dict[str, Any]:
+    """Each line's ``text`` (or ``caption``) posted as a new message; edit and delete lines and
+    blank lines are skipped. Telegram gives the ids (the channel's next ones), unless
+    `keep_ids`: then each post takes the line's ``message_id`` and ``date``, and lines at or
+    below the channel's last id are already there."""
+    last_id = int(client.channel(channel)["last_msg_id"]) if keep_ids else 0
+    ids: list[int] = []
+    skipped = present = 0
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ControlError(f"line {number}: not JSON ({error.msg})") from None
+        if not isinstance(record, dict):
+            raise ControlError(f"line {number}: not a JSON object")
+        if record.get("event", "new") != "new":
+            skipped += 1
+            continue
+        text = str(record.get("text") or record.get("caption") or "")
+        if not keep_ids:
+            ids.append(int(client.post(channel, text)["id"]))
+            continue
+        try:
+            message_id = int(record["message_id"])
+            date = int(datetime.fromisoformat(record["date"]).timestamp())
+        except (KeyError, TypeError, ValueError) as error:
+            raise ControlError(f"line {number}: no usable message_id and date ({error})") from None
+        if message_id <= last_id:
+            present += 1
+            continue
+        ids.append(int(client.post(channel, text, date, message_id)["id"]))
+        last_id = message_id
+    return {"posted": len(ids), "first_id": ids[0] if ids else None,
+            "last_id": ids[-1] if ids else None, "skipped": skipped, "already_there": present}
+
+
 def _run_control(args: argparse.Namespace) -> Any:
     with _client(args) as client:
         match args.command:
@@ -136,10 +195,18 @@ def _run_control(args: argparse.Namespace) -> Any:
                 return client.info()
             case "counters":
                 return client.counters()
+            case "channel":
+                return client.channel(args.channel)
+            case "messages":
+                return client.messages(args.channel, args.limit)
             case "create-account":
                 return client.create_account(args.phone, args.first_name, args.username)
             case "create-channel":
                 return client.create_channel(args.title, args.username, args.member)
+            case "ensure-channel":
+                return client.ensure_channel(args.title, args.username, args.member, args.id)
+            case "post-file":
+                return _post_file(client, args.channel, args.file, keep_ids=args.keep_ids)
             case "post" if args.count:
                 return client.post_many(args.channel, args.count, args.rate, args.text)
             case "post":

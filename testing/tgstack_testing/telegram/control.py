@@ -15,7 +15,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from .world import WorldError
+from .world import Channel, WorldError
 
 if TYPE_CHECKING:
     # Only the serving side needs the server (and Telethon); the client stays light for the CLI.
@@ -28,6 +28,12 @@ class ControlError(Exception):
     """The server refused a control request; the message says why."""
 
 
+def _channel_info(channel: Channel) -> dict[str, Any]:
+    return {"id": channel.id, "title": channel.title, "username": channel.username,
+            "pts": channel.pts, "last_msg_id": channel.last_msg_id,
+            "messages": len(channel.posts), "members": channel.members}
+
+
 class ControlHandler:
     """Executes control operations against a running `Server`."""
 
@@ -38,10 +44,13 @@ class ControlHandler:
     def ops(self) -> dict[str, Callable[..., Awaitable[Any]]]:
         return {
             "info": self.info,
+            "channel": self.channel,
             "create_account": self.create_account,
             "create_channel": self.create_channel,
+            "ensure_channel": self.ensure_channel,
             "post": self.post,
             "post_many": self.post_many,
+            "messages": self.messages,
             "edit": self.edit,
             "delete": self.delete,
             "flood": self.flood,
@@ -59,12 +68,12 @@ class ControlHandler:
             "dc_id": self.server.dc_id,
             "public_key": str(self.server.state_dir / "server_public.pem"),
             "accounts": [vars(a) for a in self.world.accounts.values()],
-            "channels": [
-                {"id": c.id, "title": c.title, "username": c.username, "pts": c.pts,
-                 "last_msg_id": c.last_msg_id, "messages": len(c.posts), "members": c.members}
-                for c in self.world.channels.values()
-            ],
+            "channels": [_channel_info(c) for c in self.world.channels.values()],
         }
+
+    async def channel(self, channel: str | int) -> dict[str, Any]:
+        """One channel by id, marked id or username, as `info` lists it."""
+        return _channel_info(self.world.channel_by_ref(channel))
 
     async def create_account(self, phone: str, first_name: str = "",
                              username: str | None = None) -> dict[str, Any]:
@@ -76,9 +85,20 @@ class ControlHandler:
         return {"id": channel.id, "title": channel.title, "username": channel.username,
                 "members": channel.members}
 
-    async def post(self, channel: str | int, text: str, date: int | None = None) -> dict[str, Any]:
+    async def ensure_channel(self, title: str, username: str | None = None,
+                             members: list[str | int] | None = None,
+                             id: int | None = None) -> dict[str, Any]:
+        """The channel (by id, else username), created when missing, members added; ``changed``
+        tells whether anything was (an idempotent step for deployments)."""
+        channel, changed = self.world.ensure_channel(title, username, members or [], id)
+        return {"id": channel.id, "title": channel.title, "username": channel.username,
+                "members": channel.members, "messages": len(channel.posts),
+                "last_msg_id": channel.last_msg_id, "changed": changed}
+
+    async def post(self, channel: str | int, text: str, date: int | None = None,
+                   id: int | None = None) -> dict[str, Any]:
         target = self.world.channel_by_ref(channel)
-        post, event = self.world.post(target.id, text, date)
+        post, event = self.world.post(target.id, text, date, id)
         self.server.publish(target, event)
         return {"id": post.id, "pts": event.pts, "date": post.date}
 
@@ -101,6 +121,11 @@ class ControlHandler:
             ids.append(post.id)
         return {"first_id": ids[0] if ids else None, "last_id": ids[-1] if ids else None,
                 "seconds": loop.time() - started}
+
+    async def messages(self, channel: str | int, limit: int = 100) -> list[dict[str, Any]]:
+        """The channel's last `limit` posts still there, oldest first (what history shows)."""
+        target = self.world.channel_by_ref(channel)
+        return [vars(target.posts[i]) for i in sorted(target.posts)[-limit:]]
 
     async def edit(self, channel: str | int, id: int, text: str) -> dict[str, Any]:
         target = self.world.channel_by_ref(channel)
@@ -216,6 +241,9 @@ class ControlClient:
     def info(self) -> dict[str, Any]:
         return dict(self.request("info"))
 
+    def channel(self, channel: str | int) -> dict[str, Any]:
+        return dict(self.request("channel", channel=channel))
+
     def create_account(self, phone: str, first_name: str = "",
                        username: str | None = None) -> dict[str, Any]:
         return dict(self.request("create_account", phone=phone, first_name=first_name,
@@ -226,13 +254,23 @@ class ControlClient:
         return dict(self.request("create_channel", title=title, username=username,
                                  members=members or []))
 
-    def post(self, channel: str | int, text: str, date: int | None = None) -> dict[str, Any]:
-        return dict(self.request("post", channel=channel, text=text, date=date))
+    def ensure_channel(self, title: str, username: str | None = None,
+                       members: list[str | int] | None = None,
+                       id: int | None = None) -> dict[str, Any]:
+        return dict(self.request("ensure_channel", title=title, username=username,
+                                 members=members or [], id=id))
+
+    def post(self, channel: str | int, text: str, date: int | None = None,
+             id: int | None = None) -> dict[str, Any]:
+        return dict(self.request("post", channel=channel, text=text, date=date, id=id))
 
     def post_many(self, channel: str | int, count: int, rate: float = 0.0,
                   text: str = "post {n}") -> dict[str, Any]:
         return dict(self.request("post_many", channel=channel, count=count, rate=rate,
                                  text=text))
+
+    def messages(self, channel: str | int, limit: int = 100) -> list[dict[str, Any]]:
+        return list(self.request("messages", channel=channel, limit=limit))
 
     def edit(self, channel: str | int, id: int, text: str) -> dict[str, Any]:
         return dict(self.request("edit", channel=channel, id=id, text=text))

@@ -92,6 +92,7 @@ class ServerKey:
         public_path = state_dir / PUBLIC_KEY_FILE
         if not public_path.exists() or public_path.read_bytes() != public_pem:
             public_path.write_bytes(public_pem)
+        public_path.chmod(0o644)  # clients on the machine read it to trust the server
         return cls(private, public_pem)
 
 

@@ -135,15 +135,56 @@ class World:
 
     # channels -------------------------------------------------------------------------------
 
-    def create_channel(self, title: str, username: str | None, members: list[str | int]) -> Channel:
+    def create_channel(
+        self,
+        title: str,
+        username: str | None,
+        members: list[str | int],
+        channel_id: int | None = None,
+    ) -> Channel:
+        """A new channel; `channel_id` (bare, as in -100<id>) takes a given id, otherwise the
+        next free one."""
         if username and any(c.username == username for c in self.channels.values()):
             raise WorldError(f"username {username!r} is taken")
-        channel_id = max(self.channels, default=FIRST_CHANNEL_ID - 1) + 1
+        if channel_id is None:
+            channel_id = max(self.channels, default=FIRST_CHANNEL_ID - 1) + 1
+        elif not 0 < channel_id < 10**12:
+            raise WorldError(f"channel id {channel_id} is not a bare channel id (1 .. 10^12 - 1)")
+        elif channel_id in self.channels:
+            raise WorldError(f"channel id {channel_id} is taken")
         member_ids = [self.resolve_member(m).user_id for m in members]
         channel = Channel(channel_id, title, username, int(time.time()), member_ids)
         self.channels[channel_id] = channel
         self.dirty = True
         return channel
+
+    def ensure_channel(
+        self,
+        title: str,
+        username: str | None,
+        members: list[str | int],
+        channel_id: int | None = None,
+    ) -> tuple[Channel, bool]:
+        """The channel with this id (or username), created when missing, with every member
+        added; True when anything changed. Replaying the same request changes nothing."""
+        existing = None
+        if channel_id is not None:
+            existing = self.channels.get(channel_id)
+        elif username:
+            existing = next((c for c in self.channels.values() if c.username == username), None)
+        if existing is None:
+            return self.create_channel(title, username, members, channel_id), True
+        if username and existing.username != username:
+            raise WorldError(f"channel {existing.id} is @{existing.username}, not @{username}")
+        added = [
+            account.user_id
+            for account in (self.resolve_member(m) for m in members)
+            if account.user_id not in existing.members
+        ]
+        existing.members.extend(added)
+        if added:
+            self.dirty = True
+        return existing, bool(added)
 
     def channel(self, channel_id: int) -> Channel:
         channel = self.channels.get(channel_id)
@@ -172,9 +213,20 @@ class World:
         self.dirty = True
         return event
 
-    def post(self, channel_id: int, text: str, date: int | None = None) -> tuple[Post, Event]:
+    def post(
+        self, channel_id: int, text: str, date: int | None = None, message_id: int | None = None
+    ) -> tuple[Post, Event]:
+        """A new post with the next id, or with `message_id` when that is above every id the
+        channel has had (seeding a history with known ids; ids still only grow)."""
         channel = self.channel(channel_id)
-        channel.last_msg_id += 1
+        if message_id is None:
+            channel.last_msg_id += 1
+        elif message_id <= channel.last_msg_id:
+            raise WorldError(
+                f"message id {message_id} is not above the channel's last id {channel.last_msg_id}"
+            )
+        else:
+            channel.last_msg_id = message_id
         post = Post(channel.last_msg_id, date or int(time.time()), text)
         channel.posts[post.id] = post
         return post, self._event(channel, "new", [post.id])
@@ -262,7 +314,8 @@ class World:
         if self.path is None:
             return
         tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w") as handle:
+        # Auth keys live in this file: only the server's user may read it.
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
             json.dump(self.to_json(), handle)
             handle.flush()
             os.fsync(handle.fileno())

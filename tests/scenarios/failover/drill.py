@@ -1,17 +1,20 @@
 """One failover drill, run ON the server with the runtime's Python (it imports tgstack).
 
-    /opt/tgstack/runtime/venv/bin/python drill.py DRILL --posts N --first-id ID --seed S
+    /opt/tgstack/runtime/venv/bin/python drill.py DRILL --posts N --seed S
 
-Stages N synthetic posts (message ids from ID, over the three default channels) as F spool
-files, feeds them into the gateway's spool directory one every INTERVAL seconds, injects the
-fault after K files while the feed goes on, measures the recovery, waits until every post is
-stored and processed, and prints one JSON document of figures and checks. Times are taken here,
-next to the services, with a monotonic clock.
+Posts N synthetic posts, round-robin over the gateway's channels, through the sandbox's local
+Telegram test server (its control port; the real telethon gateway receives them over MTProto):
+B bursts, one every INTERVAL seconds. Injects the fault after K bursts while the feed goes on,
+measures the recovery, waits until every post is stored and processed, and prints one JSON
+document of figures and checks. Telegram gives the message ids, so a drill's posts are, per
+channel, the ids from its first post to its last. Times are taken here, next to the services,
+with a monotonic clock.
 
 Drills: redis-master (docker stop the Redis master: Sentinel promotes the replica), kill-gateway
-(SIGKILL the gateway: systemd restarts it, the spool read position resumes), restart-db (docker
-restart PostgreSQL: PgBouncer and the pools reconnect), restart-rabbitmq (docker restart
-RabbitMQ: the outbox relay republishes), none (only the feed: for a playbook run alongside).
+(SIGKILL the gateway: systemd restarts it on the same Telegram session, and the posts made while
+it was down are backfilled), restart-db (docker restart PostgreSQL: PgBouncer and the pools
+reconnect), restart-rabbitmq (docker restart RabbitMQ: the outbox relay republishes), none (only
+the feed: for a playbook run alongside).
 
 No credentials: queries go through `docker exec` (PostgreSQL's socket as postgres, redis-cli
 with the containers' own REDISCLI_AUTH).
@@ -22,8 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -33,9 +35,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tgstack.gateway.synthetic import DEFAULT_CHANNELS, generate, to_jsonl_line
+from tgstack.gateway.synthetic import generate
 from tgstack.keys import dedup_key
 from tgstack.signals import parse_signal
+
+# The test server's code, installed by the runtime role beside the virtualenv.
+sys.path.insert(0, "/opt/tgstack/telegram-test")
+from tgstack_testing.telegram.control import ControlClient
 
 ENV_FILE = Path("/etc/tgstack/tgstack.env")
 SENTINEL = "tgstack-redis-sentinel-1"
@@ -114,86 +120,92 @@ def wait(what: str, probe: Callable[[], Any], timeout: float, interval: float = 
 
 
 class Feed:
-    """Stage posts as spool files, then move them into the spool one by one."""
+    """Post the drill's posts through the test server's control port, a burst at a time."""
 
-    def __init__(self, args: argparse.Namespace, spool: Path) -> None:
-        self.spool = spool
-        self.staging = spool.parent / f"drill-staging-{args.name}"
+    def __init__(self, args: argparse.Namespace, channels: list[int]) -> None:
         self.interval = args.interval
-        self.name = args.name
-        records = list(
-            generate(
-                args.posts,
-                channels=DEFAULT_CHANNELS,
-                seed=args.seed,
-                first_message_id=args.first_id,
-            )
-        )
+        self.control_address = _address(args.control)
+        self.channels = channels
+        records = list(generate(args.posts, channels=channels, seed=args.seed))
         self.posts = len(records)
         self.signals_expected = sum(1 for r in records if parse_signal(r.text) is not None)
-        self.last_key = (records[-1].channel_id, records[-1].message_id)
-        self.id_range = (args.first_id, max(r.message_id for r in records) + 1)
-        shutil.rmtree(self.staging, ignore_errors=True)
-        self.staging.mkdir(mode=0o755)
-        self.files: list[Path] = []
-        per_file = -(-len(records) // args.files)
-        for index in range(args.files):
-            chunk = records[index * per_file : (index + 1) * per_file]
-            if not chunk:
-                break
-            path = self.staging / f"{self.name}-{index:04d}.jsonl"
-            path.write_text("".join(to_jsonl_line(r) + "\n" for r in chunk), encoding="utf-8")
-            path.chmod(0o644)
-            self.files.append(path)
+        per_burst = -(-len(records) // args.bursts)
+        self.bursts = [
+            [(r.channel_id, r.text) for r in records[i : i + per_burst]]
+            for i in range(0, len(records), per_burst)
+        ]
+        self.ranges: dict[int, tuple[int, int]] = {}
+        self.lock = threading.Lock()
         self.probes: list[tuple[int, int]] = []
-        self.sent = 0
+        self.sent_bursts = 0
+        self.posted = 0
         self.done = threading.Event()
         self.started_at = 0.0
         self.finished_at = 0.0
 
+    def _post(self, client: ControlClient, channel: int, text: str) -> int:
+        message_id = int(client.post(-channel - 10**12, text)["id"])  # bare id of -100<id>
+        with self.lock:
+            first, last = self.ranges.get(channel, (message_id, message_id))
+            self.ranges[channel] = (min(first, message_id), max(last, message_id))
+            self.posted += 1
+        return message_id
+
     def run(self) -> None:
         self.started_at = time.monotonic()
-        for path in self.files:
-            os.rename(path, self.spool / path.name)
-            self.sent += 1
-            time.sleep(self.interval)
+        with ControlClient(*self.control_address) as client:
+            for burst in self.bursts:
+                for channel, text in burst:
+                    self._post(client, channel, text)
+                self.sent_bursts += 1
+                time.sleep(self.interval)
         self.finished_at = time.monotonic()
         self.done.set()
-        shutil.rmtree(self.staging, ignore_errors=True)
 
     def probe(self) -> tuple[int, int]:
-        """One more post (chatter, in the first channel) as a spool file of its own; it counts
-        as sent and its id extends the drill's range."""
-        channel, message_id = DEFAULT_CHANNELS[0], self.id_range[1]
-        self.id_range = (self.id_range[0], message_id + 1)
-        line = json.dumps(
-            {"channel_id": channel, "message_id": message_id,
-             "date": "2026-11-02T12:00:00+00:00", "text": f"probe {message_id}"}
-        )  # fmt: skip
-        staged = self.spool.parent / f".{self.name}-probe-{message_id}.partial"
-        staged.write_text(line + "\n", encoding="utf-8")
-        staged.chmod(0o644)
-        os.rename(staged, self.spool / f"{self.name}-probe-{message_id}.jsonl")
+        """One more post (chatter, in the first channel); it counts as sent."""
+        channel = self.channels[0]
+        with ControlClient(*self.control_address) as client:
+            message_id = self._post(client, channel, f"probe {len(self.probes) + 1}")
         self.posts += 1
         self.probes.append((channel, message_id))
         return channel, message_id
 
-    def wait_files(self, count: int) -> None:
-        while self.sent < count and not self.done.is_set():
+    def where(self, alias: str = "") -> str:
+        """SQL: the rows of this drill's posts (per channel, its first to its last id)."""
+        prefix = f"{alias}." if alias else ""
+        with self.lock:
+            ranges = sorted(self.ranges.items())
+        return "(" + " OR ".join(
+            f"({prefix}channel_id = {channel} AND {prefix}message_id BETWEEN {lo} AND {hi})"
+            for channel, (lo, hi) in ranges
+        ) + ")" if ranges else "false"
+
+    def wait_bursts(self, count: int) -> None:
+        while self.sent_bursts < count and not self.done.is_set():
             time.sleep(0.05)
 
 
-def drill_counts(lo: int, hi: int) -> dict[str, int]:
+def _address(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+def test_server_counters(address: tuple[str, int]) -> dict[str, Any]:
+    with ControlClient(*address) as client:
+        return client.counters()
+
+
+def drill_counts(feed: Feed) -> dict[str, int]:
+    where = feed.where()
     rows = sql(
         "SELECT count(*), count(DISTINCT (channel_id, message_id)),"
         " count(*) FILTER (WHERE processing_state IN ('processed', 'ignored')),"
         " count(*) FILTER (WHERE coalesce((metadata ->> 'marks')::int, 0) > 1),"
         " count(*) FILTER (WHERE published_at IS NULL),"
-        f" (SELECT count(*) FROM tp_capital.signals WHERE message_id >= {lo}"
-        f"  AND message_id < {hi}),"
-        f" (SELECT count(*) FROM telegram_gateway.message_keys"
-        f"   WHERE message_id >= {lo} AND message_id < {hi})"
-        f" FROM telegram_gateway.messages WHERE message_id >= {lo} AND message_id < {hi}"
+        f" (SELECT count(*) FROM tp_capital.signals WHERE {where}),"
+        f" (SELECT count(*) FROM telegram_gateway.message_keys WHERE {where})"
+        f" FROM telegram_gateway.messages WHERE {where}"
     )[0]
     keys = ("rows", "distinct_keys", "processed", "processed_twice", "unpublished", "signals",
             "message_keys")  # fmt: skip
@@ -276,19 +288,26 @@ def gateway_pid() -> int:
     return int(out) if out.isdigit() else 0
 
 
+def session_auth_key(path: Path) -> str | None:
+    """sha256 of the auth key in a Telethon session file (the account's login on that key)."""
+    if not path.exists():
+        return None
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        row = db.execute("SELECT auth_key FROM sessions").fetchone()
+    return hashlib.sha256(row[0]).hexdigest() if row and row[0] else None
+
+
 def fault_kill_gateway(feed: Feed, figures: dict[str, Any]) -> None:
     settings = env_settings()
     session = Path(settings.get("TGSTACK_TELEGRAM_SESSION", "/var/lib/tgstack/gateway.session"))
-    positions = Path(settings["TGSTACK_GATEWAY_SPOOL_DIR"]) / ".tgstack-positions.json"
-
-    def digest(path: Path) -> str | None:
-        return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
-
-    session_before = digest(session)
+    control = feed.control_address
+    key_before = session_auth_key(session)
+    handshakes_before = test_server_counters(control)["handshakes"]
     old = gateway_pid()
     assert old > 0, "the gateway is not running"
     t0 = time.monotonic()
     run("kill", "-9", str(old), check=True)
+    posted_at_kill = feed.posted
     restarted = wait(
         "systemd restarting the gateway",
         lambda: gateway_pid() not in (0, old),
@@ -301,9 +320,16 @@ def fault_kill_gateway(feed: Feed, figures: dict[str, Any]) -> None:
     figures["restart_seconds"] = round(restarted, 2)
     figures["healthy_after_kill_seconds"] = round(time.monotonic() - t0, 2)
     figures["healthy_after_restart_seconds"] = round(ready, 2)
+    # Posted while no gateway was connected: only the restarted one's catch-up can store them.
+    figures["posts_while_down"] = feed.posted - posted_at_kill
     figures["session_file"] = str(session)
-    figures["session_unchanged"] = session_before is not None and digest(session) == session_before
-    figures["spool_positions_kept"] = positions.exists()
+    figures["session_auth_key_kept"] = key_before is not None and (
+        session_auth_key(session) == key_before
+    )
+    # No new auth key was made: the restarted gateway signed in with the surviving session.
+    figures["handshakes_after_kill"] = test_server_counters(control)["handshakes"] - (
+        handshakes_before
+    )
     restarts = run("systemctl", "show", "-p", "NRestarts", "--value", GATEWAY_UNIT).stdout.strip()
     figures["systemd_restarts_total"] = int(restarts) if restarts.isdigit() else None
 
@@ -400,28 +426,31 @@ FAULTS: dict[str, Callable[[Feed, dict[str, Any]], None]] = {
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("drill", choices=sorted(FAULTS))
-    parser.add_argument("--name", required=True, help="names the spool files")
+    parser.add_argument("--name", required=True, help="names the drill in its figures")
     parser.add_argument("--posts", type=int, default=3000)
-    parser.add_argument("--first-id", type=int, required=True)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--files", type=int, default=30)
+    parser.add_argument("--bursts", type=int, default=30)
     parser.add_argument("--interval", type=float, default=0.4)
-    parser.add_argument("--fault-after", type=int, default=8, help="files fed before the fault")
+    parser.add_argument("--fault-after", type=int, default=8, help="bursts posted before the fault")
     parser.add_argument("--settle-timeout", type=float, default=420)
+    parser.add_argument("--control", default="127.0.0.1:4021",
+                        help="HOST:PORT of the test server's control interface")
     args = parser.parse_args()
 
-    spool = Path(env_settings()["TGSTACK_GATEWAY_SPOOL_DIR"])
-    feed = Feed(args, spool)
+    settings = env_settings()
+    if not settings.get("TGSTACK_TELEGRAM_SERVER"):
+        parser.error("the gateway is not on the local test server (TGSTACK_TELEGRAM_SERVER)")
+    channels = [int(c) for c in settings["TGSTACK_CHANNELS"].split(",") if c]
+    feed = Feed(args, channels)
     figures: dict[str, Any] = {
-        "drill": args.drill,
+        "drill": args.name,
         "posts_sent": feed.posts,
         "signals_expected": feed.signals_expected,
-        "files": len(feed.files),
-        "message_ids": list(feed.id_range),
+        "bursts": len(feed.bursts),
     }
     feeder = threading.Thread(target=feed.run, daemon=True)
     feeder.start()
-    feed.wait_files(args.fault_after)
+    feed.wait_bursts(args.fault_after)
     error = None
     try:
         FAULTS[args.drill](feed, figures)
@@ -429,17 +458,16 @@ def main() -> int:
         error = f"{type(exc).__name__}: {exc}"
     feed.done.wait()
     figures["posts_sent"] = feed.posts  # with any probe posts
-    figures["message_ids"] = list(feed.id_range)
+    figures["message_ids"] = {str(c): list(r) for c, r in sorted(feed.ranges.items())}
     figures["feed_seconds"] = round(feed.finished_at - feed.started_at, 2)
-    lo, hi = feed.id_range
+    where = feed.where()
 
     def settled() -> bool:
         counts = try_sql(
             "SELECT count(*) FILTER (WHERE processing_state IN ('processed', 'ignored')),"
             " count(*) FILTER (WHERE published_at IS NULL),"
-            f" (SELECT count(*) FROM tp_capital.signals WHERE message_id >= {lo}"
-            f"  AND message_id < {hi})"
-            f" FROM telegram_gateway.messages WHERE message_id >= {lo} AND message_id < {hi}"
+            f" (SELECT count(*) FROM tp_capital.signals WHERE {where})"
+            f" FROM telegram_gateway.messages WHERE {where}"
         )
         return counts is not None and counts[0] == [
             str(feed.posts),
@@ -453,7 +481,7 @@ def main() -> int:
         )
     except TimeoutError as exc:
         error = error or str(exc)
-    figures["counts"] = drill_counts(lo, hi)
+    figures["counts"] = drill_counts(feed)
     figures["dlq_depth"] = dlq_depth()
     figures["error"] = error
     json.dump(figures, sys.stdout, indent=2)
