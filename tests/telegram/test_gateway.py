@@ -85,6 +85,9 @@ class Gateway:
     def backfill_rounds(self) -> int:
         return len(self.events("gap backfill round"))
 
+    def flood_waits_logged(self) -> list[tuple[float, str]]:
+        return [(e["seconds"], e["during"]) for e in self.events("telegram flood wait")]
+
     def exited(self) -> bool:
         return self.process is not None and self.process.poll() is not None
 
@@ -354,3 +357,43 @@ def test_posts_missed_while_disconnected_are_caught_up_as_soon_as_it_reconnects(
     assert (gateway.health() or {}).get("telegram_connected") is True
     assert not gateway.exited()
 
+
+FLOOD = 3  # seconds of the injected FloodWait
+
+
+@pytest.mark.parametrize(
+    ("method", "trigger"),
+    [("updates.getDifference", "updates too long"), ("updates.getChannelDifference", "pts gap")],
+)
+def test_a_flood_wait_on_telethons_own_difference_is_counted_waited_out_and_loses_nothing(
+    gateway: Gateway, control: ControlClient, channel: int, db: TestDatabase,
+    method: str, trigger: str,
+) -> None:  # fmt: skip
+    gateway.env["TGSTACK_GATEWAY_BACKFILL_INTERVAL_SECONDS"] = "3600"  # no round explains it
+    gateway.start()
+    gateway.wait_healthy()
+    sent = [control.post(channel, "before the flood")["id"]]
+    wait_until(lambda: len(stored(db, channel)) == 1, WAIT, "the live post")
+    wait_until(lambda: gateway.backfill_rounds() == 1, WAIT, "the backfill round at start")
+    asked = control.counters()["requests"].get(method, 0)
+
+    # Telethon's update loop must fetch the difference to see the posts that were not pushed,
+    # and its first request for it meets a FloodWait.
+    control.flood(method, times=1, seconds=FLOOD)
+    control.gap(channel, skip=2)
+    sent += [control.post(channel, f"not pushed {n}")["id"] for n in range(2)]
+    started = time.monotonic()
+    if trigger == "pts gap":
+        sent.append(control.post(channel, "pushed, revealing the gap")["id"])
+    else:
+        assert control.updates_too_long(PHONE) >= 1
+    wait_until(
+        lambda: len(stored(db, channel)) == len(sent), FLOOD + CATCH_UP, "the posts after the wait"
+    )
+    assert time.monotonic() - started >= FLOOD  # asked again only once the wait was over
+    assert _metric(gateway.port, "tgstack_gateway_flood_wait_seconds_total") == FLOOD
+    assert control.counters()["requests"][method] >= asked + 2  # flooded, then asked again
+    rows = stored(db, channel)
+    assert sorted(rows) == sorted(sent)
+    assert all(count == 1 for _, _, count in rows.values())
+    assert gateway.flood_waits_logged() == [(FLOOD, method)]

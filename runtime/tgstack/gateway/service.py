@@ -4,8 +4,8 @@
 file through the same pipeline and returns a summary.
 
 The service's catch-up loop backfills every channel each ``gateway_backfill_interval_seconds``,
-and at once when the client's ``LinkWatch`` asks for it (a reconnect): then it also asks
-Telethon for the difference first.
+and at once when the client's ``LinkWatch`` asks for it (a reconnect, the end of a FloodWait on
+Telethon's own getDifference): then it also asks Telethon for the difference first.
 """
 
 from __future__ import annotations
@@ -226,7 +226,7 @@ class GatewayService:
         self.parts = parts
         self.client = client
         # A client built without a watch (a stand-in) never asks for a catch-up.
-        self.watch = watch or LinkWatch()
+        self.watch = watch or LinkWatch(on_flood_wait=count_flood_wait)
         self.worker = BatchingWorker(
             build_pipeline(parts),
             batch_size=settings.gateway_batch_size,
@@ -335,7 +335,7 @@ def run_gateway(settings: Settings) -> None:
 
         run_spool_gateway(settings)
         return
-    watch = LinkWatch(on_link_change=show_link)
+    watch = LinkWatch(on_flood_wait=count_flood_wait, on_link_change=show_link)
     client = make_client(settings, watch)
     with components(settings, source="gateway") as parts:
         service = GatewayService(settings, parts, client, watch)
