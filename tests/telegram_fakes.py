@@ -40,6 +40,7 @@ class FakeTelegram:
         self._connected = True
         self._disconnected: asyncio.Future[None] | None = None
         self.iter_calls: list[dict[str, Any]] = []
+        self.catch_up_calls = 0
 
     async def connect(self) -> None:
         return None
@@ -71,6 +72,9 @@ class FakeTelegram:
         self._connected = False
         if self._disconnected is not None and not self._disconnected.done():
             self._disconnected.set_result(None)
+
+    async def catch_up(self) -> None:
+        self.catch_up_calls += 1
 
     async def iter_messages(
         self, entity: Any, *, min_id: int, reverse: bool, wait_time: float

@@ -7,6 +7,7 @@ Nothing of Telethon is touched: what these tests see is what a deployment would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -53,10 +54,16 @@ class Gateway:
         )  # fmt: skip
 
     def health(self) -> dict[str, Any] | None:
+        """The health report, whether healthy (200) or not (503); None while it cannot answer."""
+        url = f"http://127.0.0.1:{self.port}/health"
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
-                return dict(json.loads(r.read()))
-        except (OSError, urllib.error.URLError, ValueError):
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    return dict(json.loads(r.read()))
+            except urllib.error.HTTPError as error:
+                with error:
+                    return dict(json.loads(error.read()))
+        except (OSError, ValueError):
             return None
 
     def wait_healthy(self) -> None:
@@ -64,6 +71,22 @@ class Gateway:
             lambda: (self.health() or {}).get("status") == "ok" or self.exited(), WAIT, "health"
         )
         assert not self.exited(), self.log.read_text()[-3000:]
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The gateway's log events of this name (it logs one JSON object a line)."""
+        found = []
+        for line in self.log.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if isinstance(event, dict) and event.get("event") == name:
+                    found.append(event)
+        return found
+
+    def backfill_rounds(self) -> int:
+        return len(self.events("gap backfill round"))
+
+    def flood_waits_logged(self) -> list[tuple[float, str]]:
+        return [(e["seconds"], e["during"]) for e in self.events("telegram flood wait")]
 
     def exited(self) -> bool:
         return self.process is not None and self.process.poll() is not None
@@ -291,3 +314,86 @@ def test_a_configured_channel_the_account_is_not_in_stops_the_gateway_with_exit_
         f"tgstack: fatal: channel {marked(foreign)} is not among the Telegram account's "
         "dialogs: join it with this account (or remove it from TGSTACK_CHANNELS)"
     ]
+
+
+CATCH_UP = 10.0  # far below the backfill interval and Telethon's own 15-minute channel deadline
+
+
+@pytest.mark.parametrize("fault", ["dropped connection", "server restart"])
+def test_posts_missed_while_disconnected_are_caught_up_as_soon_as_it_reconnects(
+    gateway: Gateway, control: ControlClient, tg_server: TelegramServerProcess,
+    channel: int, db: TestDatabase, fault: str,
+) -> None:  # fmt: skip
+    gateway.env["TGSTACK_GATEWAY_BACKFILL_INTERVAL_SECONDS"] = "3600"  # no round explains it
+    gateway.start()
+    gateway.wait_healthy()
+    sent = [control.post(channel, "before the fault")["id"]]
+    wait_until(lambda: len(stored(db, channel)) == 1, WAIT, "the live post")
+    wait_until(lambda: gateway.backfill_rounds() == 1, WAIT, "the backfill round at start")
+
+    # Posts the gateway never hears of, as if made while it was disconnected: not pushed, and
+    # no later push reveals the gap.
+    control.gap(channel, skip=3)
+    sent += [control.post(channel, f"missed {n}")["id"] for n in range(3)]
+    if fault == "dropped connection":
+        control.drop_connections()
+    else:
+        port = tg_server.port
+        tg_server.stop()
+        wait_until(
+            lambda: (gateway.health() or {}).get("telegram_connected") is False,
+            WAIT,
+            "the health check to see the connection down",
+        )
+        tg_server.start(port)
+    wait_until(lambda: len(stored(db, channel)) == 4, CATCH_UP, "the catch-up after reconnecting")
+
+    with tg_server.control() as after:  # the restarted server listens on a new control port
+        sent.append(after.post(channel, "after the fault")["id"])
+    wait_until(lambda: len(stored(db, channel)) == 5, WAIT, "a live post after the catch-up")
+    rows = stored(db, channel)
+    assert sorted(rows) == sorted(sent)
+    assert all(count == 1 for _, _, count in rows.values())
+    assert (gateway.health() or {}).get("telegram_connected") is True
+    assert not gateway.exited()
+
+
+FLOOD = 3  # seconds of the injected FloodWait
+
+
+@pytest.mark.parametrize(
+    ("method", "trigger"),
+    [("updates.getDifference", "updates too long"), ("updates.getChannelDifference", "pts gap")],
+)
+def test_a_flood_wait_on_telethons_own_difference_is_counted_waited_out_and_loses_nothing(
+    gateway: Gateway, control: ControlClient, channel: int, db: TestDatabase,
+    method: str, trigger: str,
+) -> None:  # fmt: skip
+    gateway.env["TGSTACK_GATEWAY_BACKFILL_INTERVAL_SECONDS"] = "3600"  # no round explains it
+    gateway.start()
+    gateway.wait_healthy()
+    sent = [control.post(channel, "before the flood")["id"]]
+    wait_until(lambda: len(stored(db, channel)) == 1, WAIT, "the live post")
+    wait_until(lambda: gateway.backfill_rounds() == 1, WAIT, "the backfill round at start")
+    asked = control.counters()["requests"].get(method, 0)
+
+    # Telethon's update loop must fetch the difference to see the posts that were not pushed,
+    # and its first request for it meets a FloodWait.
+    control.flood(method, times=1, seconds=FLOOD)
+    control.gap(channel, skip=2)
+    sent += [control.post(channel, f"not pushed {n}")["id"] for n in range(2)]
+    started = time.monotonic()
+    if trigger == "pts gap":
+        sent.append(control.post(channel, "pushed, revealing the gap")["id"])
+    else:
+        assert control.updates_too_long(PHONE) >= 1
+    wait_until(
+        lambda: len(stored(db, channel)) == len(sent), FLOOD + CATCH_UP, "the posts after the wait"
+    )
+    assert time.monotonic() - started >= FLOOD  # asked again only once the wait was over
+    assert _metric(gateway.port, "tgstack_gateway_flood_wait_seconds_total") == FLOOD
+    assert control.counters()["requests"][method] >= asked + 2  # flooded, then asked again
+    rows = stored(db, channel)
+    assert sorted(rows) == sorted(sent)
+    assert all(count == 1 for _, _, count in rows.values())
+    assert gateway.flood_waits_logged() == [(FLOOD, method)]

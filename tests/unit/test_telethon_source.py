@@ -126,3 +126,13 @@ def test_backfill_waits_out_flood_wait_and_reports_it() -> None:
     assert waits == [(1, f"backfill {CHANNEL}")]
     assert len(fake.iter_calls) == 2
     assert [e.message_ids[0] for e in received] == [1, 2]
+
+
+def test_catch_up_asks_telethon_for_the_difference_and_backfills_every_channel() -> None:
+    fake = FakeTelegram([message(1), message(2)])
+    source, received = source_for(fake, {CHANNEL: 1})
+    asyncio.run(source.start())
+    assert asyncio.run(source.catch_up()) == 1
+    assert fake.catch_up_calls == 1
+    assert fake.iter_calls == [{"min_id": 1, "reverse": True}]
+    assert [e.message_ids[0] for e in received] == [2]

@@ -6,16 +6,21 @@ the session's data centre is pointed at it and the server's RSA key is trusted f
 auth-key exchange; the client itself is the same, unpatched ``TelegramClient``.
 
 The gateway's client never sleeps a FloodWait inside Telethon (``flood_sleep_threshold=0``):
-every wait reaches the gateway, which logs it, counts it and then waits it out.
+every wait reaches the gateway, which logs it, counts it and then waits it out. It is a
+``GatewayClient`` (tgstack.gateway.catchup): the same client on a watched connection, which
+tells the gateway when to catch up.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tgstack.config import ConfigError, Settings, env_name
+
+if TYPE_CHECKING:
+    from tgstack.gateway.catchup import LinkWatch
 
 
 def session_path(settings: Settings) -> Path:
@@ -42,16 +47,23 @@ def trust_server_key(pem_path: Path) -> None:
         ) from exc
 
 
-def build_client(settings: Settings, *, gateway: bool) -> Any:
+def build_client(settings: Settings, *, gateway: bool, watch: LinkWatch | None = None) -> Any:
     """A ``TelegramClient`` on the configured session; ``gateway`` adds the service's options
-    (updates with catch-up, endless reconnection, no FloodWait sleeps inside Telethon)."""
+    (updates with catch-up, endless reconnection, no FloodWait sleeps inside Telethon), and
+    ``watch`` makes it a ``GatewayClient`` reporting reconnects and update-loop FloodWaits."""
     from telethon import TelegramClient
 
     api_id, api_hash = settings.require_telegram_credentials()
     endpoint = settings.telegram_endpoint()
     options: dict[str, Any] = {}
+    client_class: Any = TelegramClient
+    if watch is not None:
+        from tgstack.gateway.catchup import GatewayClient
+
+        client_class = GatewayClient
+        options["watch"] = watch
     if gateway:
-        options = {
+        options |= {
             "receive_updates": True,
             "catch_up": True,
             "auto_reconnect": True,
@@ -62,7 +74,7 @@ def build_client(settings: Settings, *, gateway: bool) -> Any:
     path = session_path(settings)
     old_umask = os.umask(0o077)  # the session file is as good as the account's password
     try:
-        client = TelegramClient(str(path), api_id, api_hash, **options)
+        client = client_class(str(path), api_id, api_hash, **options)
     finally:
         os.umask(old_umask)
     if endpoint is not None:

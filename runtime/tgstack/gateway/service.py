@@ -2,6 +2,10 @@
 
 ``run_gateway`` is the long-running ``tgstack gateway`` service; ``run_replay`` feeds a JSONL
 file through the same pipeline and returns a summary.
+
+The service's catch-up loop backfills every channel each ``gateway_backfill_interval_seconds``,
+and at once when the client's ``LinkWatch`` asks for it (a reconnect, the end of a FloodWait on
+Telethon's own getDifference): then it also asks Telethon for the difference first.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from tgstack import metrics
 from tgstack.cache import MessageCache
 from tgstack.config import Settings
 from tgstack.db import Database, DatabaseUnavailable
+from tgstack.gateway.catchup import LinkWatch
 from tgstack.gateway.client import build_client, session_path
 from tgstack.gateway.events import MessageEvent
 from tgstack.gateway.outbox import OutboxRelay
@@ -195,20 +200,33 @@ def flush_outbox(settings: Settings) -> dict[str, int]:
 # The long-running gateway ------------------------------------------------------------------
 
 
-def make_client(settings: Settings) -> Any:
+def make_client(settings: Settings, watch: LinkWatch) -> Any:
     if not session_path(settings).exists():
         raise GatewayFatal(
             f"no Telegram session at {session_path(settings)}; "
             "run `tgstack login` once as the service user"
         )
-    return build_client(settings, gateway=True)
+    return build_client(settings, gateway=True, watch=watch)
+
+
+def count_flood_wait(seconds: float, during: str) -> None:
+    metrics.GATEWAY_FLOOD_WAIT_SECONDS.inc(seconds)
+
+
+def show_link(up: bool) -> None:
+    """The connected gauge follows the link as it drops and comes back, not only /health."""
+    metrics.GATEWAY_CONNECTED.set(1 if up else 0)
 
 
 class GatewayService:
-    def __init__(self, settings: Settings, parts: Components, client: Any) -> None:
+    def __init__(
+        self, settings: Settings, parts: Components, client: Any, watch: LinkWatch | None = None
+    ) -> None:
         self.settings = settings
         self.parts = parts
         self.client = client
+        # A client built without a watch (a stand-in) never asks for a catch-up.
+        self.watch = watch or LinkWatch(on_flood_wait=count_flood_wait)
         self.worker = BatchingWorker(
             build_pipeline(parts),
             batch_size=settings.gateway_batch_size,
@@ -219,7 +237,7 @@ class GatewayService:
             settings.require_channels(),
             self._submit,
             cursors=parts.database,
-            on_flood_wait=lambda seconds, _: metrics.GATEWAY_FLOOD_WAIT_SECONDS.inc(seconds),
+            on_flood_wait=count_flood_wait,
         )
         self.relay = build_relay(parts, settings)
         self.health = HealthServer(settings.gateway_bind, settings.gateway_port, self.check)
@@ -237,7 +255,8 @@ class GatewayService:
             self._loop.call_soon_threadsafe(self._stopping.set)
 
     def check(self) -> tuple[bool, dict[str, Any]]:
-        telegram = bool(self.client.is_connected())
+        # is_connected() stays true while Telethon reconnects; the watch knows the link is down.
+        telegram = bool(self.client.is_connected()) and not self.watch.down
         database = self.parts.database.ping()
         metrics.GATEWAY_CONNECTED.set(1 if telegram else 0)
         return telegram and database, {
@@ -278,9 +297,14 @@ class GatewayService:
             await self._shutdown()
 
     async def _backfill_forever(self) -> None:
+        reasons: set[str] = set()
         while True:
             try:
-                fetched = await self.source.backfill()
+                if reasons:
+                    log.info("catching up", extra={"reasons": sorted(reasons)})
+                    fetched = await self.source.catch_up()
+                else:
+                    fetched = await self.source.backfill()
                 log.info("gap backfill round", extra={"fetched": fetched})
             except asyncio.CancelledError:
                 raise
@@ -291,10 +315,11 @@ class GatewayService:
                 if explanation is not None:
                     raise GatewayFatal(explanation) from exc
                 log.warning("gap backfill failed", extra={"error": str(exc)})
-            await asyncio.sleep(self.settings.gateway_backfill_interval_seconds)
+            reasons = await self.watch.wait(self.settings.gateway_backfill_interval_seconds)
 
     async def _shutdown(self) -> None:
         log.info("shutting down: flushing the current batch")
+        self.watch.close()
         with contextlib.suppress(Exception):
             await self.client.disconnect()
         flushed = await asyncio.to_thread(self.worker.stop, 25.0)
@@ -310,7 +335,8 @@ def run_gateway(settings: Settings) -> None:
 
         run_spool_gateway(settings)
         return
-    client = make_client(settings)
+    watch = LinkWatch(on_flood_wait=count_flood_wait, on_link_change=show_link)
+    client = make_client(settings, watch)
     with components(settings, source="gateway") as parts:
-        service = GatewayService(settings, parts, client)
+        service = GatewayService(settings, parts, client, watch)
         asyncio.run(service.run())

@@ -172,6 +172,12 @@ class TelethonSource:
             return  # deletions outside our channels (or private chats without a peer)
         self._sink(MessageEvent.delete(channel_id, tuple(event.deleted_ids)))
 
+    async def catch_up(self) -> int:
+        """After missing updates: ask Telethon for the difference (edits and deletions made
+        meanwhile arrive as events), then backfill every channel. Returns the posts fetched."""
+        await self._client.catch_up()
+        return await self.backfill()
+
     async def backfill(self) -> int:
         """Fetch every post newer than each channel's cursor, oldest first. Returns the count."""
         cursors = self._cursors.channel_cursors()
