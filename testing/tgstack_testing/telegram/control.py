@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .world import WorldError
@@ -42,6 +43,7 @@ class ControlHandler:
             "create_channel": self.create_channel,
             "post": self.post,
             "post_many": self.post_many,
+            "post_batch": self.post_batch,
             "edit": self.edit,
             "delete": self.delete,
             "flood": self.flood,
@@ -101,6 +103,25 @@ class ControlHandler:
             ids.append(post.id)
         return {"first_id": ids[0] if ids else None, "last_id": ids[-1] if ids else None,
                 "seconds": loop.time() - started}
+
+    async def post_batch(self, posts: list[list[Any]]) -> dict[str, Any]:
+        """Post each ``[channel, text]`` of `posts`, in order, as fast as the server takes them.
+
+        Answers ``{"posts": [[id, published_at], ...]}`` in the same order: the message id and
+        the Unix time (float, the server's clock) at which the post's update was queued on every
+        member's connection (written as soon as this request yields). A load generator paces its
+        own requests and sends whatever is due in one request: one round trip, however many
+        posts. Every channel is looked up before anything is posted.
+        """
+        targets = [self.world.channel_by_ref(channel) for channel, _ in posts]
+        answer: list[list[float]] = []
+        for n, (target, (_, text)) in enumerate(zip(targets, posts, strict=True)):
+            if n % 200 == 199:
+                await asyncio.sleep(0)  # let the writers drain
+            post, event = self.world.post(target.id, str(text))
+            self.server.publish(target, event)
+            answer.append([post.id, time.time()])
+        return {"posts": answer}
 
     async def edit(self, channel: str | int, id: int, text: str) -> dict[str, Any]:
         target = self.world.channel_by_ref(channel)
@@ -233,6 +254,11 @@ class ControlClient:
                   text: str = "post {n}") -> dict[str, Any]:
         return dict(self.request("post_many", channel=channel, count=count, rate=rate,
                                  text=text))
+
+    def post_batch(self, posts: Sequence[tuple[str | int, str]]) -> list[tuple[int, float]]:
+        """Post each (channel, text) in order; each post's (message id, published at)."""
+        answer = self.request("post_batch", posts=[[channel, text] for channel, text in posts])
+        return [(int(id_), float(at)) for id_, at in answer["posts"]]
 
     def edit(self, channel: str | int, id: int, text: str) -> dict[str, Any]:
         return dict(self.request("edit", channel=channel, id=id, text=text))
