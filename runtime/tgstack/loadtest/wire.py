@@ -10,6 +10,13 @@ pointed at the server by ``TGSTACK_TELEGRAM_SERVER`` / ``_DC`` / ``_RSA_KEY``. T
 posts through the control port (``post_batch``: what is due, in one request); each post goes
 server → MTProto push → Telethon in the gateway → pipeline → PostgreSQL → RabbitMQ → pollers.
 
+Why one request per pacer tick, not per post: measured on the 2-core VM with no client
+connected, a request of one post takes 0.13 ms (7,400 posts/s on one connection), of 100 posts
+0.64 ms (155,000 posts/s). The sender runs on the cores the stack uses, so a late sender catches
+up in a few requests rather than in thousands. The server's own work per post is larger (the
+update encrypted for the gateway's connection: 22 % of a core at 300 posts/s under ``top``);
+real Telegram does that elsewhere, so the figures through the wire are conservative.
+
 Invariants:
 
 * A post's sent time is the server's publish time (its answer to ``post_batch``): end-to-end
