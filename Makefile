@@ -13,6 +13,7 @@
 #   make bench-ingest   tgstack replay of 100,000 synthetic posts through the whole pipeline
 #   make bench          the seed's benchmarks beside the legacy baseline (BENCH_LONG=1: full)
 #   make loadtest       tgstack loadtest --local (LOADTEST_ARGS="--rate 500 --duration 60")
+#   make loadtest-wire  the same through the local Telegram server, real login and gateway (--through telegram)
 #   make docs           the documentation site (mkdocs --strict), OpenSpec validation, doc checks
 
 SHELL := /bin/bash
@@ -130,7 +131,7 @@ bench-db: deps
 bench-ingest: deps
 	@$(BIN)/python tests/bench/bench_ingest.py $(BENCH_ARGS)
 
-.PHONY: bench loadtest
+.PHONY: bench loadtest loadtest-wire
 
 # Every seed benchmark and the baseline in one run: bench-results/<time>/bench.md, bench.json
 bench: deps
@@ -138,6 +139,10 @@ bench: deps
 
 loadtest: deps
 	@$(BIN)/tgstack loadtest --local $(LOADTEST_ARGS)
+
+# Posts go through the local MTProto server (testing/) to a real tgstack login + gateway.
+loadtest-wire: deps
+	@$(BIN)/tgstack loadtest --local --through telegram --telegram-server-dir $(CURDIR)/testing $(LOADTEST_ARGS)
 
 # The documentation site (mkdocs.yml) built strictly into .cache/site, the OpenSpec specs
 # validated, and the doc checks: commands, targets, paths and named tests exist.

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tgstack.config import ConfigError
 from tgstack.loadtest import cachestats
 from tgstack.loadtest.observer import DonePost
 from tgstack.loadtest.pacer import Pacer
 from tgstack.loadtest.plan import LOADTEST_CHANNEL_BASE, LoadPlan, loadtest_channels
 from tgstack.loadtest.posts import PostFactory
 from tgstack.loadtest.stats import percentile, summary_ms, thirds, timeline
+from tgstack.loadtest.wire import find_server_dir, holds_server
 from tgstack.models import MessageKey
 from tgstack.signals import parse_signal
 
@@ -111,6 +114,32 @@ def test_posts_go_round_robin_with_increasing_ids_and_signals_parse() -> None:
         assert (parse_signal(record.text) is not None) == post.is_signal
         assert post.sent_at == record.telegram_date.timestamp()
     assert 0 < sum(post.is_signal for _, post in made) < 40
+
+
+def test_drafts_take_the_same_turns_and_texts_as_made_posts_but_no_ids() -> None:
+    channels = loadtest_channels(3)
+    drafts = PostFactory(channels, {}, seed=5)
+    made = PostFactory(channels, {}, seed=5)
+    for _ in range(9):
+        draft, (record, post) = drafts.draft(), made.make()
+        assert (draft.channel, draft.text, draft.is_signal) == (
+            record.channel_id, record.text, post.is_signal,
+        )  # fmt: skip
+    assert drafts.sent == 9
+    assert drafts.id_ranges() == {}  # the Telegram server numbers drafts, not the factory
+
+
+def test_the_telegram_server_is_found_in_a_checkout_or_its_absence_says_what_to_give(
+    tmp_path: Path,
+) -> None:
+    package = tmp_path / "checkout" / "testing" / "tgstack_testing" / "telegram"
+    package.mkdir(parents=True)
+    (package / "__main__.py").write_text("")
+    assert find_server_dir(tmp_path / "checkout") == tmp_path / "checkout" / "testing"
+    assert find_server_dir(tmp_path / "checkout" / "testing") == tmp_path / "checkout" / "testing"
+    assert holds_server(find_server_dir())  # this checkout's own, found without a hint
+    with pytest.raises(ConfigError, match=r"^--telegram-server-dir: .* not in .*nowhere"):
+        find_server_dir(tmp_path / "nowhere")
 
 
 def test_load_test_channels_are_marked_ids_of_their_own() -> None:

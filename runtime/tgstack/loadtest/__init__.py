@@ -4,6 +4,8 @@ One module, one job:
 
 * ``plan``       what to run (rate, duration, channels, pollers) and the load-test channel ids
 * ``posts``      the posts: realistic signals and chatter, sent time as the post's date
+* ``sender``     where posts enter the stack; in process into the gateway pipeline (default)
+* ``wire``       ``--through telegram``: the local Telegram server, real login and gateway
 * ``pacer``      keeps the offered rate
 * ``fleet``      the poller processes (or threads) the run starts
 * ``observer``   which posts are done, read back from PostgreSQL once a second

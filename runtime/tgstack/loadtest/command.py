@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
 
-from tgstack.config import Settings
+from tgstack.config import ConfigError, Settings
 
 
 def _positive(kind: type[float] | type[int]) -> Any:
@@ -30,13 +31,28 @@ def add_parser(commands: Any, handler: Any) -> None:
         description="Synthetic posts → gateway pipeline → PostgreSQL (PgBouncer) → Redis → "
         "RabbitMQ → pollers → signals, at a given rate; live progress, then a zero-loss check "
         "and result.json, summary.md and plot.png. Posts go to load-test channels of their own "
-        "(-1009999999000 and below).",
+        "(-1009999999000 and below). With --through telegram they go through the local Telegram "
+        "server (test tooling of the repository) to a real `tgstack gateway` instead.",
     )
     parser.add_argument(
         "--local",
         action="store_true",
         help="start a whole local stack (durable PostgreSQL, PgBouncer, Redis + Sentinels, "
         "RabbitMQ) for the run instead of using the configured one",
+    )
+    parser.add_argument(
+        "--through",
+        choices=("in-process", "telegram"),
+        default="in-process",
+        help="how posts enter the stack: handed to the gateway pipeline in this process, or "
+        "posted on the local Telegram server to a real `tgstack login` + `tgstack gateway` "
+        "over MTProto (needs --local and a checkout's testing/ directory)",
+    )
+    parser.add_argument(
+        "--telegram-server-dir",
+        type=Path,
+        help="with --through telegram: the checkout's testing/ directory (default: found from "
+        "the installation or the current directory)",
     )
     parser.add_argument("--rate", type=_positive(float), default=100.0, help="posts per second")
     parser.add_argument("--duration", type=_positive(float), default=30.0, help="seconds")
@@ -83,6 +99,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from tgstack.loadtest.local import local_stack
     from tgstack.loadtest.plan import LoadPlan
     from tgstack.loadtest.runner import default_out_dir, run_loadtest
+    from tgstack.loadtest.sender import Sender
+    from tgstack.loadtest.wire import find_server_dir, telegram_wire
+
+    wire = args.through == "telegram"
+    if wire and not args.local:
+        raise ConfigError(
+            "--through telegram needs --local: the run starts its own Telegram server and "
+            "gateway, which belong with a stack of their own, not a deployed one"
+        )
+    server_dir = find_server_dir(args.telegram_server_dir) if wire else None  # fail fast
 
     plan = LoadPlan(
         rate=None if args.count else args.rate,
@@ -110,26 +136,43 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(text, file=sys.stderr, flush=True)
 
     if args.local:
-        with local_stack(args.base_dir, progress=say) as stack:
+        with local_stack(args.base_dir, progress=say) as stack, contextlib.ExitStack() as more:
             local = stack.settings(log_level=settings.log_level, log_format=settings.log_format)
+            sender: Sender | None = None
+            if wire:
+                sender = more.enter_context(
+                    telegram_wire(stack.base_dir / "telegram", server_dir=server_dir, progress=say)
+                )
             result = run_loadtest(
                 local,
                 plan,
                 server_versions=machine.local_server_versions()
                 | {"postgresql_running": machine.stack_versions(local)["postgresql"]},
+                sender=sender,
             )
     else:
         result = run_loadtest(settings, plan, server_versions=machine.stack_versions(settings))
     data = result.as_dict()
     acc = data["accounting"]
     latency = data["latency"]["end_to_end_ms"]
+    load = [" ".join(map(str, data[key])) for key in ("loadavg_before", "loadavg_after")]
     print(
-        f"{'PASS' if result.ok else 'FAIL'}: {acc['sent']:,} sent, {acc['unique_rows']:,} "
-        f"stored, {acc['signals']:,}/{acc['expected_signals']:,} signals, "
+        f"{'PASS' if result.ok else 'FAIL'} ({data['path']['through']}): {acc['sent']:,} sent "
+        f"at {data['achieved_send_rate']:,.1f}/s, {acc['unique_rows']:,} stored, "
+        f"{acc['signals']:,}/{acc['expected_signals']:,} signals, "
         f"{acc['duplicate_signals']} duplicate; end to end p50 {latency['p50']} ms, "
         f"p95 {latency['p95']} ms, p99 {latency['p99']} ms; "
-        f"{data['end_to_end_rate']:,.0f} posts/s end to end"
+        f"{data['end_to_end_rate']:,.0f} posts/s end to end; drained "
+        f"{data['drain_seconds']:.2f} s after the last send; kept pace: "
+        f"{'yes' if data['sustained'] else 'no'}; loadavg {load[0]} → {load[1]}"
     )
+    server = data["path"].get("server")
+    if server is not None:
+        print(
+            f"through the Telegram server: {server['posts_in_run_channels']:,} posts in the run's "
+            f"channels ({server['warmup_posts']} warm-up), {server['pushes']:,} updates pushed; "
+            f"rows by source {data['path']['stored_by_source']}"
+        )
     for problem in result.problems():
         print(f"problem: {problem}", file=sys.stderr)
     for name, path in result.files.items():

@@ -12,7 +12,8 @@ Recent posts are found with one range query over the load-test channels' newest 
 (``idx_telegram_messages_analytics``); posts older than ``recent_window`` are looked up by key,
 the oldest ``straggler_batch`` of them per round, so a run that falls behind does not turn the
 observer into the heaviest client of the database. ``collect_all`` looks every outstanding
-post up at the end.
+post up at the end. A post that went through Telegram is dated by the server in whole seconds,
+up to a second before it was sent: ``date_resolution`` widens the range query by that much.
 """
 
 from __future__ import annotations
@@ -83,9 +84,11 @@ class Observer:
         *,
         recent_window: float = 3.0,
         straggler_batch: int = 1000,
+        date_resolution: float = 0.0,
     ) -> None:
         self.channels = list(channels)
         self.recent_window = recent_window
+        self.date_resolution = date_resolution
         self.straggler_batch = straggler_batch
         self._conninfo = conninfo
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
@@ -132,7 +135,8 @@ class Observer:
             return []
         now = time.time() if now is None else now
         lower = max(oldest, now - self.recent_window) - 0.001
-        rows = self._query(_RECENT, (self.channels, datetime.fromtimestamp(lower, UTC)))
+        dated_from = datetime.fromtimestamp(lower - self.date_resolution, UTC)
+        rows = self._query(_RECENT, (self.channels, dated_from))
         stragglers = sorted(
             (p for p in self.outstanding.values() if p.sent_at < lower), key=lambda p: p.sent_at
         )

@@ -1,8 +1,10 @@
 """The posts a load test sends: synthetic signals and chatter, dated when they are sent.
 
-A post's ``telegram_date`` is the wall-clock time it is handed to the gateway, to the
-microsecond: PostgreSQL stores it with the row, so the end-to-end latency of a post is
-``processed_at - telegram_date`` read back from the database, not an estimate.
+In process, a post's ``telegram_date`` is the wall-clock time it is handed to the gateway, to
+the microsecond: PostgreSQL stores it with the row, so the end-to-end latency of a post is
+``processed_at - telegram_date`` read back from the database, not an estimate. Through the
+wire, the Telegram server numbers and dates the posts (``draft`` gives only channel and text)
+and its publish time is the post's sent time (``tgstack.loadtest.wire``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,15 @@ from datetime import UTC, datetime
 
 from tgstack.gateway.synthetic import CHATTER, signal_text
 from tgstack.models import MessageKey, MessageRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """A post not sent yet: its channel and text (the server gives it an id)."""
+
+    channel: int
+    is_signal: bool
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,15 +65,23 @@ class PostFactory:
         is_signal = self._rng.random() < self.signal_share
         return is_signal, signal_text(self._rng) if is_signal else self._rng.choice(CHATTER)
 
-    def make(self) -> tuple[MessageRecord, SentPost]:
+    def draft(self) -> Draft:
+        """The next post's channel and text, without an id (ids are the server's, then)."""
         channel = self.channels[self._index % len(self.channels)]
         self._index += 1
-        message_id = self.next_id[channel]
-        self.next_id[channel] = message_id + 1
         is_signal, text = self._prepared.popleft() if self._prepared else self._text()
+        return Draft(channel, is_signal, text)
+
+    def make(self) -> tuple[MessageRecord, SentPost]:
+        """The next post with the next id of its channel, dated now."""
+        draft = self.draft()
+        message_id = self.next_id[draft.channel]
+        self.next_id[draft.channel] = message_id + 1
         now = datetime.now(UTC)
-        record = MessageRecord.create(channel, message_id, now, text=text, source="loadtest")
-        return record, SentPost(record.key, now.timestamp(), is_signal)
+        record = MessageRecord.create(
+            draft.channel, message_id, now, text=draft.text, source="loadtest"
+        )
+        return record, SentPost(record.key, now.timestamp(), draft.is_signal)
 
     @property
     def sent(self) -> int:

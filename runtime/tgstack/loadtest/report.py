@@ -19,6 +19,20 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value * 100:.1f} %"
 
 
+def _path(path: dict[str, Any]) -> str:
+    """How the posts entered the stack, and the evidence when they went through Telegram."""
+    server = path.get("server")
+    if path["through"] != "telegram" or server is None:
+        return "Posts entered the gateway pipeline in the load test's process (no Telegram)."
+    return (
+        "Posts went through the local Telegram server to a real `tgstack gateway` over MTProto: "
+        f"the server holds {server['posts_in_run_channels']:,} posts in the run's channels "
+        f"({server['warmup_posts']} warm-up) and pushed {server['pushes']:,} updates; stored "
+        f"rows by source: {path['stored_by_source']}; the gateway exited with "
+        f"{path['gateway_exit_code']}. Sent time = the server's publish time."
+    )
+
+
 def markdown(data: dict[str, Any]) -> str:
     """The Markdown summary of a result as ``LoadResult.as_dict`` gives it."""
     plan = data["plan"]
@@ -36,6 +50,8 @@ def markdown(data: dict[str, Any]) -> str:
         f"Load average before / after: {' '.join(map(str, data['loadavg_before']))} / "
         f"{' '.join(map(str, data['loadavg_after']))} "
         f"(machine: {machine['nproc']} CPUs, {machine['cpu_model']}).",
+        "",
+        _path(data.get("path") or {"through": "in-process"}),
         "",
         "## Throughput",
         "",

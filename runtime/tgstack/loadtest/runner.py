@@ -1,5 +1,6 @@
-"""A load test from start to verdict: pollers up, posts paced into the gateway pipeline,
-completions read back from PostgreSQL, zero-loss accounting, result files.
+"""A load test from start to verdict: pollers up, posts paced into the stack by a sender
+(``tgstack.loadtest.sender``: in process, or through the Telegram server), completions read
+back from PostgreSQL, zero-loss accounting, result files.
 """
 
 from __future__ import annotations
@@ -16,19 +17,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-import psycopg
-
 from tgstack.config import Settings
-from tgstack.gateway.events import MessageEvent
-from tgstack.gateway.pipeline import BatchingWorker
-from tgstack.gateway.service import build_pipeline, components
 from tgstack.loadtest import accounting, cachestats, machine, stats
 from tgstack.loadtest.accounting import Accounting
 from tgstack.loadtest.fleet import PollerFleet, QueueProbe
 from tgstack.loadtest.observer import DonePost, Observer
 from tgstack.loadtest.pacer import Pacer
 from tgstack.loadtest.plan import LoadPlan
-from tgstack.loadtest.posts import PostFactory, SentPost
+from tgstack.loadtest.posts import SentPost
+from tgstack.loadtest.sender import InProcessSender, Sender
 from tgstack.models import MessageKey
 
 log = logging.getLogger("tgstack.loadtest")
@@ -60,7 +57,9 @@ class LoadResult:
     resources: dict[str, Any]
     samples: list[stats.Sample] = field(default_factory=list)
     poller_exit_codes: list[int | None] = field(default_factory=list)
-    gateway_batches_failed: int = 0
+    gateway_batches_failed: int | None = 0
+    path: dict[str, Any] = field(default_factory=lambda: {"through": "in-process"})
+    path_problems: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -77,7 +76,7 @@ class LoadResult:
 
     @property
     def ok(self) -> bool:
-        return self.accounting.ok and self.drained and not self.aborted
+        return self.accounting.ok and self.drained and not self.aborted and not self.path_problems
 
     def sustained(self) -> bool:
         """Kept pace with the offered rate: clean, never far behind, drained at once (within a
@@ -134,6 +133,7 @@ class LoadResult:
             "machine": self.machine,
             "poller_exit_codes": self.poller_exit_codes,
             "gateway_batches_failed": self.gateway_batches_failed,
+            "path": self.path,
             "timeline": stats.timeline(self.done, self.sent_times, self.start, self.samples),
             "files": self.files,
         }
@@ -144,19 +144,7 @@ class LoadResult:
             found.append(f"not drained within {self.plan.drain_timeout:g} s")
         if self.aborted:
             found.append(f"stopped early: posts waited more than {self.plan.abort_lag:g} s")
-        return found
-
-
-def _first_ids(conninfo: str, channels: list[int]) -> dict[int, int]:
-    """Start each channel's ids after the highest already stored (repeat runs never collide)."""
-    with psycopg.connect(conninfo, autocommit=True, prepare_threshold=None) as conn:
-        rows = conn.execute(
-            "SELECT channel_id, max(message_id) FROM telegram_gateway.message_keys"
-            " WHERE channel_id = ANY(%s) GROUP BY channel_id",
-            (channels,),
-        ).fetchall()
-    highest = {int(channel): int(top) for channel, top in rows}
-    return {channel: highest.get(channel, 0) + 1 for channel in channels}
+        return found + self.path_problems
 
 
 class Progress:
@@ -165,14 +153,14 @@ class Progress:
     def __init__(
         self,
         observer: Observer,
-        worker: BatchingWorker,
+        stored: Callable[[], int | None],
         pacer: Pacer,
         probe: QueueProbe | None,
         sampler: machine.ResourceSampler,
         out: TextIO | None,
     ) -> None:
         self.observer = observer
-        self.worker = worker
+        self.stored = stored
         self.pacer = pacer
         self.probe = probe
         self.sampler = sampler
@@ -225,10 +213,11 @@ class Progress:
         self.signals += sum(1 for d in finished if d.is_signal and d.state == "processed")
         done = self.observer.done
         cpu = self.sampler.samples[-1].cpu_percent if self.sampler.samples else None
+        stored = self.stored()
         parts = [
             f"[{self.pacer.elapsed():6.1f}s]",
             f"sent {self.pacer.sent:>8,}",
-            f"stored {self.worker.totals.stored:>8,}",
+            "stored " + (f"{stored:>8,}" if stored is not None else "       -"),
             f"done {len(done):>8,}",
             f"signals {self.signals:>7,}",
             f"lag {lag:6.2f} s",
@@ -287,9 +276,15 @@ def run_loadtest(
     server_versions: dict[str, str | None] | None = None,
     write: bool = True,
     on_settings: Callable[[Settings], Settings] | None = None,
+    sender: Sender | None = None,
 ) -> LoadResult:
-    """Run ``plan`` against the stack ``settings`` describe; write the result files."""
-    channels = plan.channel_ids
+    """Run ``plan`` against the stack ``settings`` describe; write the result files.
+
+    ``sender`` is how posts enter the stack: in process by default, or a
+    ``tgstack.loadtest.wire.WireSender`` for the path through the Telegram server.
+    """
+    sender = sender if sender is not None else InProcessSender()
+    channels = sender.channels(plan)
     updates: dict[str, Any] = {"channels": channels}
     if plan.poll_interval is not None:
         updates["poller_poll_interval_seconds"] = plan.poll_interval
@@ -309,14 +304,7 @@ def run_loadtest(
         if out is not None:
             print(text, file=out, flush=True)
 
-    factory = PostFactory(
-        channels,
-        _first_ids(conninfo, channels),
-        signal_share=plan.signal_share,
-        seed=plan.seed,
-    )
-    factory.prepare(min(plan.total_posts, 300_000))  # the rest is written on the fly
-    observer = Observer(conninfo, channels)
+    observer = Observer(conninfo, channels, date_resolution=sender.date_resolution)
     observer.open()
     probe = (
         QueueProbe(settings.require_amqp_url(), settings.poller_consumer)
@@ -339,8 +327,9 @@ def run_loadtest(
     say(
         f"loadtest {plan.label}: {plan.total_posts:,} posts "
         + (f"at {plan.rate:g}/s" if plan.rate else "as fast as possible")
-        + f" over {len(channels)} channel(s), {plan.pollers} {plan.poller_kind} poller(s)"
-        f" in {plan.mode} mode; loadavg {' '.join(f'{x:.2f}' for x in loadavg_before)}"
+        + f" ({sender.through}) over {len(channels)} channel(s), {plan.pollers}"
+        f" {plan.poller_kind} poller(s) in {plan.mode} mode;"
+        f" loadavg {' '.join(f'{x:.2f}' for x in loadavg_before)}"
     )
     signal_keys: list[MessageKey] = []
     sent_times: list[float] = []
@@ -352,76 +341,68 @@ def run_loadtest(
             _wait_for_consumers(
                 probe if plan.mode != "poll" else None, fleet, consumers_before + plan.pollers
             )
-        with components(settings, source="loadtest") as parts:
-            worker = BatchingWorker(
-                build_pipeline(parts),
-                batch_size=settings.gateway_batch_size,
-                max_delay=settings.gateway_batch_delay_ms / 1000,
-            )
-            pacer = Pacer(plan.rate, plan.total_posts)
-            progress = Progress(
-                observer,
-                worker,
-                pacer,
-                probe if plan.mode != "poll" else None,
-                sampler,
-                out if plan.progress else None,
-            )
-            worker.start()
-            sampler.start()
-            started_at = datetime.now(UTC).isoformat(timespec="seconds")
-            start = time.time()
-            pacer.start()
-            progress.start()
-            warm_until = time.monotonic() + plan.warmup
-            aborted = False
-            while not pacer.done:
-                lag = max(progress.current_lag(), pacer.behind)
-                if plan.abort_lag is not None and lag > plan.abort_lag:
-                    aborted = True
-                    say(f"stopping early: posts wait more than {plan.abort_lag:g} s")
-                    break
-                due = pacer.due()
-                batch: list[SentPost] = []
-                for _ in range(due):
-                    record, post = factory.make()
-                    worker.submit(MessageEvent.new(record, observed_at=post.sent_at))
-                    batch.append(post)
-                if batch:
-                    observer.add(batch)
-                    pacer.record(len(batch))
-                    for post in batch:
-                        sent_times.append(post.sent_at)
-                        if post.is_signal:
-                            signal_keys.append(post.key)
-                if cache_start is None and time.monotonic() >= warm_until:
-                    cache_start = _scrape_cache(fleet, settings)
-                pacer.wait()
-            send_seconds = time.time() - start
-            cache_end = _scrape_cache(fleet, settings)
-            say(f"sent {pacer.sent:,} posts in {send_seconds:.1f} s; draining")
-            drain_started = time.monotonic()  # from the last post sent, gateway flush included
-            worker.stop(timeout=plan.drain_timeout)
-            deadline = drain_started + plan.drain_timeout
-            while time.monotonic() < deadline:
-                if observer.oldest_outstanding() is None:
-                    break
-                time.sleep(0.2)
-            progress.stop()
-            observer.collect_all()
-            drained = not observer.outstanding
-            drain_seconds = time.monotonic() - drain_started
-            batches_failed = worker.failures
+        sender.start(settings, plan)
+        pacer = Pacer(plan.rate, plan.total_posts)
+        progress = Progress(
+            observer,
+            sender.stored,
+            pacer,
+            probe if plan.mode != "poll" else None,
+            sampler,
+            out if plan.progress else None,
+        )
+        sampler.start()
+        started_at = datetime.now(UTC).isoformat(timespec="seconds")
+        start = time.time()
+        pacer.start()
+        progress.start()
+        warm_until = time.monotonic() + plan.warmup
+        aborted = False
+        while not pacer.done:
+            lag = max(progress.current_lag(), pacer.behind)
+            if plan.abort_lag is not None and lag > plan.abort_lag:
+                aborted = True
+                say(f"stopping early: posts wait more than {plan.abort_lag:g} s")
+                break
+            due = pacer.due()
+            batch: list[SentPost] = sender.send(due) if due else []
+            if batch:
+                observer.add(batch)
+                pacer.record(len(batch))
+                for post in batch:
+                    sent_times.append(post.sent_at)
+                    if post.is_signal:
+                        signal_keys.append(post.key)
+            if cache_start is None and time.monotonic() >= warm_until:
+                cache_start = _scrape_cache(fleet, settings)
+            pacer.wait()
+        send_seconds = time.time() - start
+        cache_end = _scrape_cache(fleet, settings)
+        say(f"sent {pacer.sent:,} posts in {send_seconds:.1f} s; draining")
+        drain_started = time.monotonic()  # from the last post sent, gateway flush included
+        sender.finish(plan.drain_timeout)
+        deadline = drain_started + plan.drain_timeout
+        while time.monotonic() < deadline:
+            if observer.oldest_outstanding() is None:
+                break
+            time.sleep(0.2)
+        progress.stop()
+        observer.collect_all()
+        drained = not observer.outstanding
+        drain_seconds = time.monotonic() - drain_started
     finally:
+        sender.stop()
         codes = fleet.stop()
         sampler.stop()
         if probe is not None:
             probe.close()
         observer.close()
     say("counting rows and signals")
-    verdict = accounting.account(conninfo, factory.id_ranges(), factory.sent, signal_keys)
+    ranges = sender.id_ranges()
+    verdict = accounting.account(conninfo, ranges, sender.sent, signal_keys)
+    path, path_problems = sender.report(conninfo)
     if plan.cleanup:
-        accounting.cleanup(conninfo, factory.id_ranges())
+        accounting.cleanup(conninfo, ranges)
     cache = None
     if cache_end is not None:
         cache = cache_end.minus(cache_start) if cache_start is not None else cache_end
@@ -429,7 +410,7 @@ def run_loadtest(
         plan=plan,
         started_at=started_at,
         send_seconds=send_seconds,
-        sent=factory.sent,
+        sent=sender.sent,
         done=observer.done,
         sent_times=sent_times,
         start=start,
@@ -446,7 +427,9 @@ def run_loadtest(
         resources=sampler.summary(),
         samples=list(sampler.samples),
         poller_exit_codes=codes,
-        gateway_batches_failed=batches_failed,
+        gateway_batches_failed=path.pop("gateway_batches_failed", None),
+        path=path,
+        path_problems=path_problems,
     )
     if write and plan.out_dir is not None:
         from tgstack.loadtest import report

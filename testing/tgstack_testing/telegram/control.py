@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .world import Channel, WorldError
@@ -51,6 +52,7 @@ class ControlHandler:
             "post": self.post,
             "post_many": self.post_many,
             "messages": self.messages,
+            "post_batch": self.post_batch,
             "edit": self.edit,
             "delete": self.delete,
             "flood": self.flood,
@@ -126,6 +128,25 @@ class ControlHandler:
         """The channel's last `limit` posts still there, oldest first (what history shows)."""
         target = self.world.channel_by_ref(channel)
         return [vars(target.posts[i]) for i in sorted(target.posts)[-limit:]]
+
+    async def post_batch(self, posts: list[list[Any]]) -> dict[str, Any]:
+        """Post each ``[channel, text]`` of `posts`, in order, as fast as the server takes them.
+
+        Answers ``{"posts": [[id, published_at], ...]}`` in the same order: the message id and
+        the Unix time (float, the server's clock) at which the post's update was queued on every
+        member's connection (written as soon as this request yields). A load generator paces its
+        own requests and sends whatever is due in one request: one round trip, however many
+        posts. Every channel is looked up before anything is posted.
+        """
+        targets = [self.world.channel_by_ref(channel) for channel, _ in posts]
+        answer: list[list[float]] = []
+        for n, (target, (_, text)) in enumerate(zip(targets, posts, strict=True)):
+            if n % 200 == 199:
+                await asyncio.sleep(0)  # let the writers drain
+            post, event = self.world.post(target.id, str(text))
+            self.server.publish(target, event)
+            answer.append([post.id, time.time()])
+        return {"posts": answer}
 
     async def edit(self, channel: str | int, id: int, text: str) -> dict[str, Any]:
         target = self.world.channel_by_ref(channel)
@@ -271,6 +292,11 @@ class ControlClient:
 
     def messages(self, channel: str | int, limit: int = 100) -> list[dict[str, Any]]:
         return list(self.request("messages", channel=channel, limit=limit))
+
+    def post_batch(self, posts: Sequence[tuple[str | int, str]]) -> list[tuple[int, float]]:
+        """Post each (channel, text) in order; each post's (message id, published at)."""
+        answer = self.request("post_batch", posts=[[channel, text] for channel, text in posts])
+        return [(int(id_), float(at)) for id_, at in answer["posts"]]
 
     def edit(self, channel: str | int, id: int, text: str) -> dict[str, Any]:
         return dict(self.request("edit", channel=channel, id=id, text=text))
