@@ -18,6 +18,7 @@ import psycopg
 import pytest
 import redis
 
+from tgstack.config import Settings
 from tgstack.localstack import (
     DataStack,
     RabbitMQServer,
@@ -194,3 +195,16 @@ def own_rabbitmq(server_dir: Path) -> Iterator[RabbitMQServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def stack_settings(
+    db: TestDatabase, redis_server: RedisServer, redis_client: object, amqp_url: str
+) -> Settings:
+    """Settings of a whole runtime on this test's database, Redis and RabbitMQ."""
+    return Settings(
+        database_url=db.app_dsn,  # type: ignore[arg-type]
+        redis_url=f"redis://:{redis_server.password}@127.0.0.1:{redis_server.port}/0",  # type: ignore[arg-type]
+        amqp_url=amqp_url,  # type: ignore[arg-type]
+        log_level="WARNING",
+    )

@@ -22,19 +22,6 @@ from tgstack.config import Settings
 from tgstack.loadtest.accounting import account
 from tgstack.loadtest.plan import LOADTEST_CHANNEL_BASE, LoadPlan
 from tgstack.loadtest.runner import LoadResult, run_loadtest
-from tgstack.localstack import RedisServer
-
-
-@pytest.fixture
-def settings(
-    db: TestDatabase, redis_server: RedisServer, redis_client: object, amqp_url: str
-) -> Settings:
-    return Settings(
-        database_url=db.app_dsn,  # type: ignore[arg-type]
-        redis_url=f"redis://:{redis_server.password}@127.0.0.1:{redis_server.port}/0",  # type: ignore[arg-type]
-        amqp_url=amqp_url,  # type: ignore[arg-type]
-        log_level="WARNING",
-    )
 
 
 def short_plan(tmp_path: Path, **changes: object) -> LoadPlan:
@@ -56,9 +43,9 @@ def short_plan(tmp_path: Path, **changes: object) -> LoadPlan:
 
 
 def test_a_short_run_stores_finishes_and_signals_every_post_once(
-    settings: Settings, tmp_path: Path
+    stack_settings: Settings, tmp_path: Path
 ) -> None:
-    result = run_loadtest(settings, short_plan(tmp_path), out=None)
+    result = run_loadtest(stack_settings, short_plan(tmp_path), out=None)
 
     acc = result.accounting
     assert result.ok, result.problems()
@@ -73,9 +60,9 @@ def test_a_short_run_stores_finishes_and_signals_every_post_once(
 
 
 def test_the_result_files_hold_the_figures_the_summary_and_the_plot(
-    settings: Settings, tmp_path: Path
+    stack_settings: Settings, tmp_path: Path
 ) -> None:
-    result = run_loadtest(settings, short_plan(tmp_path, rate=100.0), out=None)
+    result = run_loadtest(stack_settings, short_plan(tmp_path, rate=100.0), out=None)
 
     data = json.loads((tmp_path / "result" / "result.json").read_text())
     assert data["ok"] is True
@@ -93,10 +80,10 @@ def test_the_result_files_hold_the_figures_the_summary_and_the_plot(
 
 
 def test_a_second_run_on_the_same_database_continues_the_ids(
-    settings: Settings, tmp_path: Path
+    stack_settings: Settings, tmp_path: Path
 ) -> None:
-    first = run_loadtest(settings, short_plan(tmp_path, duration=1.0), out=None, write=False)
-    second = run_loadtest(settings, short_plan(tmp_path, duration=1.0), out=None, write=False)
+    first = run_loadtest(stack_settings, short_plan(tmp_path, duration=1.0), out=None, write=False)
+    second = run_loadtest(stack_settings, short_plan(tmp_path, duration=1.0), out=None, write=False)
 
     assert first.ok
     assert second.ok
@@ -106,9 +93,9 @@ def test_a_second_run_on_the_same_database_continues_the_ids(
 
 
 def test_the_accounting_notices_a_lost_post_and_a_double_mark(
-    settings: Settings, db: TestDatabase, tmp_path: Path
+    stack_settings: Settings, db: TestDatabase, tmp_path: Path
 ) -> None:
-    result = run_loadtest(settings, short_plan(tmp_path, duration=1.0), out=None, write=False)
+    result = run_loadtest(stack_settings, short_plan(tmp_path, duration=1.0), out=None, write=False)
     lost, doubled = result.done[0].key, result.done[1].key
     with psycopg.connect(db.superuser_dsn, autocommit=True) as conn:
         for table in ("tp_capital.signals", "telegram_gateway.messages"):
@@ -131,7 +118,7 @@ def test_the_accounting_notices_a_lost_post_and_a_double_mark(
         )
         for channel in {d.key.channel_id for d in result.done}
     }
-    again = account(settings.require_database_url(), ranges, result.sent, signal_keys)
+    again = account(stack_settings.require_database_url(), ranges, result.sent, signal_keys)
 
     assert again.lost == 1
     assert again.not_marked_once == 1
@@ -142,10 +129,10 @@ def test_the_accounting_notices_a_lost_post_and_a_double_mark(
 
 @pytest.mark.slow
 def test_poller_processes_in_hybrid_mode_lose_and_double_nothing(
-    settings: Settings, tmp_path: Path
+    stack_settings: Settings, tmp_path: Path
 ) -> None:
     plan = short_plan(tmp_path, pollers=3, poller_kind="process", mode="hybrid", duration=5.0)
-    result: LoadResult = run_loadtest(settings, plan, out=None)
+    result: LoadResult = run_loadtest(stack_settings, plan, out=None)
 
     assert result.ok, result.problems()
     assert result.poller_exit_codes == [0, 0, 0]  # SIGTERM: graceful
@@ -154,7 +141,7 @@ def test_poller_processes_in_hybrid_mode_lose_and_double_nothing(
 
 @pytest.mark.slow
 def test_the_cli_runs_against_a_configured_stack_with_its_own_poller_and_cleans_up(
-    settings: Settings, db: TestDatabase, tmp_path: Path
+    stack_settings: Settings, db: TestDatabase, tmp_path: Path
 ) -> None:
     """The deployed-stack path: ``tgstack --env-file … loadtest --pollers 0`` relies on the
     poller already running, reads its metrics, and ``--cleanup`` leaves no row behind."""
@@ -163,7 +150,7 @@ def test_the_cli_runs_against_a_configured_stack_with_its_own_poller_and_cleans_
     from tgstack.localstack import free_port
 
     port = free_port()
-    deployed = settings.model_copy(update={"poller_port": port})
+    deployed = stack_settings.model_copy(update={"poller_port": port})
     env_file = tmp_path / "tgstack.env"
     env_file.write_text(
         "".join(f"{name}={value}\n" for name, value in settings_env(deployed).items())

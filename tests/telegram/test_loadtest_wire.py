@@ -18,27 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TestDatabase
 from tgstack.config import Settings
 from tgstack.loadtest.plan import LoadPlan
 from tgstack.loadtest.posts import SentPost
 from tgstack.loadtest.runner import run_loadtest
 from tgstack.loadtest.sender import InProcessSender
 from tgstack.loadtest.wire import WireSender, telegram_wire
-from tgstack.localstack import RedisServer
 from tgstack_testing.telegram.handshake import PRIVATE_KEY_FILE
-
-
-@pytest.fixture
-def settings(
-    db: TestDatabase, redis_server: RedisServer, redis_client: object, amqp_url: str
-) -> Settings:
-    return Settings(
-        database_url=db.app_dsn,  # type: ignore[arg-type]
-        redis_url=f"redis://:{redis_server.password}@127.0.0.1:{redis_server.port}/0",  # type: ignore[arg-type]
-        amqp_url=amqp_url,  # type: ignore[arg-type]
-        log_level="WARNING",
-    )
 
 
 @pytest.fixture
@@ -70,10 +56,10 @@ def plan(tmp_path: Path, **changes: object) -> LoadPlan:
 
 
 def test_posts_paced_through_the_telegram_server_are_stored_and_processed_once(
-    settings: Settings, state_dir: Path, tmp_path: Path
+    stack_settings: Settings, state_dir: Path, tmp_path: Path
 ) -> None:
     with telegram_wire(state_dir) as wire:
-        result = run_loadtest(settings, plan(tmp_path), out=None, sender=wire)
+        result = run_loadtest(stack_settings, plan(tmp_path), out=None, sender=wire)
 
     assert result.ok, result.problems()
     acc = result.accounting
@@ -123,11 +109,13 @@ class InjectingSender(WireSender):
 
 
 def test_posts_injected_in_process_fail_the_run_though_nothing_is_lost(
-    settings: Settings, state_dir: Path, tmp_path: Path
+    stack_settings: Settings, state_dir: Path, tmp_path: Path
 ) -> None:
     with telegram_wire(state_dir) as wire:
         injecting = InjectingSender(wire.server, wire.control)
-        result = run_loadtest(settings, plan(tmp_path, duration=2.0), out=None, sender=injecting)
+        result = run_loadtest(
+            stack_settings, plan(tmp_path, duration=2.0), out=None, sender=injecting
+        )
 
     assert result.accounting.ok  # zero loss alone cannot tell the paths apart
     assert not result.ok
