@@ -413,7 +413,10 @@ def load_settings(
         if file_path is None:
             raise ConfigError(f"--account needs the main env file: set {ENV_FILE_VARIABLE}")
         account_file = account_env_file(file_path, account)
-        check_env_file(account_file)
+        try:
+            check_env_file(account_file)
+        except ConfigError as exc:
+            raise ConfigError(f"--account {account}: {exc}") from None
         files.append(account_file)
         overrides["gateway_account"] = account
     try:
