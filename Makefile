@@ -66,7 +66,7 @@ lint: lint-python lint-ansible
 
 lint-python: venv
 	@echo "==> ruff"
-	@$(BIN)/ruff check runtime testing tests filter_plugins roles/tgstack_runtime/files
+	@$(BIN)/ruff check runtime testing tests filter_plugins roles/tgstack_runtime/files roles/tgstack_runtime/filter_plugins
 	@echo "==> mypy"
 	@$(BIN)/mypy
 

@@ -228,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="read settings from this env file (mode 0600) as well as the environment "
         "(default: $TGSTACK_ENV_FILE)",
     )
+    parser.add_argument(
+        "--account",
+        metavar="NAME",
+        help="a gateway account's settings on top of the env file: gateway-NAME.env beside it "
+        "(its channels, session and port), e.g. `tgstack --account second login`",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     config = commands.add_parser("config", help="inspect the configuration")
@@ -346,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        settings = load_settings(args.env_file)
+        settings = load_settings(args.env_file, args.account)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
     configure_logging(settings.log_level, settings.log_format)

@@ -21,6 +21,9 @@ from tgstack.models import InvalidMessage, validate_channel_id
 
 ENV_PREFIX = "TGSTACK_"
 ENV_FILE_VARIABLE = "TGSTACK_ENV_FILE"
+# A gateway account's name: a systemd instance name and a file name as it is (tgstack-gateway@NAME,
+# gateway-NAME.env), and a Prometheus label value.
+ACCOUNT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 # An API bearer token: visible ASCII (RFC 6750 b64token and more), no comma (the separator).
 _API_TOKEN = re.compile(r"[\x21-\x2b\x2d-\x7e]{16,512}")
 
@@ -121,6 +124,12 @@ class Settings(BaseSettings):
         description="PEM public key of telegram_server, trusted for the auth-key exchange",
     )
 
+    gateway_account: str = Field(
+        default="main",
+        pattern=ACCOUNT_NAME_PATTERN,
+        description="name of the Telegram account this gateway signs in as (one gateway per "
+        "account; it labels the gateway's /health and metrics)",
+    )
     gateway_source: Literal["telethon", "spool"] = Field(
         default="telethon",
         description="where `tgstack gateway` reads posts: telethon (a Telegram account) or "
@@ -375,13 +384,42 @@ def check_env_file(path: Path) -> None:
         )
 
 
-def load_settings(env_file: str | os.PathLike[str] | None = None) -> Settings:
-    """Read and validate the settings; raise ConfigError naming the first bad variable."""
+def account_env_file(env_file: Path, account: str) -> Path:
+    """The env file of one gateway account: ``gateway-NAME.env`` beside the main env file."""
+    if re.fullmatch(ACCOUNT_NAME_PATTERN, account) is None:
+        raise ConfigError(
+            f"--account: {account!r} is not an account name (lower-case letters, digits, _ and -, "
+            "at most 32, starting with a letter or digit)"
+        )
+    return env_file.with_name(f"gateway-{account}.env")
+
+
+def load_settings(
+    env_file: str | os.PathLike[str] | None = None, account: str | None = None
+) -> Settings:
+    """Read and validate the settings; raise ConfigError naming the first bad variable.
+
+    With ``account``, that gateway account's env file (its channels, session and port) is read
+    on top of the main one, and ``gateway_account`` is the account's name.
+    """
     path = env_file if env_file is not None else os.environ.get(ENV_FILE_VARIABLE)
     file_path = Path(path) if path else None
+    files: list[Path] = []
     if file_path is not None:
         check_env_file(file_path)
+        files.append(file_path)
+    overrides: dict[str, Any] = {}
+    if account is not None:
+        if file_path is None:
+            raise ConfigError(f"--account needs the main env file: set {ENV_FILE_VARIABLE}")
+        account_file = account_env_file(file_path, account)
+        try:
+            check_env_file(account_file)
+        except ConfigError as exc:
+            raise ConfigError(f"--account {account}: {exc}") from None
+        files.append(account_file)
+        overrides["gateway_account"] = account
     try:
-        return Settings(_env_file=file_path)  # type: ignore[call-arg]
+        return Settings(_env_file=tuple(files) or None, **overrides)  # type: ignore[call-arg]
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc)) from None

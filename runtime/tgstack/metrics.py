@@ -71,6 +71,11 @@ GATEWAY_BACKFILL = Counter(
 GATEWAY_FLOOD_WAIT_SECONDS = Counter(
     "tgstack_gateway_flood_wait_seconds_total", "Seconds spent waiting out Telegram FloodWait."
 )
+GATEWAY_ACCOUNT = Gauge(
+    "tgstack_gateway_account_info",
+    "1 for the Telegram account this gateway signs in as (one gateway per account).",
+    ["account"],
+)
 GATEWAY_CONNECTED = Gauge(
     "tgstack_gateway_telegram_connected", "1 while the Telegram client is connected."
 )

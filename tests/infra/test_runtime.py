@@ -38,7 +38,8 @@ RUNTIME_DIR = os.environ.get("TGSTACK_RUNTIME_DIR", "/opt/tgstack/runtime")
 ENV_FILE = "tgstack.env"
 MAX_EXPOSURE = 1.5
 
-UNITS = {"tgstack-gateway": 4006, "tgstack-poller": 4007, "tgstack-api": 4010}
+# The gateway is the template tgstack-gateway@, one instance per account (main by default).
+UNITS = {"tgstack-gateway@main": 4006, "tgstack-poller": 4007, "tgstack-api": 4010}
 # The sandbox's local Telegram test server (tgstack_runtime_telegram_test_* role defaults).
 TEST_SERVER_UNIT = "tgstack-telegram-test"
 TEST_SERVER_USER = "tgstack-telegram-test"
@@ -57,6 +58,12 @@ def retry(check: Callable[[], T], timeout: float = 120, interval: float = 2) -> 
             if time.monotonic() > deadline:
                 raise
             time.sleep(interval)
+
+
+def unit_file(unit: str) -> str:
+    """The file of a unit, the template's for an instance (tgstack-gateway@main)."""
+    name = unit.split("@", 1)[0] + "@" if "@" in unit else unit
+    return f"/etc/systemd/system/{name}.service"
 
 
 def unit_properties(host: Any, unit: str, *names: str) -> dict[str, str]:
@@ -125,13 +132,13 @@ def test_unit_has_resource_limits(root, unit):
 
 
 def test_gateway_does_not_restart_when_it_cannot_run(root):
-    props = unit_properties(root, "tgstack-gateway", "RestartPreventExitStatus")
+    props = unit_properties(root, "tgstack-gateway@main", "RestartPreventExitStatus")
     assert "78" in props["RestartPreventExitStatus"].split()
 
 
 @pytest.mark.parametrize("unit", sorted(UNITS))
 def test_unit_is_hardened_to_at_most_1_5_in_systemd_analyze_security(root, unit):
-    path = f"/etc/systemd/system/{unit}.service"
+    path = unit_file(unit)
     out = root.run(f"systemd-analyze security --offline=true --no-pager {path}")
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out.stdout)
     assert match, out.stdout[-2000:] + out.stderr
@@ -156,8 +163,17 @@ def test_env_file_is_private_to_the_service_user(root, settings, secrets):
     assert f"@127.0.0.1:{settings.pgbouncer_port}/{settings.database}" in content
     assert secrets["postgres_app_password"] in content  # the generated secret, not a default
     for unit in UNITS:
-        unit_file = root.file(f"/etc/systemd/system/{unit}.service").content_string
-        assert all(value not in unit_file for value in secrets.values() if len(value) >= 8)
+        text = root.file(unit_file(unit)).content_string
+        assert all(value not in text for value in secrets.values() if len(value) >= 8)
+
+
+def test_each_gateway_account_has_a_private_env_file_and_the_single_unit_is_gone(root, settings):
+    account = root.file(f"{settings.config_dir}/gateway-main.env")
+    assert (account.mode, account.user) == (0o600, settings.service_user)
+    assert "TGSTACK_GATEWAY_ACCOUNT=main" in account.content_string
+    assert "TGSTACK_GATEWAY_PORT=4006" in account.content_string
+    assert not root.file("/etc/systemd/system/tgstack-gateway.service").exists
+    assert json.loads(http_get(root, 4006, "/health")[1])["account"] == "main"
 
 
 def test_code_is_root_owned_and_not_writable_by_the_service_user(root, settings):
@@ -278,8 +294,8 @@ def test_test_server_gateway_is_telethon_signed_in_and_reaches_only_loopback(roo
     assert env["TGSTACK_GATEWAY_SOURCE"] == "telethon"
     assert env["TGSTACK_TELEGRAM_SERVER"] == f"127.0.0.1:{TEST_SERVER_PORTS[0]}"
     assert (session.user, session.mode) == (settings.service_user, 0o600)
-    allowed = unit_properties(root, "tgstack-gateway", "IPAddressAllow")["IPAddressAllow"]
-    assert allowed.split() == ["127.0.0.0/8", "::1/128"]
+    allowed = unit_properties(root, "tgstack-gateway@main", "IPAddressAllow")["IPAddressAllow"]
+    assert sorted(allowed.split()) == ["127.0.0.0/8", "::1/128"]
     # Every configured channel is one the signed-in account reached through its dialogs.
     followed = {int(c) for c in env["TGSTACK_CHANNELS"].split(",")}
     channels = {-(10**12) - c["id"] for c in _test_server(root, "info")["channels"]}
@@ -331,7 +347,7 @@ def test_test_server_sample_posted_over_the_wire_ends_as_signals_exactly_once(ro
     retry(all_signals, timeout=120)
 
     # The gateway restarted and its connection dropped: it catches up, and stores none twice.
-    assert root.run("systemctl restart tgstack-gateway").rc == 0
+    assert root.run("systemctl restart tgstack-gateway@main").rc == 0
     _test_server(root, "drop")
     probe = _test_server(root, "post", str(bare), "probe after the restart")["id"]
 

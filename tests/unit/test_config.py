@@ -110,6 +110,62 @@ def test_env_file_readable_by_others_is_refused(tmp_path: Path) -> None:
         load_settings(env_file)
 
 
+def _private(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+def test_an_accounts_env_file_is_read_on_top_of_the_main_one(tmp_path: Path) -> None:
+    main = _private(
+        tmp_path / "tgstack.env",
+        f"TGSTACK_DATABASE_URL={GOOD_DSN}\nTGSTACK_CHANNELS=-1001649127710\n"
+        "TGSTACK_GATEWAY_PORT=4006\n",
+    )
+    _private(
+        tmp_path / "gateway-second.env",
+        "TGSTACK_CHANNELS=-1001234567890,-1001234567891\nTGSTACK_GATEWAY_PORT=4016\n"
+        "TGSTACK_TELEGRAM_SESSION=/var/lib/tgstack/gateway-second.session\n"
+        "TGSTACK_GATEWAY_ACCOUNT=not-this-one\n",
+    )
+
+    plain = load_settings(main)
+    second = load_settings(main, account="second")
+
+    assert (plain.gateway_account, plain.channels, plain.gateway_port) == (
+        "main", [-1001649127710], 4006)  # fmt: skip
+    assert second.gateway_account == "second"  # the name given, whatever the file says
+    assert second.channels == [-1001234567890, -1001234567891]
+    assert second.gateway_port == 4016
+    assert str(second.telegram_session) == "/var/lib/tgstack/gateway-second.session"
+    assert second.require_database_url() == GOOD_DSN  # the main file's, not repeated
+
+
+@pytest.mark.parametrize(
+    ("account", "file_mode", "message"),
+    [
+        ("Second", None, "is not an account name"),
+        ("../etc", None, "is not an account name"),
+        ("third", None, "gateway-third.env does not exist"),
+        ("second", 0o640, "must not be readable by group or others"),
+    ],
+)
+def test_an_account_needs_a_valid_name_and_a_private_env_file(
+    tmp_path: Path, account: str, file_mode: int | None, message: str
+) -> None:
+    main = _private(tmp_path / "tgstack.env", f"TGSTACK_DATABASE_URL={GOOD_DSN}\n")
+    second = _private(tmp_path / "gateway-second.env", "TGSTACK_GATEWAY_PORT=4016\n")
+    if file_mode is not None:
+        second.chmod(file_mode)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(main, account=account)
+
+
+def test_an_account_needs_the_main_env_file() -> None:
+    with pytest.raises(ConfigError, match="--account needs the main env file"):
+        load_settings(None, account="second")
+
+
 def test_redacted_settings_hide_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TGSTACK_DATABASE_URL", GOOD_DSN)
     monkeypatch.setenv("TGSTACK_AMQP_URL", "amqp://telegram:hunter2@127.0.0.1:5672/telegram")

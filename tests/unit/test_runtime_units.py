@@ -17,7 +17,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PLAYBOOK = REPO / "tests" / "unit" / "render_runtime_units.yml"
-UNITS = ("tgstack-gateway", "tgstack-poller", "tgstack-api")
+# The gateway is a template unit: one instance per Telegram account (tgstack-gateway@NAME).
+UNITS = ("tgstack-gateway@", "tgstack-poller", "tgstack-api")
 MAX_EXPOSURE = 1.5
 
 
@@ -115,7 +116,7 @@ def test_unit_restarts_on_failure_after_10_s_logs_to_the_journal_and_is_limited(
     service = service_section(units[unit])
     assert service["Restart"] == ["on-failure"]
     assert service["RestartSec"] == ["10"]
-    assert service["SyslogIdentifier"] == [unit]
+    assert service["SyslogIdentifier"] == [unit + "%i" if unit.endswith("@") else unit]
     assert service["StandardOutput"] == ["journal"]
     assert service["User"] == ["tgstack"]
     for limit in ("MemoryMax", "CPUQuota", "TasksMax", "LimitNOFILE"):
@@ -126,7 +127,7 @@ def test_unit_restarts_on_failure_after_10_s_logs_to_the_journal_and_is_limited(
 def test_gateway_stays_down_on_exit_78_and_only_it_may_write_state(
     units: dict[str, Path],
 ) -> None:
-    gateway = service_section(units["tgstack-gateway"])
+    gateway = service_section(units["tgstack-gateway@"])
     assert "78" in gateway["RestartPreventExitStatus"][0].split()
     assert gateway["ReadWritePaths"] == ["/var/lib/tgstack"]
     for other in ("tgstack-poller", "tgstack-api"):
@@ -134,9 +135,15 @@ def test_gateway_stays_down_on_exit_78_and_only_it_may_write_state(
 
 
 def test_only_a_telethon_gateway_may_reach_beyond_loopback(tmp_path: Path) -> None:
-    telethon = service_section(_render(tmp_path / "telethon")["tgstack-gateway"])
+    telethon = service_section(_render(tmp_path / "telethon")["tgstack-gateway@"])
     spool = _render(tmp_path / "spool", "-e", "tgstack_runtime_gateway_source=spool")
     assert telethon["IPAddressAllow"] == ["any"]
-    assert service_section(spool["tgstack-gateway"])["IPAddressAllow"] == ["localhost"]
+    assert service_section(spool["tgstack-gateway@"])["IPAddressAllow"] == ["localhost"]
     assert service_section(spool["tgstack-api"])["IPAddressAllow"] == ["localhost"]
     assert all(exposure(path)[0] <= MAX_EXPOSURE for path in spool.values())
+
+
+def test_the_gateway_is_a_template_run_once_per_account(units: dict[str, Path]) -> None:
+    gateway = service_section(units["tgstack-gateway@"])
+    assert gateway["ExecStart"] == ["/opt/tgstack/runtime/venv/bin/tgstack --account %i gateway"]
+    assert not (units["tgstack-gateway@"].parent / "tgstack-gateway.service").exists()

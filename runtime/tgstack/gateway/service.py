@@ -260,12 +260,14 @@ class GatewayService:
         database = self.parts.database.ping()
         metrics.GATEWAY_CONNECTED.set(1 if telegram else 0)
         return telegram and database, {
+            "account": self.settings.gateway_account,
             "telegram_connected": telegram,
             "database": database,
             "pending_events": self.worker.pending,
         }
 
     async def run(self) -> None:
+        metrics.GATEWAY_ACCOUNT.labels(self.settings.gateway_account).set(1)
         self.health.start()
         self.worker.start()
         self._loop = asyncio.get_running_loop()

@@ -366,6 +366,7 @@ class SpoolGatewayService:
         spool = self.source.directory.is_dir() and not self.source.stopping
         database = bool(self.parts.database.ping())
         return spool and database, {
+            "account": self.settings.gateway_account,
             "source": SOURCE,
             "spool_readable": spool,
             "database": database,
@@ -377,6 +378,7 @@ class SpoolGatewayService:
 
     def run(self) -> None:
         self.source.check()
+        metrics.GATEWAY_ACCOUNT.labels(self.settings.gateway_account).set(1)
         self.health.start()
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -46,7 +46,7 @@ from tgstack_testing.telegram.control import ControlClient
 ENV_FILE = Path("/etc/tgstack/tgstack.env")
 SENTINEL = "tgstack-redis-sentinel-1"
 MASTER_NAME = "tgstack"
-GATEWAY_UNIT = "tgstack-gateway.service"
+GATEWAY_UNIT = "tgstack-gateway@main.service"
 
 
 def env_settings() -> dict[str, str]:

@@ -48,7 +48,7 @@ def drill_tool(host: Any) -> None:
         check=False,
         become=True,
     )
-    for unit in ("tgstack-telegram-test", "tgstack-gateway", "tgstack-poller", "tgstack-api"):
+    for unit in ("tgstack-telegram-test", "tgstack-gateway@main", "tgstack-poller", "tgstack-api"):
         assert host.service(unit).is_running, unit
     assert host.file("/var/lib/tgstack/gateway.session").mode == 0o600
 
@@ -170,7 +170,7 @@ def test_stop_and_start_keep_every_post(host: Any) -> None:
     before = stored_posts(host)
     stop = run_playbook("stop.yml")
     assert stop.rc == 0, stop.tail()
-    for unit in ("tgstack-gateway", "tgstack-poller", "tgstack-api"):
+    for unit in ("tgstack-gateway@main", "tgstack-poller", "tgstack-api"):
         assert not host.service(unit).is_running, unit
     states = set(sh(host, "docker ps -a --filter name=^tgstack- --format '{{.State}}'").split())
     assert states == {"exited"}, states
@@ -185,6 +185,59 @@ def test_stop_and_start_keep_every_post(host: Any) -> None:
     assert report["ok"] is True
     print_figure(
         "stop / start", f"{stop.seconds:.0f} s / {start.seconds:.0f} s, {after} posts kept"
+    )
+
+
+# A second Telegram account: the third test channel moves to it (the role's test-server defaults).
+SECOND_ACCOUNT = {"tgstack_runtime_gateway_accounts": [
+    {"name": "main", "port": 4006, "channels": [-1001649127710, -1001649127711]},
+    {"name": "second", "port": 4016, "channels": [-1001649127712], "phone": "+15550100002"},
+]}  # fmt: skip
+ACCOUNT_TAGS = ("--tags", "tgstack_secrets,tgstack_monitoring,tgstack_runtime")
+
+
+def channel_rows(host: Any, channel: int, text: str) -> int:
+    return int(sh(
+        host,
+        "docker exec -u postgres tgstack-postgres psql -Atd telegram_gateway -c"
+        f" \"SELECT count(*) FROM telegram_gateway.messages WHERE channel_id = {channel}"
+        f" AND text = '{text}'\"",
+    ))  # fmt: skip
+
+
+def test_an_account_added_then_removed_converges_and_changes_nothing_twice(host: Any) -> None:
+    """site.yml with a second account: its own unit, session and port; then without it again."""
+    added = run_playbook("site.yml", *ACCOUNT_TAGS, "-e", json.dumps(SECOND_ACCOUNT))
+    assert added.rc == 0, added.tail(80)
+    again = run_playbook("site.yml", *ACCOUNT_TAGS, "-e", json.dumps(SECOND_ACCOUNT))
+    assert again.rc == 0, again.tail(80)
+    assert again.changed == 0, changed_tasks(again)
+    assert host.service("tgstack-gateway@second").is_running
+    assert host.file("/var/lib/tgstack/gateway-second.session").mode == 0o600
+    second = json.loads(sh(host, "curl -s http://127.0.0.1:4016/health"))
+    assert (second["account"], second["status"]) == ("second", "ok")
+    targets = sh(host, "curl -s 'http://127.0.0.1:9090/api/v1/targets?state=active'")
+    accounts = {t["labels"].get("account") for t in json.loads(targets)["data"]["activeTargets"]
+                if t["labels"].get("job") == "tgstack-gateway"}  # fmt: skip
+    assert accounts == {"main", "second"}
+    sh(host, "tgstack-telegram-test post 1649127712 'to the second account'")
+    deadline = time.monotonic() + 60
+    while channel_rows(host, -1001649127712, "to the second account") == 0:
+        assert time.monotonic() < deadline, "the second account's gateway did not store its post"
+        time.sleep(1)
+
+    removed = run_playbook("site.yml", *ACCOUNT_TAGS)
+    assert removed.rc == 0, removed.tail(80)
+    settled = run_playbook("site.yml", *ACCOUNT_TAGS)
+    assert settled.rc == 0, settled.tail(80)
+    assert settled.changed == 0, changed_tasks(settled)
+    assert not host.service("tgstack-gateway@second").is_running
+    assert not host.service("tgstack-gateway@second").is_enabled
+    assert not host.file("/etc/tgstack/gateway-second.env").exists
+    assert host.file("/var/lib/tgstack/gateway-second.session").exists, "a login is kept"
+    print_figure(
+        "accounts", f"added in {added.seconds:.0f} s ({added.changed} changes), removed in "
+        f"{removed.seconds:.0f} s ({removed.changed} changes), re-runs 0 changes",
     )
 
 

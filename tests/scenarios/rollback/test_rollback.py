@@ -33,7 +33,7 @@ pytestmark = pytest.mark.timeout(1800)
 MIGRATION_DIR = "/var/backups/tgstack/migration"
 LEGACY_DIR = "/opt/legacy/telegram-gateway"
 LEGACY_UNIT = "legacy-telegram-gateway.service"
-RUNTIME_UNITS = ("tgstack-gateway", "tgstack-poller", "tgstack-api")
+RUNTIME_UNITS = ("tgstack-gateway@main", "tgstack-poller", "tgstack-api")
 AFTER_CUTOVER = 600  # posts the new stack stores after the cutover
 STATUSES = {
     "received", "retrying", "published", "queued", "failed", "reprocess_pending",
