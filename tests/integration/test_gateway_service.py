@@ -29,6 +29,14 @@ def get(port: int, path: str) -> tuple[int, bytes]:
         return error.code, error.read()
 
 
+def answers(port: int) -> bool:
+    try:
+        get(port, "/health")
+    except urllib.error.URLError:
+        return False
+    return True
+
+
 def test_health_metrics_and_graceful_stop_flushes_every_event(db: TestDatabase) -> None:
     port = free_port()
     settings = Settings(
@@ -83,14 +91,53 @@ def test_health_is_503_when_telegram_is_disconnected(db: TestDatabase) -> None:
     fake = FakeTelegram([])
     with components(settings, source="gateway") as parts:
         service = GatewayService(settings, parts, fake)
-        service.health.start()
+        thread = threading.Thread(target=asyncio.run, args=(service.run(),))
+        thread.start()
         try:
+            wait_until(lambda: get(port, "/health")[0] == 200, 20, "gateway health")
             fake._connected = False
             status, body = get(port, "/health")
             metrics_status, metrics = get(port, "/metrics")
         finally:
-            service.health.stop()
+            service.request_stop()
+            thread.join(60)
     assert status == 503
     assert json.loads(body)["telegram_connected"] is False
     assert metrics_status == 200
     assert b"tgstack_gateway_telegram_connected 0.0" in metrics
+
+
+def test_health_is_503_until_the_session_is_verified_and_the_channels_resolved(
+    db: TestDatabase,
+) -> None:
+    """A connected socket is not a working gateway: a revoked session is only found by asking."""
+    port = free_port()
+    settings = Settings(
+        database_url=db.app_dsn,  # type: ignore[arg-type]
+        channels=[CHANNEL],  # type: ignore[arg-type]
+        gateway_port=port,
+    )
+    fake = FakeTelegram([])
+    release = threading.Event()
+    answer = fake.is_user_authorized
+
+    async def slow_is_user_authorized() -> bool:
+        await asyncio.to_thread(release.wait, 30)
+        return await answer()
+
+    fake.is_user_authorized = slow_is_user_authorized  # type: ignore[method-assign]
+    with components(settings, source="gateway") as parts:
+        service = GatewayService(settings, parts, fake)
+        thread = threading.Thread(target=asyncio.run, args=(service.run(),))
+        thread.start()
+        try:
+            wait_until(lambda: answers(port), 20, "health server")
+            status, body = get(port, "/health")
+            release.set()
+            wait_until(lambda: get(port, "/health")[0] == 200, 20, "gateway health")
+        finally:
+            release.set()
+            service.request_stop()
+            thread.join(60)
+    assert status == 503
+    assert json.loads(body)["source_started"] is False

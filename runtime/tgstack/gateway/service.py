@@ -243,6 +243,9 @@ class GatewayService:
         self.health = HealthServer(settings.gateway_bind, settings.gateway_port, self.check)
         self._stopping = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Healthy only once the session is verified and every channel resolved: a connected
+        # socket alone says nothing about a revoked session or a channel the account left.
+        self._source_started = False
 
     def _submit(self, event: MessageEvent) -> None:
         if event.record is not None and event.record.source == "backfill":
@@ -256,12 +259,15 @@ class GatewayService:
 
     def check(self) -> tuple[bool, dict[str, Any]]:
         # is_connected() stays true while Telethon reconnects; the watch knows the link is down.
-        telegram = bool(self.client.is_connected()) and not self.watch.down
+        telegram = (
+            self._source_started and bool(self.client.is_connected()) and not self.watch.down
+        )
         database = self.parts.database.ping()
         metrics.GATEWAY_CONNECTED.set(1 if telegram else 0)
         return telegram and database, {
             "account": self.settings.gateway_account,
             "telegram_connected": telegram,
+            "source_started": self._source_started,
             "database": database,
             "pending_events": self.worker.pending,
         }
@@ -276,6 +282,7 @@ class GatewayService:
                 self._loop.add_signal_handler(sig, self._stopping.set)
         try:
             await self.source.start()
+            self._source_started = True
             metrics.GATEWAY_CONNECTED.set(1)
             if self.relay is not None:
                 self.relay.start()
