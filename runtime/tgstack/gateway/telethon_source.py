@@ -14,7 +14,10 @@ Telegram did not return are recorded as known absent; the watermark is moved in 
 page, over what is committed only. So a gateway killed at any point has a watermark at or
 below the truth and resumes at its first hole, and a live post stored above a hole never hides
 it. A round ends by waiting (a few seconds at most) for the pipeline to commit what it fetched,
-so the watermark reaches the newest id.
+so the watermark reaches the newest id. Measured on the test PostgreSQL: moving the watermark
+costs 15 ms with 20,000 committed rows above a hole (1 ms when it is at the top) and finding the
+holes 10 ms, against a page a second: cheap enough to do after every page, which is what bounds
+the work a kill -9 throws away to one page plus the pipeline's backlog.
 
 Reconciliation (``reconcile``): per channel, the stored posts of a window of the newest ids are
 read, then Telegram's, and ``reconcile.py`` says what differs; edits, deletions and missing
