@@ -237,6 +237,7 @@ def test_telethon_fetches_the_channel_difference_itself_on_a_gap_or_updates_too_
     gateway.wait_healthy()
     sent = [int(control.post(channel, "pushed")["id"])]
     wait_until(lambda: len(stored(db, channel)) == 1, WAIT, "the live post")
+    wait_until(lambda: gateway.backfill_rounds() == 1, WAIT, "the backfill round at start")
     asked = control.counters()["requests"].get("updates.getChannelDifference", 0)
     control.gap(channel, skip=2)
     sent += [int(control.post(channel, f"not pushed {n}")["id"]) for n in range(2)]

@@ -255,6 +255,7 @@ class GatewayService:
         self.relay = build_relay(parts, settings)
         self.health = HealthServer(settings.gateway_bind, settings.gateway_port, self.check)
         self._stopping = asyncio.Event()
+        self._source_started = False  # the session is verified and the channels resolved
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _submit(self, event: MessageEvent) -> None:
@@ -269,7 +270,10 @@ class GatewayService:
 
     def check(self) -> tuple[bool, dict[str, Any]]:
         # is_connected() stays true while Telethon reconnects; the watch knows the link is down.
-        telegram = bool(self.client.is_connected()) and not self.watch.down
+        # Connected is not enough before the session is verified: a revoked one is not healthy.
+        telegram = (
+            self._source_started and bool(self.client.is_connected()) and not self.watch.down
+        )
         database = self.parts.database.ping()
         metrics.GATEWAY_CONNECTED.set(1 if telegram else 0)
         return telegram and database, {
@@ -287,6 +291,7 @@ class GatewayService:
                 self._loop.add_signal_handler(sig, self._stopping.set)
         try:
             await self.source.start()
+            self._source_started = True
             metrics.GATEWAY_CONNECTED.set(1)
             if self.relay is not None:
                 self.relay.start()
