@@ -152,6 +152,43 @@ class Settings(BaseSettings):
         "wait was most of the end-to-end latency; at 2,000/s batches fill anyway)",
     )
     gateway_backfill_interval_seconds: int = Field(default=300, ge=10)
+    # 10,000 ids: 100 getHistory pages (under 2 minutes at one page a second) the first time a
+    # channel is followed, which is months of a signal channel (~50 posts a day): the poller
+    # acts on recent signals, and older ones reach it only as history nobody trades on.
+    gateway_backfill_depth: int = Field(
+        default=10_000,
+        ge=0,
+        le=2_147_483_647,
+        description="how far back the first backfill of a channel reaches: posts more than this "
+        "many ids below its newest one are never fetched (0: the whole history). Set once per "
+        "channel (its floor); later backfills fill every hole above it, however large",
+    )
+    # One page a second is what Telethon itself spaces long history iterations by (wait_time=1
+    # above 3,000 messages): Telegram answers faster but floods an account that keeps asking.
+    gateway_history_pause_ms: int = Field(
+        default=1000,
+        ge=0,
+        le=60_000,
+        description="pause between two history pages (100 posts each) of a backfill or a "
+        "reconciliation; 0 asks as fast as Telegram answers (the local test server)",
+    )
+    # 200 ids: two getHistory pages per channel per round, four days of a channel posting ~50 a
+    # day, where a signal's edits (targets hit, stop moved) happen; 500 channels reconciled
+    # every 15 minutes then cost about one request a second. After a gap, the first round also
+    # reaches this many ids below the watermark the gap began at (posts edited while down).
+    gateway_reconcile_window: int = Field(
+        default=200,
+        ge=0,
+        le=100_000,
+        description="how many of each channel's newest ids are read again to apply edits and "
+        "deletions the gateway missed (0: no reconciliation)",
+    )
+    gateway_reconcile_interval_seconds: int = Field(
+        default=900,
+        ge=10,
+        description="seconds between reconciliations; one also runs after the first backfill "
+        "at start and after each catch-up (a reconnect)",
+    )
     gateway_outbox_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
 
     api_bind: str = Field(default="127.0.0.1", description="address `tgstack api` listens on")

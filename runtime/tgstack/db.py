@@ -36,6 +36,8 @@ from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolClosed
 
 from tgstack import jsonb, metrics
+from tgstack.gateway.reconcile import StoredPost
+from tgstack.gateway.watermark import Watermark
 from tgstack.models import MessageKey, MessageRecord, StoredMessage, sanitize_text
 from tgstack.poller.processing import ProcessingResult
 
@@ -46,6 +48,7 @@ __all__ = [
     "IdleCheck",
     "InvalidInput",
     "UpsertResult",
+    "Watermark",
 ]
 
 log = logging.getLogger(__name__)
@@ -120,6 +123,19 @@ _RELEASE_CLAIMS = "SELECT telegram_gateway.release_expired_claims(%s)"
 _REFRESH_AGGREGATES = "SELECT telegram_gateway.refresh_aggregates()"
 _CHANNEL_CURSORS = "SELECT channel_id, last_message_id FROM telegram_gateway.channel_cursors"
 _MARK_BACKFILLED = "SELECT telegram_gateway.mark_channel_backfilled(%s)"
+_INIT_WATERMARK = "SELECT * FROM telegram_gateway.init_channel_watermark(%s, %s)"
+_ADVANCE_WATERMARK = "SELECT telegram_gateway.advance_channel_watermark(%s, %s, %s::bigint[])"
+_FIND_HOLES = "SELECT first_id, last_id FROM telegram_gateway.find_message_holes(%s, %s, %s)"
+_WATERMARKS = "SELECT channel_id, floor_id, watermark FROM telegram_gateway.channel_watermarks"
+# Through message_keys' primary key, then one messages row per key (its partition by date).
+_STORED_POSTS = (
+    "SELECT k.message_id, m.edit_date, m.text, m.caption, m.media_type, m.media_refs,"
+    " m.deleted_at IS NOT NULL"
+    " FROM telegram_gateway.message_keys k"
+    " JOIN telegram_gateway.messages m ON m.channel_id = k.channel_id"
+    " AND m.message_id = k.message_id AND m.telegram_date = k.telegram_date"
+    " WHERE k.channel_id = %s AND k.message_id > %s AND k.message_id <= %s"
+)
 _CLAIM_BY_KEYS = (
     f"SELECT {MESSAGE_COLUMNS} FROM telegram_gateway.claim_messages_by_key"
     "(%s, %s::bigint[], %s::bigint[], %s)"
@@ -379,6 +395,49 @@ class Database:
     def mark_backfilled(self, channel_id: int) -> None:
         """Record the time of a channel's backfill (channel_cursors.last_backfill_at)."""
         self._run("mark_backfilled", _fetch_value(_MARK_BACKFILLED, (channel_id,)))
+
+    # The contiguous watermark (sql/040_channel_watermarks.sql) --------------------------------
+
+    def init_watermark(self, channel_id: int, floor: int) -> Watermark:
+        """The channel's watermark, created at ``floor`` if it has none."""
+        rows = self._run("init_watermark", _fetch_all(_INIT_WATERMARK, (channel_id, floor)))
+        floor_id, watermark, created = rows[0]
+        return Watermark(int(floor_id), int(watermark), bool(created))
+
+    def advance_watermark(self, channel_id: int, top: int, absent: Sequence[int] = ()) -> int:
+        """Record ``absent`` ids (none above ``top``, the newest id Telegram has shown) and move
+        the watermark over every committed or absent id above it; returns the watermark."""
+        params = (channel_id, top, list(absent))
+        return int(self._run("advance_watermark", _fetch_value(_ADVANCE_WATERMARK, params)))
+
+    def find_holes(self, channel_id: int, top: int, limit: int = 1000) -> list[tuple[int, int]]:
+        """The ranges (first, last) of ids above the watermark, up to ``top``, that are neither
+        stored nor known absent, oldest first."""
+        rows = self._run("find_holes", _fetch_all(_FIND_HOLES, (channel_id, top, limit)))
+        return [(int(first), int(last)) for first, last in rows]
+
+    def watermarks(self) -> dict[int, Watermark]:
+        """Every channel's floor and watermark."""
+        rows = self._run("watermarks", _fetch_all(_WATERMARKS, ()))
+        return {int(ch): Watermark(int(floor), int(mark)) for ch, floor, mark in rows}
+
+    def stored_posts(self, channel_id: int, after: int, last: int) -> dict[int, StoredPost]:
+        """The channel's stored posts with an id in (after, last], deleted ones included."""
+        rows = self._run(
+            "stored_posts", _fetch_all(_STORED_POSTS, (channel_id, after, last), binary=True)
+        )
+        return {
+            int(row[0]): StoredPost(
+                message_id=int(row[0]),
+                edit_date=_utc(row[1]),
+                text=row[2],
+                caption=row[3],
+                media_type=row[4],
+                media_refs=row[5],
+                deleted=bool(row[6]),
+            )
+            for row in rows
+        }
 
     # Maintenance --------------------------------------------------------------------------
 

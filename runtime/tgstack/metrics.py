@@ -68,6 +68,18 @@ GATEWAY_PENDING_EVENTS = Gauge(
 GATEWAY_BACKFILL = Counter(
     "tgstack_gateway_backfill_messages_total", "Posts fetched by gap backfill.", ["channel_id"]
 )
+GATEWAY_RECONCILED = Counter(
+    "tgstack_gateway_reconciled_total",
+    "Repairs a reconciliation sent to the pipeline, by kind: edit (an edit missed), delete "
+    "(a post Telegram no longer returns), missing (a post never stored).",
+    ["kind"],
+)
+GATEWAY_WATERMARK_LAG = Gauge(
+    "tgstack_gateway_watermark_lag_ids",
+    "Ids between a channel's newest post and its watermark (every id up to it stored or known"
+    " absent) after the last backfill round; stays above 0 only while holes remain.",
+    ["channel_id"],
+)
 GATEWAY_FLOOD_WAIT_SECONDS = Counter(
     "tgstack_gateway_flood_wait_seconds_total", "Seconds spent waiting out Telegram FloodWait."
 )

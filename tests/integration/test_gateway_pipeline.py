@@ -26,8 +26,8 @@ from tgstack.gateway.events import MessageEvent
 from tgstack.gateway.pipeline import BatchingWorker, IngestPipeline
 from tgstack.gateway.service import build_pipeline, components, flush_outbox, run_replay
 from tgstack.gateway.synthetic import generate, to_jsonl_line
-from tgstack.gateway.telethon_source import TelethonSource, record_from_message
-from tgstack.localstack import DataStack, RabbitMQServer, RedisServer
+from tgstack.gateway.telethon_source import BackfillPolicy, TelethonSource, record_from_message
+from tgstack.localstack import DataStack, RabbitMQServer, RedisServer, wait_until
 from tgstack.models import MessageRecord
 from tgstack.queue import consumer_queue_name
 
@@ -165,14 +165,6 @@ def test_database_down_mid_run_is_retried_and_every_message_is_stored_once(
     assert stored_counts(own_data_stack.app_dsn) == (600, 600)
 
 
-class DatabaseCursors:
-    def __init__(self, database: Database) -> None:
-        self.database = database
-
-    def channel_cursors(self) -> dict[int, int]:
-        return self.database.channel_cursors()
-
-
 @pytest.fixture
 def database(db: TestDatabase) -> Iterator[Database]:
     with Database(db.app_dsn) as database:
@@ -188,7 +180,7 @@ def test_telethon_events_flow_through_the_pipeline_into_postgres(
         FakeTelegram([]),
         [CHANNEL],
         worker.submit,  # type: ignore[arg-type]
-        cursors=DatabaseCursors(database),
+        store=database,
     )
     asyncio.run(source.start())
     edited = message(2, "edited", edit_date=datetime(2026, 11, 2, 12, 5, tzinfo=UTC))
@@ -235,7 +227,8 @@ def test_restart_backfill_stores_exactly_the_posts_made_while_down(
         FakeTelegram(history),
         [CHANNEL],
         restarted.submit,  # type: ignore[arg-type]
-        cursors=DatabaseCursors(database),
+        store=database,
+        policy=BackfillPolicy(page_pause=0),
     )
     asyncio.run(source.start())
     fetched = asyncio.run(source.backfill())
@@ -244,6 +237,39 @@ def test_restart_backfill_stores_exactly_the_posts_made_while_down(
     assert (restarted.totals.stored, restarted.totals.duplicates) == (30, 0)
     assert stored_counts(db.app_dsn) == (80, 80)
     assert database.channel_cursors() == {CHANNEL: 80}
+    assert database.watermarks()[CHANNEL].watermark == 80
+
+
+def test_a_live_post_stored_before_a_hole_does_not_hide_it_from_the_backfill(
+    db: TestDatabase, database: Database
+) -> None:
+    history = [message(i, f"post {i}") for i in range(1, 41)]
+    worker = BatchingWorker(build_pipeline_for(database), batch_size=20, max_delay=0.01)
+    worker.start()
+    source = TelethonSource(
+        FakeTelegram(history[:10]),
+        [CHANNEL],
+        worker.submit,  # type: ignore[arg-type]
+        store=database,
+        policy=BackfillPolicy(page_pause=0),
+    )
+    asyncio.run(source.start())
+    assert asyncio.run(source.backfill()) == 10
+    # 11..39 were never pushed (a gap); the live post 40 was, and is stored above the hole
+    worker.submit(MessageEvent.new(_record(history[39])))
+    wait_until(lambda: database.channel_cursors() == {CHANNEL: 40}, 30, "the live post")
+    source = TelethonSource(
+        FakeTelegram(history),
+        [CHANNEL],
+        worker.submit,  # type: ignore[arg-type]
+        store=database,
+        policy=BackfillPolicy(page_pause=0),
+    )
+    asyncio.run(source.start())
+    assert asyncio.run(source.backfill()) == 29
+    assert worker.stop(timeout=30)
+    assert stored_counts(db.app_dsn) == (40, 40)
+    assert database.watermarks()[CHANNEL].watermark == 40
 
 
 def _record(item: types.Message) -> MessageRecord:

@@ -7,34 +7,46 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from telethon import errors, events
 from telethon.tl import types
 
-from tests.telegram_fakes import BARE, CHANNEL, WHEN, FakeTelegram, message
+from tests.telegram_fakes import BARE, CHANNEL, WHEN, FakeTelegram, MemoryStore, message
 from tgstack.gateway.events import MessageEvent
-from tgstack.gateway.telethon_source import GatewayFatal, TelethonSource, record_from_message
-
-
-class Cursors:
-    def __init__(self, cursors: dict[int, int]) -> None:
-        self.cursors = cursors
-
-    def channel_cursors(self) -> dict[int, int]:
-        return self.cursors
+from tgstack.gateway.telethon_source import (
+    BackfillPolicy,
+    GatewayFatal,
+    TelethonSource,
+    record_from_message,
+)
+from tgstack.gateway.watermark import Watermark
 
 
 def source_for(
-    fake: FakeTelegram, cursors: dict[int, int] | None = None, **kwargs: Any
+    fake: FakeTelegram,
+    store: MemoryStore | None = None,
+    *,
+    commit: bool = True,
+    **kwargs: Any,
 ) -> tuple[TelethonSource, list[MessageEvent]]:
+    """A source over ``fake`` whose events are received (and, with ``commit``, stored at once in
+    ``store``, as a pipeline that keeps up would)."""
     received: list[MessageEvent] = []
-    source = TelethonSource(
-        fake,
-        [CHANNEL],
-        received.append,  # type: ignore[arg-type]
-        cursors=Cursors(cursors or {}),
-        **kwargs,
-    )
+    memory = store if store is not None else MemoryStore()
+
+    def sink(event: MessageEvent) -> None:
+        received.append(event)
+        if commit:
+            memory.commit(event)
+
+    kwargs.setdefault("policy", BackfillPolicy(page_pause=0, settle_seconds=0.3))
+    source = TelethonSource(fake, [CHANNEL], sink, store=memory, **kwargs)  # type: ignore[arg-type]
     return source, received
+
+
+def stored_live(store: MemoryStore, *messages: types.Message) -> None:
+    for item in messages:
+        store.commit(MessageEvent.new(record_from_message(item)))
 
 
 def test_text_post_maps_to_a_record_with_marked_channel_id() -> None:
@@ -102,37 +114,146 @@ def test_revoked_session_is_fatal_and_explained(error: BaseException, explanatio
         asyncio.run(source.start())
 
 
-def test_backfill_fetches_only_posts_after_the_cursor_oldest_first() -> None:
-    service = types.MessageService(
-        id=4, peer_id=types.PeerChannel(BARE), date=WHEN, action=types.MessageActionPinMessage()
+def service(message_id: int) -> types.MessageService:
+    return types.MessageService(
+        id=message_id,
+        peer_id=types.PeerChannel(BARE),
+        date=WHEN,
+        action=types.MessageActionPinMessage(),
     )
-    history = [message(i) for i in (1, 2, 3, 5, 6)] + [service]
+
+
+def test_backfill_fills_the_holes_below_a_newer_stored_post_and_records_absent_ids() -> None:
+    # 1, 2 and the live post 9 are stored; 4 was deleted, 6 is a service message.
+    history = [message(i) for i in (1, 2, 3, 5, 7, 8, 9, 10)] + [service(6)]
+    store = MemoryStore()
     fake = FakeTelegram(history)
-    source, received = source_for(fake, {CHANNEL: 2})
+    source, received = source_for(fake, store)
     asyncio.run(source.start())
-    fetched = asyncio.run(source.backfill())
-    assert fetched == 3
-    assert [e.message_ids[0] for e in received] == [3, 5, 6]
+    store.init_watermark(CHANNEL, 0)
+    stored_live(store, message(1), message(2), message(9))
+    assert asyncio.run(source.backfill()) == 5
+    assert [e.message_ids[0] for e in received] == [3, 5, 7, 8, 10]
     assert {e.record.source for e in received if e.record} == {"backfill"}
-    assert fake.iter_calls == [{"min_id": 2, "reverse": True}]
+    assert fake.ids_calls == [[3, 4, 5, 6, 7, 8, 10]]  # small holes: one getMessages call
+    assert fake.iter_calls == []
+    assert store.marks[CHANNEL].watermark == 10
+    assert store.absent[CHANNEL] == set()  # 4 and 6 recorded, then covered by the watermark
+    assert store.backfilled == [CHANNEL]
 
 
-def test_backfill_waits_out_flood_wait_and_reports_it() -> None:
-    fake = FakeTelegram([message(1), message(2)], flood_once=1)
+def test_backfill_pages_a_large_hole_oldest_first_and_resumes_after_a_flood_wait() -> None:
+    history = [message(i) for i in range(1, 301) if i % 50]  # every 50th id deleted
+    fake = FakeTelegram(history, flood_after=150)
     waits: list[tuple[float, str]] = []
     source, received = source_for(fake, on_flood_wait=lambda s, d: waits.append((s, d)))
     asyncio.run(source.start())
-    assert asyncio.run(source.backfill()) == 2
+    assert asyncio.run(source.backfill()) == len(history)
+    assert [e.message_ids[0] for e in received] == [m.id for m in history]  # each once, in order
     assert waits == [(1, f"backfill {CHANNEL}")]
-    assert len(fake.iter_calls) == 2
-    assert [e.message_ids[0] for e in received] == [1, 2]
+    # paging went on after the last post received, not from the start
+    assert [c["min_id"] for c in fake.iter_calls] == [0, 153]
+    assert source._store.marks[CHANNEL].watermark == 299  # type: ignore[attr-defined]
+
+
+def test_a_first_backfill_reaches_depth_ids_below_the_newest_post() -> None:
+    store = MemoryStore()
+    fake = FakeTelegram([message(i) for i in range(1, 301)])
+    source, received = source_for(
+        fake, store, policy=BackfillPolicy(depth=120, page_pause=0, settle_seconds=0.3)
+    )
+    asyncio.run(source.start())
+    asyncio.run(source.backfill())
+    assert [e.message_ids[0] for e in received] == list(range(181, 301))
+    assert store.marks[CHANNEL] == Watermark(180, 300)
+    fake.history.append(message(301))  # the floor stays where the first backfill put it
+    asyncio.run(source.backfill())
+    assert store.marks[CHANNEL] == Watermark(180, 301)
+
+
+def test_the_watermark_waits_for_the_commit_and_a_restart_resumes_at_the_first_hole() -> None:
+    history = [message(i) for i in range(1, 251)]
+    store = MemoryStore()
+    lagging, received = source_for(FakeTelegram(history), store, commit=False)
+    asyncio.run(lagging.start())
+    asyncio.run(lagging.backfill())  # a pipeline that never commits: killed before it did
+    assert len(received) == 250
+    assert store.marks[CHANNEL].watermark == 0  # nothing committed, nothing covered
+    for event in received[:100]:  # the first 100 were committed before the kill
+        store.commit(event)
+
+    fake = FakeTelegram(history)
+    restarted, again = source_for(fake, store)
+    asyncio.run(restarted.start())
+    asyncio.run(restarted.backfill())
+    assert [e.message_ids[0] for e in again] == list(range(101, 251))
+    assert store.marks[CHANNEL].watermark == 250
 
 
 def test_catch_up_asks_telethon_for_the_difference_and_backfills_every_channel() -> None:
+    store = MemoryStore()
     fake = FakeTelegram([message(1), message(2)])
-    source, received = source_for(fake, {CHANNEL: 1})
+    source, received = source_for(fake, store)
     asyncio.run(source.start())
+    store.init_watermark(CHANNEL, 0)
+    stored_live(store, message(1))
     assert asyncio.run(source.catch_up()) == 1
     assert fake.catch_up_calls == 1
-    assert fake.iter_calls == [{"min_id": 1, "reverse": True}]
     assert [e.message_ids[0] for e in received] == [2]
+
+
+def test_reconcile_applies_edits_deletes_and_missing_posts_through_the_pipeline() -> None:
+    later = datetime(2026, 11, 2, 13, 0, tzinfo=UTC)
+    store = MemoryStore()
+    fake = FakeTelegram([message(i, f"post {i}") for i in range(1, 11)])
+    source, received = source_for(
+        fake, store, policy=BackfillPolicy(page_pause=0, reconcile_window=5)
+    )
+    asyncio.run(source.start())
+    asyncio.run(source.backfill())
+    received.clear()
+    store.posts[CHANNEL].pop(9)  # a post lost somehow
+    fake.history = [m for m in fake.history if m.id not in (4, 7)]  # deleted while down
+    fake.history[5] = message(8, "post 8, edited", edit_date=later)
+    before = _reconciled()
+    assert asyncio.run(source.reconcile()) == {"edit": 1, "delete": 1, "missing": 1}
+    assert [(e.kind, e.message_ids) for e in received] == [
+        ("new", (9,)),
+        ("edit", (8,)),
+        ("delete", (7,)),  # 4 is outside the window of the 5 newest ids
+    ]
+    assert {k: _reconciled()[k] - before[k] for k in before} == {
+        "edit": 1,
+        "delete": 1,
+        "missing": 1,
+    }
+    assert asyncio.run(source.reconcile()) == {"edit": 0, "delete": 0, "missing": 0}
+
+
+def test_after_a_gap_the_reconciliation_reaches_below_where_the_gap_began() -> None:
+    later = datetime(2026, 11, 2, 13, 0, tzinfo=UTC)
+    store = MemoryStore()
+    fake = FakeTelegram([message(i, f"post {i}") for i in range(1, 21)])
+    source, received = source_for(
+        fake, store, policy=BackfillPolicy(page_pause=0, reconcile_window=5)
+    )
+    asyncio.run(source.start())
+    asyncio.run(source.backfill())
+    asyncio.run(source.reconcile())
+    # Down: 30 posts, and post 17 (stored before) edited and post 18 deleted meanwhile.
+    fake.history += [message(i, f"post {i}") for i in range(21, 51)]
+    fake.history[16] = message(17, "post 17, edited", edit_date=later)
+    del fake.history[17]
+    received.clear()
+    asyncio.run(source.backfill())
+    assert asyncio.run(source.reconcile()) == {"edit": 1, "delete": 1, "missing": 0}
+    # the next round is back to the 5 newest ids
+    assert asyncio.run(source.reconcile()) == {"edit": 0, "delete": 0, "missing": 0}
+    assert fake.iter_calls[-1]["min_id"] == 45
+
+
+def _reconciled() -> dict[str, float]:
+    return {
+        kind: REGISTRY.get_sample_value("tgstack_gateway_reconciled_total", {"kind": kind}) or 0.0
+        for kind in ("edit", "delete", "missing")
+    }

@@ -5,7 +5,10 @@ file through the same pipeline and returns a summary.
 
 The service's catch-up loop backfills every channel each ``gateway_backfill_interval_seconds``,
 and at once when the client's ``LinkWatch`` asks for it (a reconnect, the end of a FloodWait on
-Telethon's own getDifference): then it also asks Telethon for the difference first.
+Telethon's own getDifference): then it also asks Telethon for the difference first. After the
+first round at start, after each catch-up and every ``gateway_reconcile_interval_seconds`` it
+reconciles every channel's recent window, always right after a backfill round, so the holes
+are filled first and the two never ask Telegram at the same time.
 """
 
 from __future__ import annotations
@@ -31,7 +34,12 @@ from tgstack.gateway.events import MessageEvent
 from tgstack.gateway.outbox import OutboxRelay
 from tgstack.gateway.pipeline import BatchingWorker, BatchStats, IngestPipeline
 from tgstack.gateway.replay import RejectedLine, read_events
-from tgstack.gateway.telethon_source import GatewayFatal, TelethonSource, explain_fatal
+from tgstack.gateway.telethon_source import (
+    BackfillPolicy,
+    GatewayFatal,
+    TelethonSource,
+    explain_fatal,
+)
 from tgstack.health_server import HealthServer
 from tgstack.queue import MessagePublisher
 from tgstack.redis_client import redis_client_from
@@ -236,7 +244,12 @@ class GatewayService:
             client,
             settings.require_channels(),
             self._submit,
-            cursors=parts.database,
+            store=parts.database,
+            policy=BackfillPolicy(
+                depth=settings.gateway_backfill_depth,
+                page_pause=settings.gateway_history_pause_ms / 1000,
+                reconcile_window=settings.gateway_reconcile_window,
+            ),
             on_flood_wait=count_flood_wait,
         )
         self.relay = build_relay(parts, settings)
@@ -307,14 +320,24 @@ class GatewayService:
 
     async def _backfill_forever(self) -> None:
         reasons: set[str] = set()
+        reconcile = self.settings.gateway_reconcile_window > 0
+        backfill_every = self.settings.gateway_backfill_interval_seconds
+        reconcile_at = time.monotonic()  # due after the first round
         while True:
             try:
                 if reasons:
                     log.info("catching up", extra={"reasons": sorted(reasons)})
                     fetched = await self.source.catch_up()
+                    reconcile_at = time.monotonic()  # what the link missed may be edits
                 else:
                     fetched = await self.source.backfill()
                 log.info("gap backfill round", extra={"fetched": fetched})
+                if reconcile and time.monotonic() >= reconcile_at:
+                    repaired = await self.source.reconcile()
+                    log.info("reconciliation round", extra=repaired)
+                    reconcile_at = (
+                        time.monotonic() + self.settings.gateway_reconcile_interval_seconds
+                    )
             except asyncio.CancelledError:
                 raise
             except GatewayFatal:
@@ -324,7 +347,12 @@ class GatewayService:
                 if explanation is not None:
                     raise GatewayFatal(explanation) from exc
                 log.warning("gap backfill failed", extra={"error": str(exc)})
-            reasons = await self.watch.wait(self.settings.gateway_backfill_interval_seconds)
+                # Try again at the next round, not in a loop.
+                reconcile_at = max(reconcile_at, time.monotonic() + backfill_every)
+            wait: float = backfill_every
+            if reconcile:
+                wait = max(0.0, min(wait, reconcile_at - time.monotonic()))
+            reasons = await self.watch.wait(wait)
 
     async def _shutdown(self) -> None:
         log.info("shutting down: flushing the current batch")
