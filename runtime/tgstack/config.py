@@ -143,6 +143,27 @@ class Settings(BaseSettings):
         "wait was most of the end-to-end latency; at 2,000/s batches fill anyway)",
     )
     gateway_backfill_interval_seconds: int = Field(default=300, ge=10)
+    gateway_flood_max_waits: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="FloodWaits one Telegram request waits out in place; the next one gives the "
+        "call up (its channel is tried again next backfill round) instead of asking again",
+    )
+    gateway_history_rate: float = Field(
+        default=2.0,
+        gt=0,
+        le=1000,
+        description="history requests (getHistory, getMessages) per second for the account, a "
+        "token bucket: 500 channels (an account's limit) in 250 s, inside one backfill round; "
+        "twice Telethon's own 1/s for long reads (tgstack.gateway.flood)",
+    )
+    gateway_history_burst: int = Field(
+        default=20,
+        ge=1,
+        le=10_000,
+        description="history requests the token bucket lets through at once",
+    )
     gateway_outbox_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
 
     api_bind: str = Field(default="127.0.0.1", description="address `tgstack api` listens on")

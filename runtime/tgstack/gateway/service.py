@@ -28,6 +28,7 @@ from tgstack.db import Database, DatabaseUnavailable
 from tgstack.gateway.catchup import LinkWatch
 from tgstack.gateway.client import build_client, session_path
 from tgstack.gateway.events import MessageEvent
+from tgstack.gateway.flood import FloodPolicy, HistoryGate
 from tgstack.gateway.outbox import OutboxRelay
 from tgstack.gateway.pipeline import BatchingWorker, BatchStats, IngestPipeline
 from tgstack.gateway.replay import RejectedLine, read_events
@@ -200,17 +201,25 @@ def flush_outbox(settings: Settings) -> dict[str, int]:
 # The long-running gateway ------------------------------------------------------------------
 
 
-def make_client(settings: Settings, watch: LinkWatch) -> Any:
+def make_client(settings: Settings, watch: LinkWatch, flood: FloodPolicy | None = None) -> Any:
     if not session_path(settings).exists():
         raise GatewayFatal(
             f"no Telegram session at {session_path(settings)}; "
             "run `tgstack login` once as the service user"
         )
-    return build_client(settings, gateway=True, watch=watch)
+    return build_client(settings, gateway=True, watch=watch, flood=flood)
 
 
 def count_flood_wait(seconds: float, during: str) -> None:
     metrics.GATEWAY_FLOOD_WAIT_SECONDS.inc(seconds)
+
+
+def build_flood_policy(settings: Settings) -> FloodPolicy:
+    """The account's FloodWait policy, shared by the client and the source."""
+    gate = HistoryGate(settings.gateway_history_rate, settings.gateway_history_burst)
+    return FloodPolicy(
+        max_waits=settings.gateway_flood_max_waits, gate=gate, observer=count_flood_wait
+    )
 
 
 def show_link(up: bool) -> None:
@@ -220,7 +229,12 @@ def show_link(up: bool) -> None:
 
 class GatewayService:
     def __init__(
-        self, settings: Settings, parts: Components, client: Any, watch: LinkWatch | None = None
+        self,
+        settings: Settings,
+        parts: Components,
+        client: Any,
+        watch: LinkWatch | None = None,
+        flood: FloodPolicy | None = None,
     ) -> None:
         self.settings = settings
         self.parts = parts
@@ -232,12 +246,14 @@ class GatewayService:
             batch_size=settings.gateway_batch_size,
             max_delay=settings.gateway_batch_delay_ms / 1000,
         )
+        self.flood = flood or build_flood_policy(settings)
         self.source = TelethonSource(
             client,
             settings.require_channels(),
             self._submit,
             cursors=parts.database,
             on_flood_wait=count_flood_wait,
+            flood=self.flood,
         )
         self.relay = build_relay(parts, settings)
         self.health = HealthServer(settings.gateway_bind, settings.gateway_port, self.check)
@@ -336,7 +352,8 @@ def run_gateway(settings: Settings) -> None:
         run_spool_gateway(settings)
         return
     watch = LinkWatch(on_flood_wait=count_flood_wait, on_link_change=show_link)
-    client = make_client(settings, watch)
+    flood = build_flood_policy(settings)
+    client = make_client(settings, watch, flood)
     with components(settings, source="gateway") as parts:
-        service = GatewayService(settings, parts, client, watch)
+        service = GatewayService(settings, parts, client, watch, flood)
         asyncio.run(service.run())

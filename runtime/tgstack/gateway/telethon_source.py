@@ -2,13 +2,13 @@
 
 The client is non-interactive: the session is made once by ``tgstack login``. At start we
 connect, check ``is_user_authorized()`` and fail fast with one clear line when the session is
-missing or revoked. Each channel is resolved once and cached. FloodWait is waited out,
-logged and counted, never swallowed.
+missing or revoked. Each channel is resolved once and cached. FloodWait follows the
+gateway's one policy (tgstack.gateway.flood): waited out in place, logged and counted, a
+bounded number of times; a channel whose call gives up is tried again next round.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -18,6 +18,7 @@ from telethon import TelegramClient, errors, events, utils
 from telethon.tl import types
 
 from tgstack.gateway.events import MessageEvent
+from tgstack.gateway.flood import FloodPolicy, FloodWaitExceeded, FloodWaitObserver
 from tgstack.models import MessageRecord
 
 log = logging.getLogger("tgstack.gateway.telethon")
@@ -48,10 +49,6 @@ def explain_fatal(exc: BaseException) -> str | None:
 
 class CursorStore(Protocol):
     def channel_cursors(self) -> dict[int, int]: ...
-
-
-class FloodWaitObserver(Protocol):
-    def __call__(self, seconds: float, during: str) -> None: ...
 
 
 def _media_type(media: object) -> tuple[str | None, dict[str, Any] | None]:
@@ -109,12 +106,14 @@ class TelethonSource:
         cursors: CursorStore,
         on_flood_wait: FloodWaitObserver | None = None,
         on_backfill_progress: Callable[[int, int], None] | None = None,
+        flood: FloodPolicy | None = None,
     ) -> None:
         self._client = client
         self._channels = list(channels)
         self._sink = sink
         self._cursors = cursors
         self._on_flood_wait = on_flood_wait
+        self._flood = flood or FloodPolicy(observer=on_flood_wait)
         self._on_backfill_progress = on_backfill_progress
         self._entities: dict[int, Any] = {}
         self._dialogs_loaded = False
@@ -131,7 +130,11 @@ class TelethonSource:
                 "the Telegram session is missing or not logged in; run `tgstack login` once"
             )
         for channel_id in self._channels:
-            self._entities[channel_id] = await self._resolve(channel_id)
+            try:
+                self._entities[channel_id] = await self._resolve(channel_id)
+            except FloodWaitExceeded as exc:  # resolved by its backfill next round
+                extra = {"channel_id": channel_id, "error": str(exc)}
+                log.warning("channel not resolved yet", extra=extra)
         chats = list(self._channels)
         self._client.add_event_handler(self.on_new_message, events.NewMessage(chats=chats))
         self._client.add_event_handler(self.on_message_edited, events.MessageEdited(chats=chats))
@@ -183,7 +186,11 @@ class TelethonSource:
         cursors = self._cursors.channel_cursors()
         total = 0
         for channel_id in self._channels:
-            total += await self.backfill_channel(channel_id, cursors.get(channel_id, 0))
+            try:
+                total += await self.backfill_channel(channel_id, cursors.get(channel_id, 0))
+            except FloodWaitExceeded as exc:  # the other channels go on; this one next round
+                extra = {"channel_id": channel_id, "error": str(exc)}
+                log.warning("backfill given up", extra=extra)
         return total
 
     async def backfill_channel(self, channel_id: int, cursor: int) -> int:
@@ -193,7 +200,7 @@ class TelethonSource:
         while True:
             try:
                 async for message in self._client.iter_messages(
-                    entity, min_id=cursor, reverse=True, wait_time=1
+                    entity, min_id=cursor, reverse=True, wait_time=0  # paced by the history gate
                 ):
                     if not isinstance(message, types.Message):
                         continue  # service messages (joins, pins) carry no post
@@ -218,17 +225,10 @@ class TelethonSource:
             self._on_backfill_progress(channel_id, fetched)
 
     async def _with_flood_wait(self, call: Callable[[], Any], during: str) -> Any:
-        while True:
-            try:
-                return await call()
-            except errors.FloodWaitError as exc:
-                await self._wait_flood(exc.seconds, during)
+        return await self._flood.call(during, call)
 
     async def _wait_flood(self, seconds: float, during: str) -> None:
-        log.warning("telegram flood wait", extra={"seconds": seconds, "during": during})
-        if self._on_flood_wait is not None:
-            self._on_flood_wait(seconds, during)
-        await asyncio.sleep(seconds)
+        await self._flood.wait(seconds, during)
 
     @property
     def connected(self) -> bool:
