@@ -164,6 +164,21 @@ class Settings(BaseSettings):
         le=10_000,
         description="history requests the token bucket lets through at once",
     )
+    gateway_queue_limit: int = Field(
+        default=10_000,
+        ge=10,
+        le=1_000_000,
+        description="events held in memory waiting for PostgreSQL; when full, new posts are "
+        "refused and their channels backfilled later, edits and deletions spilled to disk. "
+        "Measured (tracemalloc): 1.0 KB an event for a 92-character signal, 4.6 KB for 1,000 "
+        "characters with an emoji, 17 KB for 4,096; 10,000 events stay under 170 MB of the "
+        "unit's 512 MB even then, and hold 100 s of the seed's 100 posts/s spike",
+    )
+    gateway_state_dir: Path | None = Field(
+        default=None,
+        description="where the gateway keeps the edits and deletions spilled while its queue "
+        "was full and the channels due a backfill (default: the directory of telegram_session)",
+    )
     gateway_outbox_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
 
     api_bind: str = Field(default="127.0.0.1", description="address `tgstack api` listens on")
@@ -325,6 +340,12 @@ class Settings(BaseSettings):
             )
         host, port = _check_host_port(self.telegram_server)
         return host, port, self.telegram_server_rsa_key
+
+    def gateway_state_path(self) -> Path:
+        """The gateway's state directory (gateway_state_dir, else the session's directory)."""
+        if self.gateway_state_dir is not None:
+            return self.gateway_state_dir
+        return self.telegram_session.parent
 
     def require_channels(self) -> list[int]:
         if not self.channels:

@@ -5,7 +5,10 @@ file through the same pipeline and returns a summary.
 
 The service's catch-up loop backfills every channel each ``gateway_backfill_interval_seconds``,
 and at once when the client's ``LinkWatch`` asks for it (a reconnect, the end of a FloodWait on
-Telethon's own getDifference): then it also asks Telethon for the difference first.
+Telethon's own getDifference, the live queue drained after an overflow): then it also asks
+Telethon for the difference first. Channels whose new posts the full queue refused
+(tgstack.gateway.backpressure) are backfilled first, from just before the first refused post;
+while the queue overflows no round runs (the database is down: it could store nothing).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from tgstack import metrics
 from tgstack.cache import MessageCache
 from tgstack.config import Settings
 from tgstack.db import Database, DatabaseUnavailable
+from tgstack.gateway.backpressure import Overflow
 from tgstack.gateway.catchup import LinkWatch
 from tgstack.gateway.client import build_client, session_path
 from tgstack.gateway.events import MessageEvent
@@ -241,12 +245,18 @@ class GatewayService:
         self.client = client
         # A client built without a watch (a stand-in) never asks for a catch-up.
         self.watch = watch or LinkWatch(on_flood_wait=count_flood_wait)
+        self.overflow = Overflow(settings.gateway_state_path()).load()
         self.worker = BatchingWorker(
             build_pipeline(parts),
             batch_size=settings.gateway_batch_size,
             max_delay=settings.gateway_batch_delay_ms / 1000,
+            limit=settings.gateway_queue_limit,
+            overflow=self.overflow,
+            on_drained=self._queue_drained,
         )
         self.flood = flood or build_flood_policy(settings)
+        if self.flood.gate is not None:
+            self.flood.gate.room = self.worker.has_room  # history reads wait for room
         self.source = TelethonSource(
             client,
             settings.require_channels(),
@@ -265,6 +275,11 @@ class GatewayService:
             metrics.GATEWAY_BACKFILL.labels(str(event.channel_id)).inc()
         self.worker.submit(event)
 
+    def _queue_drained(self) -> None:
+        """Called by the ingest thread once an overflow is over: backfill what was refused."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.watch.request_catch_up, "ingest queue drained")
+
     def request_stop(self) -> None:
         """Stop as SIGTERM does; safe to call from any thread."""
         if self._loop is not None:
@@ -279,6 +294,9 @@ class GatewayService:
             "telegram_connected": telegram,
             "database": database,
             "pending_events": self.worker.pending,
+            "queue_overflowing": self.worker.overflowing,
+            "spilled_events": len(self.overflow.spill),
+            "channels_to_backfill": sorted(self.overflow.marks.pending()),
         }
 
     async def run(self) -> None:
@@ -316,12 +334,16 @@ class GatewayService:
         reasons: set[str] = set()
         while True:
             try:
-                if reasons:
-                    log.info("catching up", extra={"reasons": sorted(reasons)})
-                    fetched = await self.source.catch_up()
+                if self.worker.overflowing:
+                    log.info("backfill round postponed: the ingest queue is overflowing")
                 else:
-                    fetched = await self.source.backfill()
-                log.info("gap backfill round", extra={"fetched": fetched})
+                    await self._backfill_marked()
+                    if reasons:
+                        log.info("catching up", extra={"reasons": sorted(reasons)})
+                        fetched = await self.source.catch_up()
+                    else:
+                        fetched = await self.source.backfill()
+                    log.info("gap backfill round", extra={"fetched": fetched})
             except asyncio.CancelledError:
                 raise
             except GatewayFatal:
@@ -332,6 +354,18 @@ class GatewayService:
                     raise GatewayFatal(explanation) from exc
                 log.warning("gap backfill failed", extra={"error": str(exc)})
             reasons = await self.watch.wait(self.settings.gateway_backfill_interval_seconds)
+
+    async def _backfill_marked(self) -> None:
+        """Backfill each channel whose posts the full queue refused, from its mark."""
+        followed = set(self.settings.channels)
+        for channel_id, (from_id, version) in sorted(self.overflow.marks.pending().items()):
+            if channel_id in followed:
+                log.info(
+                    "backfill of a channel refused by the full queue",
+                    extra={"channel_id": channel_id, "from_id": from_id},
+                )
+                await self.source.backfill_channel(channel_id, from_id)
+            self.overflow.marks.done(channel_id, version)
 
     async def _shutdown(self) -> None:
         log.info("shutting down: flushing the current batch")
