@@ -161,6 +161,7 @@ def test_a_full_queue_refuses_new_posts_spills_edits_and_applies_them_in_order_o
     drained = threading.Event()
     worker, overflow = worker_for(pipeline, state, limit=6, on_drained=drained.set)
     with running(worker):
+        assert worker.has_room()  # empty: room for a page even above the limit
         pipeline.up.clear()  # the database is down
         outcomes = [worker.submit(new(CHANNELS[0], i)) for i in range(1, 11)]
         outcomes.append(worker.submit(edit(CHANNELS[0], 2)))
@@ -169,6 +170,7 @@ def test_a_full_queue_refuses_new_posts_spills_edits_and_applies_them_in_order_o
         assert outcomes == ["queued"] * 6 + ["refused"] * 4 + ["spilled"] * 2 + ["refused"]
         assert worker.pending == 6
         assert worker.overflowing
+        assert not worker.has_room(1)
         assert {ch: f for ch, (f, _) in overflow.marks.pending().items()} == {
             CHANNELS[0]: 6, CHANNELS[1]: 4,
         }  # fmt: skip

@@ -354,9 +354,11 @@ class BatchingWorker:
         return self._overflowing
 
     def has_room(self, events: int = 100) -> bool:
-        """Whether ``events`` more would be queued now (a history page, by default)."""
+        """Whether ``events`` more (a history page, by default) fit in the queue now; an empty
+        queue always has room, however small its limit."""
+        depth = self._depth
         return not self._overflowing and (
-            self.limit is None or self._depth + events <= self.limit
+            self.limit is None or depth == 0 or depth + events <= self.limit
         )
 
     def _show(self, depth: int) -> None:

@@ -245,7 +245,14 @@ class GatewayService:
         self.client = client
         # A client built without a watch (a stand-in) never asks for a catch-up.
         self.watch = watch or LinkWatch(on_flood_wait=count_flood_wait)
-        self.overflow = Overflow(settings.gateway_state_path()).load()
+        state_dir = settings.gateway_state_path()
+        try:
+            self.overflow = Overflow(state_dir).load()
+        except OSError as exc:
+            raise GatewayFatal(
+                f"TGSTACK_GATEWAY_STATE_DIR: cannot read the gateway's state in {state_dir} "
+                f"({exc}); it holds edits and deletions not applied yet: fix, do not delete"
+            ) from exc
         self.worker = BatchingWorker(
             build_pipeline(parts),
             batch_size=settings.gateway_batch_size,
