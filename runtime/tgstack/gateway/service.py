@@ -276,6 +276,7 @@ class GatewayService:
         self.health = HealthServer(settings.gateway_bind, settings.gateway_port, self.check)
         self._stopping = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False  # the session is verified and the channels resolved
 
     def _submit(self, event: MessageEvent) -> None:
         if event.record is not None and event.record.source == "backfill":
@@ -294,7 +295,8 @@ class GatewayService:
 
     def check(self) -> tuple[bool, dict[str, Any]]:
         # is_connected() stays true while Telethon reconnects; the watch knows the link is down.
-        telegram = bool(self.client.is_connected()) and not self.watch.down
+        # Connected is not enough: until the source has started, the session is not verified.
+        telegram = self._started and bool(self.client.is_connected()) and not self.watch.down
         database = self.parts.database.ping()
         metrics.GATEWAY_CONNECTED.set(1 if telegram else 0)
         return telegram and database, {
@@ -315,6 +317,7 @@ class GatewayService:
                 self._loop.add_signal_handler(sig, self._stopping.set)
         try:
             await self.source.start()
+            self._started = True
             metrics.GATEWAY_CONNECTED.set(1)
             if self.relay is not None:
                 self.relay.start()
