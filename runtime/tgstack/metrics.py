@@ -65,6 +65,26 @@ GATEWAY_DB_RETRIES = Counter(
 GATEWAY_PENDING_EVENTS = Gauge(
     "tgstack_gateway_pending_events", "Events received but not yet committed."
 )
+GATEWAY_QUEUE_DEPTH = Gauge(
+    "tgstack_gateway_queue_depth",
+    "Live events held in memory and not yet committed (bounded by tgstack_gateway_queue_limit).",
+)
+GATEWAY_QUEUE_LIMIT = Gauge(
+    "tgstack_gateway_queue_limit", "The live queue's bound (TGSTACK_GATEWAY_QUEUE_LIMIT)."
+)
+GATEWAY_QUEUE_OVERFLOW = Counter(
+    "tgstack_gateway_queue_overflow_total",
+    "Events met by a full live queue, by kind: new posts refused (their channel is backfilled"
+    " later), edits and deletions spilled to disk (applied later).",
+    ["kind"],
+)
+GATEWAY_SPILLED_EVENTS = Gauge(
+    "tgstack_gateway_spilled_events", "Edits and deletions spilled to disk, not yet applied."
+)
+GATEWAY_BACKFILL_PENDING_CHANNELS = Gauge(
+    "tgstack_gateway_backfill_pending_channels",
+    "Channels whose posts the full queue refused, waiting for their backfill.",
+)
 GATEWAY_BACKFILL = Counter(
     "tgstack_gateway_backfill_messages_total", "Posts fetched by gap backfill.", ["channel_id"]
 )

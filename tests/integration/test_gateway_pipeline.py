@@ -228,7 +228,7 @@ def test_restart_backfill_stores_exactly_the_posts_made_while_down(
         [CHANNEL],
         restarted.submit,  # type: ignore[arg-type]
         store=database,
-        policy=BackfillPolicy(page_pause=0),
+        policy=BackfillPolicy(),
     )
     asyncio.run(source.start())
     fetched = asyncio.run(source.backfill())
@@ -251,7 +251,7 @@ def test_a_live_post_stored_before_a_hole_does_not_hide_it_from_the_backfill(
         [CHANNEL],
         worker.submit,  # type: ignore[arg-type]
         store=database,
-        policy=BackfillPolicy(page_pause=0),
+        policy=BackfillPolicy(),
     )
     asyncio.run(source.start())
     assert asyncio.run(source.backfill()) == 10
@@ -263,7 +263,7 @@ def test_a_live_post_stored_before_a_hole_does_not_hide_it_from_the_backfill(
         [CHANNEL],
         worker.submit,  # type: ignore[arg-type]
         store=database,
-        policy=BackfillPolicy(page_pause=0),
+        policy=BackfillPolicy(),
     )
     asyncio.run(source.start())
     assert asyncio.run(source.backfill()) == 29

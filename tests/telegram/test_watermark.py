@@ -46,7 +46,8 @@ def env_for(
         "TGSTACK_GATEWAY_SOURCE": "telethon",
         "TGSTACK_GATEWAY_PORT": str(free_port()),
         "TGSTACK_GATEWAY_BATCH_DELAY_MS": "0",
-        "TGSTACK_GATEWAY_HISTORY_PAUSE_MS": "0",  # the local server does not flood
+        "TGSTACK_GATEWAY_HISTORY_RATE": "1000",  # the local server does not flood
+        "TGSTACK_GATEWAY_HISTORY_BURST": "1000",
         "TGSTACK_GATEWAY_BACKFILL_INTERVAL_SECONDS": "3600",  # only the rounds a test causes
     }
 
@@ -198,7 +199,8 @@ def test_holes_behind_a_newer_live_post_are_filled_even_after_a_kill_9_mid_backf
 
     # Killed, restarted with a slow backfill (a page every 0.2 s), killed again half-way.
     kill_9(gateway)
-    gateway.env["TGSTACK_GATEWAY_HISTORY_PAUSE_MS"] = "200"
+    gateway.env["TGSTACK_GATEWAY_HISTORY_RATE"] = "5"
+    gateway.env["TGSTACK_GATEWAY_HISTORY_BURST"] = "1"
     gateway.start()
     wait_until(lambda: 5 + 300 < watermarks(db)[channel] < live - 1000, 60, "the backfill half-way")
     kill_9(gateway)
@@ -207,7 +209,8 @@ def test_holes_behind_a_newer_live_post_are_filled_even_after_a_kill_9_mid_backf
     assert all(i in rows for i in range(1, at_kill + 1))  # the watermark covers committed rows
     assert len(rows) < live  # and the backfill was not over
 
-    gateway.env["TGSTACK_GATEWAY_HISTORY_PAUSE_MS"] = "0"
+    gateway.env["TGSTACK_GATEWAY_HISTORY_RATE"] = "1000"
+    gateway.env["TGSTACK_GATEWAY_HISTORY_BURST"] = "1000"
     rounds_before = len(gateway.events("backfill done"))
     gateway.start()
     wait_until(

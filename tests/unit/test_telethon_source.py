@@ -39,7 +39,7 @@ def source_for(
         if commit:
             memory.commit(event)
 
-    kwargs.setdefault("policy", BackfillPolicy(page_pause=0, settle_seconds=0.3))
+    kwargs.setdefault("policy", BackfillPolicy(settle_seconds=0.3))
     source = TelethonSource(fake, [CHANNEL], sink, store=memory, **kwargs)  # type: ignore[arg-type]
     return source, received
 
@@ -160,7 +160,7 @@ def test_a_first_backfill_reaches_depth_ids_below_the_newest_post() -> None:
     store = MemoryStore()
     fake = FakeTelegram([message(i) for i in range(1, 301)])
     source, received = source_for(
-        fake, store, policy=BackfillPolicy(depth=120, page_pause=0, settle_seconds=0.3)
+        fake, store, policy=BackfillPolicy(depth=120, settle_seconds=0.3)
     )
     asyncio.run(source.start())
     asyncio.run(source.backfill())
@@ -207,7 +207,7 @@ def test_reconcile_applies_edits_deletes_and_missing_posts_through_the_pipeline(
     store = MemoryStore()
     fake = FakeTelegram([message(i, f"post {i}") for i in range(1, 11)])
     source, received = source_for(
-        fake, store, policy=BackfillPolicy(page_pause=0, reconcile_window=5)
+        fake, store, policy=BackfillPolicy(reconcile_window=5)
     )
     asyncio.run(source.start())
     asyncio.run(source.backfill())
@@ -235,7 +235,7 @@ def test_after_a_gap_the_reconciliation_reaches_below_where_the_gap_began() -> N
     store = MemoryStore()
     fake = FakeTelegram([message(i, f"post {i}") for i in range(1, 21)])
     source, received = source_for(
-        fake, store, policy=BackfillPolicy(page_pause=0, reconcile_window=5)
+        fake, store, policy=BackfillPolicy(reconcile_window=5)
     )
     asyncio.run(source.start())
     asyncio.run(source.backfill())

@@ -28,8 +28,13 @@ Why these two seams (the ``TelegramClient`` itself is Telethon's, unpatched):
   the wait, waits it out and then asks for the catch-up again. A FloodWait that Telethon
   raises itself for a request repeated within the wait counts only the seconds it adds.
 
+Every other request of the client (the gateway's own: history pages, resolution, dialogs)
+goes through the gateway's one FloodWait policy (tgstack.gateway.flood), which waits a FloodWait
+out in place, a bounded number of times, and gates history reads.
+
 Should a Telethon upgrade stop routing its own requests through ``client(request)``, the
-FloodWait tests of tests/telegram/test_gateway.py fail; they run against a real server.
+FloodWait tests of tests/telegram/test_gateway.py and test_gateway_floods.py fail; they run
+against a real server.
 """
 
 from __future__ import annotations
@@ -44,7 +49,13 @@ from telethon import TelegramClient, errors
 from telethon.network.connection import ConnectionTcpFull
 from telethon.tl.functions import updates
 
-from tgstack.gateway.telethon_source import FloodWaitObserver
+from tgstack.gateway.flood import (
+    FloodPolicy,
+    FloodWaitObserver,
+    is_history,
+    method_name,
+    request_channel,
+)
 
 log = logging.getLogger("tgstack.gateway.catchup")
 
@@ -169,22 +180,32 @@ def watched_connection(watch: LinkWatch) -> type[ConnectionTcpFull]:
 
 
 class GatewayClient(TelegramClient):  # type: ignore[misc]
-    """The unpatched ``TelegramClient`` on a watched connection, reporting the FloodWaits of
-    its update loop's own requests to ``watch``."""
+    """The unpatched ``TelegramClient`` on a watched connection: the FloodWaits of its update
+    loop's own requests are reported to ``watch``; every other request goes through ``flood``,
+    the gateway's FloodWait policy."""
 
-    def __init__(self, *args: Any, watch: LinkWatch, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, watch: LinkWatch, flood: FloodPolicy | None = None, **kwargs: Any
+    ) -> None:
         self.watch = watch
+        self.flood = flood or FloodPolicy(observer=watch.on_flood_wait)
         super().__init__(*args, connection=watched_connection(watch), **kwargs)
 
     async def __call__(
         self, request: Any, ordered: bool = False, flood_sleep_threshold: int | None = None
     ) -> Any:
-        try:
-            return await super().__call__(
-                request, ordered=ordered, flood_sleep_threshold=flood_sleep_threshold
+        send = super().__call__
+        method = UPDATE_LOOP_REQUESTS.get(type(request))
+        if method is None:
+            channel = request_channel(request)
+            return await self.flood.call(
+                method_name(request),
+                lambda: send(request, ordered=ordered, flood_sleep_threshold=flood_sleep_threshold),
+                history=is_history(request),
+                context={"channel_id": channel} if channel is not None else None,
             )
+        try:
+            return await send(request, ordered=ordered, flood_sleep_threshold=flood_sleep_threshold)
         except errors.FloodWaitError as exc:
-            method = UPDATE_LOOP_REQUESTS.get(type(request))
-            if method is not None:
-                self.watch.update_loop_flood_wait(method, exc.seconds)
+            self.watch.update_loop_flood_wait(method, exc.seconds)
             raise

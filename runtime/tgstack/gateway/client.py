@@ -6,9 +6,9 @@ the session's data centre is pointed at it and the server's RSA key is trusted f
 auth-key exchange; the client itself is the same, unpatched ``TelegramClient``.
 
 The gateway's client never sleeps a FloodWait inside Telethon (``flood_sleep_threshold=0``):
-every wait reaches the gateway, which logs it, counts it and then waits it out. It is a
-``GatewayClient`` (tgstack.gateway.catchup): the same client on a watched connection, which
-tells the gateway when to catch up.
+every wait reaches the gateway's FloodWait policy (tgstack.gateway.flood), which logs it, counts
+it and waits it out in place. It is a ``GatewayClient`` (tgstack.gateway.catchup): the same
+client on a watched connection, which tells the gateway when to catch up.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from tgstack.config import ConfigError, Settings, env_name
 
 if TYPE_CHECKING:
     from tgstack.gateway.catchup import LinkWatch
+    from tgstack.gateway.flood import FloodPolicy
 
 
 def session_path(settings: Settings) -> Path:
@@ -47,10 +48,17 @@ def trust_server_key(pem_path: Path) -> None:
         ) from exc
 
 
-def build_client(settings: Settings, *, gateway: bool, watch: LinkWatch | None = None) -> Any:
+def build_client(
+    settings: Settings,
+    *,
+    gateway: bool,
+    watch: LinkWatch | None = None,
+    flood: FloodPolicy | None = None,
+) -> Any:
     """A ``TelegramClient`` on the configured session; ``gateway`` adds the service's options
     (updates with catch-up, endless reconnection, no FloodWait sleeps inside Telethon), and
-    ``watch`` makes it a ``GatewayClient`` reporting reconnects and update-loop FloodWaits."""
+    ``watch`` makes it a ``GatewayClient`` reporting reconnects and update-loop FloodWaits,
+    whose other requests follow the FloodWait policy ``flood``."""
     from telethon import TelegramClient
 
     api_id, api_hash = settings.require_telegram_credentials()
@@ -62,6 +70,7 @@ def build_client(settings: Settings, *, gateway: bool, watch: LinkWatch | None =
 
         client_class = GatewayClient
         options["watch"] = watch
+        options["flood"] = flood
     if gateway:
         options |= {
             "receive_updates": True,

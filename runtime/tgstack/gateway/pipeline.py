@@ -1,7 +1,8 @@
 """Durable-first ingestion: micro-batch → PostgreSQL → (after commit) Redis and RabbitMQ.
 
 A batch is committed to PostgreSQL before anything else sees it. While the database is
-unavailable the batch is retried with backoff and nothing is acknowledged. Redis and RabbitMQ
+unavailable the batch is retried with backoff and nothing is acknowledged; the live gateway's
+queue meanwhile holds a bounded number of events (tgstack.gateway.backpressure). Redis and RabbitMQ
 come after the commit and may fail without loss: a message the broker did not confirm stays
 unpublished in PostgreSQL and the outbox relay sends it later.
 """
@@ -9,15 +10,16 @@ unpublished in PostgreSQL and the outbox relay sends it later.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
 from tgstack import metrics
+from tgstack.gateway.backpressure import Overflow, StateDirError
 from tgstack.gateway.events import MessageEvent
 from tgstack.models import MessageKey, MessageRecord
 
@@ -250,7 +252,14 @@ def _unique_new_records(events: Sequence[MessageEvent]) -> list[MessageRecord]:
 
 
 class BatchingWorker:
-    """Collects events from any thread into micro-batches (size and time bound) for a pipeline."""
+    """Collects events from any thread into micro-batches (size and time bound) for a pipeline.
+
+    Without a ``limit`` every event is queued (the replay reads its file no faster than it is
+    committed anyway). With a ``limit`` (the live gateway) at most that many events wait in
+    memory; beyond it the queue overflows into ``overflow`` (tgstack.gateway.backpressure): new
+    posts are refused and their channels marked for backfill, edits and deletions spilled to
+    disk and applied in order once the queue has drained, and ``on_drained`` is called then.
+    """
 
     def __init__(
         self,
@@ -259,62 +268,164 @@ class BatchingWorker:
         batch_size: int = 500,
         max_delay: float = 0.05,
         on_batch: Callable[[BatchStats], None] | None = None,
+        limit: int | None = None,
+        overflow: Overflow | None = None,
+        on_drained: Callable[[], None] | None = None,
     ) -> None:
+        if limit is not None and (limit < 1 or overflow is None):
+            raise ValueError("a queue limit needs limit >= 1 and an overflow store")
         self.pipeline = pipeline
         self.batch_size = batch_size
         self.max_delay = max_delay
         self.on_batch = on_batch
+        self.limit = limit
+        self.overflow = overflow
+        self.on_drained = on_drained
         self.totals = BatchStats()
         self.failures = 0
-        self._queue: queue.Queue[MessageEvent] = queue.Queue()
+        self._events: deque[MessageEvent] = deque()
+        self._ready = threading.Condition()
+        self._depth = 0  # events accepted into memory and not committed (queued or in hand)
+        self._in_hand: list[MessageEvent] = []
+        self._in_hand_spilled = False
+        self._overflowing = overflow is not None and len(overflow.spill) > 0
         self._stop = threading.Event()
         self._abandon = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ingest", daemon=True)
         self.pipeline.is_stopping = self._abandon.is_set
+        if limit is not None:
+            metrics.GATEWAY_QUEUE_LIMIT.set(limit)
+        self._show(0)
 
-    def submit(self, event: MessageEvent) -> None:
+    def submit(self, event: MessageEvent) -> str:
+        """Take an event: ``queued``, ``spilled`` (to disk, applied later) or ``refused`` (a
+        new post while the queue overflows: its channel is marked for backfill)."""
         metrics.GATEWAY_EVENTS.labels(event.kind, _source(event)).inc()
-        self._queue.put(event)
-        metrics.GATEWAY_PENDING_EVENTS.set(self._queue.qsize())
+        with self._ready:
+            if self.limit is None or (not self._overflowing and self._depth < self.limit):
+                outcome = self._queue(event)
+            else:
+                if not self._overflowing:
+                    self._overflowing = True
+                    log.warning(
+                        "ingest queue full: refusing new posts for a later backfill, spilling "
+                        "edits and deletions to disk",
+                        extra={"limit": self.limit},
+                    )
+                outcome = self._overflow(event)
+            depth = self._depth
+        self._show(depth)
+        return outcome
+
+    def _queue(self, event: MessageEvent) -> str:
+        self._events.append(event)
+        self._depth += 1
+        self._ready.notify()
+        return "queued"
+
+    def _overflow(self, event: MessageEvent) -> str:
+        assert self.overflow is not None
+        metrics.GATEWAY_QUEUE_OVERFLOW.labels(event.kind).inc()
+        if event.kind == "new":
+            if self.overflow.marks.mark(event.channel_id, min(event.message_ids) - 1):
+                log.warning(
+                    "channel marked for backfill",
+                    extra={"channel_id": event.channel_id, "from_id": min(event.message_ids) - 1},
+                )
+            return "refused"
+        try:
+            self.overflow.spill.append(event)
+        except StateDirError as exc:
+            # Never drop an edit or a deletion: hold it in memory, beyond the limit.
+            log.error("cannot spill: event kept in memory", extra={"error": str(exc)})
+            return self._queue(event)
+        return "spilled"
 
     def start(self) -> None:
         self._thread.start()
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize()
+        """Events in memory not committed yet (the queue depth)."""
+        return self._depth
+
+    @property
+    def overflowing(self) -> bool:
+        return self._overflowing
+
+    def has_room(self, events: int = 100) -> bool:
+        """Whether ``events`` more (a history page, by default) fit in the queue now; an empty
+        queue always has room, however small its limit."""
+        depth = self._depth
+        return not self._overflowing and (
+            self.limit is None or depth == 0 or depth + events <= self.limit
+        )
+
+    def _show(self, depth: int) -> None:
+        metrics.GATEWAY_QUEUE_DEPTH.set(depth)
+        metrics.GATEWAY_PENDING_EVENTS.set(depth)
 
     def _next_batch(self) -> list[MessageEvent]:
-        try:
-            first = self._queue.get(timeout=0.2)
-        except queue.Empty:
-            return []
-        batch = [first]
-        deadline = time.monotonic() + self.max_delay
-        while len(batch) < self.batch_size:
-            remaining = deadline - time.monotonic()
-            try:
-                batch.append(
-                    self._queue.get(timeout=max(0.0, remaining))
-                    if remaining > 0
-                    else self._queue.get_nowait()
-                )
-            except queue.Empty:
-                break
-        return batch
+        with self._ready:
+            if not self._events and self._overflowing and self.overflow is not None:
+                spilled = self.overflow.spill.read(self.batch_size)
+                if spilled:  # everything queued before the spill is committed: apply it now
+                    self._in_hand, self._in_hand_spilled = spilled, True
+                    return spilled
+            if not self._events:
+                self._ready.wait(0.2)
+                if not self._events:
+                    return []
+            batch = [self._events.popleft()]
+            deadline = time.monotonic() + self.max_delay
+            while len(batch) < self.batch_size:
+                if self._events:
+                    batch.append(self._events.popleft())
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stop.is_set():
+                    break
+                self._ready.wait(remaining)
+            self._in_hand, self._in_hand_spilled = batch, False
+            return batch
 
     def _run(self) -> None:
-        while not (self._stop.is_set() and self._queue.empty()):
+        while not (self._stop.is_set() and not self._events):
             batch = self._next_batch()
             if not batch:
+                self._drained()
                 continue
             stats = self._process_until_done(batch)
             if stats is None:
                 return
+            with self._ready:
+                if self._in_hand_spilled:
+                    assert self.overflow is not None
+                    try:
+                        self.overflow.spill.applied()
+                    except OSError as exc:  # applied again after a restart: idempotent
+                        log.error("cannot record the spill's progress", extra={"error": str(exc)})
+                else:
+                    self._depth -= len(batch)
+                self._in_hand = []
+                depth = self._depth
+            self._show(depth)
+            self._drained()
             self.totals.add(stats)
-            metrics.GATEWAY_PENDING_EVENTS.set(self._queue.qsize())
             if self.on_batch is not None:
                 self.on_batch(stats)
+
+    def _drained(self) -> None:
+        """End the overflow once every queued and spilled event is committed."""
+        with self._ready:
+            if not self._overflowing or self._events or self._depth:
+                return
+            if self.overflow is not None and len(self.overflow.spill):
+                return
+            self._overflowing = False
+        log.info("ingest queue drained: taking live events again")
+        if self.on_drained is not None:
+            self.on_drained()
 
     def _process_until_done(self, batch: list[MessageEvent]) -> BatchStats | None:
         """Process a batch, retrying on unexpected errors; None once abandoned at shutdown."""
@@ -334,16 +445,44 @@ class BatchingWorker:
     def stop(self, timeout: float = 30.0) -> bool:
         """Flush what is queued, then stop. Returns False if it could not finish in time.
 
-        Events still uncommitted after ``timeout`` (the database stayed down) are abandoned;
+        Events still uncommitted after ``timeout`` (the database stayed down) are abandoned:
+        with an overflow store, their edits and deletions go to the spill's head and their new
+        posts become backfill marks (the next start applies and backfills them); without one,
         the Telegram source fetches them again by backfill on the next start.
         """
         self._stop.set()
+        with self._ready:
+            self._ready.notify_all()
         self._thread.join(timeout)
         if self._thread.is_alive():
             self._abandon.set()
             self._thread.join(self.pipeline.retry_max + 1)
+            self._keep_abandoned()
             return False
+        if self.overflow is not None:
+            self.overflow.spill.close()
         return True
+
+    def _keep_abandoned(self) -> None:
+        if self.overflow is None:
+            return
+        with self._ready:
+            held = ([] if self._in_hand_spilled else list(self._in_hand)) + list(self._events)
+            if self._in_hand_spilled:
+                self.overflow.spill.unread()
+            self._events.clear()
+            self._in_hand = []
+        self.overflow.marks.mark_all(held)
+        changes = [event for event in held if event.kind != "new"]
+        try:
+            self.overflow.spill.prepend(changes)
+        except OSError as exc:
+            log.error("cannot spill at shutdown", extra={"error": str(exc), "events": len(changes)})
+        self.overflow.spill.close()
+        log.warning(
+            "shutdown: uncommitted events kept for the next start",
+            extra={"spilled": len(changes), "marked_posts": len(held) - len(changes)},
+        )
 
 
 def _source(event: MessageEvent) -> str:

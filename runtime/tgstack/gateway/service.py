@@ -5,10 +5,14 @@ file through the same pipeline and returns a summary.
 
 The service's catch-up loop backfills every channel each ``gateway_backfill_interval_seconds``,
 and at once when the client's ``LinkWatch`` asks for it (a reconnect, the end of a FloodWait on
-Telethon's own getDifference): then it also asks Telethon for the difference first. After the
-first round at start, after each catch-up and every ``gateway_reconcile_interval_seconds`` it
-reconciles every channel's recent window, always right after a backfill round, so the holes
-are filled first and the two never ask Telegram at the same time.
+Telethon's own getDifference, the live queue drained after an overflow): then it also asks
+Telethon for the difference first. Channels whose new posts the full queue refused
+(tgstack.gateway.backpressure) are backfilled first: their refused posts are holes above the
+watermark; while the queue overflows no round runs (the database is down: it could store
+nothing). After the first round at start, after each catch-up and every
+``gateway_reconcile_interval_seconds`` it reconciles every channel's recent window, always
+right after a backfill round, so the holes are filled first and the two never ask Telegram at
+the same time.
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ from tgstack import metrics
 from tgstack.cache import MessageCache
 from tgstack.config import Settings
 from tgstack.db import Database, DatabaseUnavailable
+from tgstack.gateway.backpressure import Overflow
 from tgstack.gateway.catchup import LinkWatch
 from tgstack.gateway.client import build_client, session_path
 from tgstack.gateway.events import MessageEvent
+from tgstack.gateway.flood import FloodPolicy, HistoryGate
 from tgstack.gateway.outbox import OutboxRelay
 from tgstack.gateway.pipeline import BatchingWorker, BatchStats, IngestPipeline
 from tgstack.gateway.replay import RejectedLine, read_events
@@ -208,17 +214,25 @@ def flush_outbox(settings: Settings) -> dict[str, int]:
 # The long-running gateway ------------------------------------------------------------------
 
 
-def make_client(settings: Settings, watch: LinkWatch) -> Any:
+def make_client(settings: Settings, watch: LinkWatch, flood: FloodPolicy | None = None) -> Any:
     if not session_path(settings).exists():
         raise GatewayFatal(
             f"no Telegram session at {session_path(settings)}; "
             "run `tgstack login` once as the service user"
         )
-    return build_client(settings, gateway=True, watch=watch)
+    return build_client(settings, gateway=True, watch=watch, flood=flood)
 
 
 def count_flood_wait(seconds: float, during: str) -> None:
     metrics.GATEWAY_FLOOD_WAIT_SECONDS.inc(seconds)
+
+
+def build_flood_policy(settings: Settings) -> FloodPolicy:
+    """The account's FloodWait policy, shared by the client and the source."""
+    gate = HistoryGate(settings.gateway_history_rate, settings.gateway_history_burst)
+    return FloodPolicy(
+        max_waits=settings.gateway_flood_max_waits, gate=gate, observer=count_flood_wait
+    )
 
 
 def show_link(up: bool) -> None:
@@ -228,18 +242,37 @@ def show_link(up: bool) -> None:
 
 class GatewayService:
     def __init__(
-        self, settings: Settings, parts: Components, client: Any, watch: LinkWatch | None = None
+        self,
+        settings: Settings,
+        parts: Components,
+        client: Any,
+        watch: LinkWatch | None = None,
+        flood: FloodPolicy | None = None,
     ) -> None:
         self.settings = settings
         self.parts = parts
         self.client = client
         # A client built without a watch (a stand-in) never asks for a catch-up.
         self.watch = watch or LinkWatch(on_flood_wait=count_flood_wait)
+        state_dir = settings.gateway_state_path()
+        try:
+            self.overflow = Overflow(state_dir).load()
+        except OSError as exc:
+            raise GatewayFatal(
+                f"TGSTACK_GATEWAY_STATE_DIR: cannot read the gateway's state in {state_dir} "
+                f"({exc}); it holds edits and deletions not applied yet: fix, do not delete"
+            ) from exc
         self.worker = BatchingWorker(
             build_pipeline(parts),
             batch_size=settings.gateway_batch_size,
             max_delay=settings.gateway_batch_delay_ms / 1000,
+            limit=settings.gateway_queue_limit,
+            overflow=self.overflow,
+            on_drained=self._queue_drained,
         )
+        self.flood = flood or build_flood_policy(settings)
+        if self.flood.gate is not None:
+            self.flood.gate.room = self.worker.has_room  # history reads wait for room
         self.source = TelethonSource(
             client,
             settings.require_channels(),
@@ -247,10 +280,10 @@ class GatewayService:
             store=parts.database,
             policy=BackfillPolicy(
                 depth=settings.gateway_backfill_depth,
-                page_pause=settings.gateway_history_pause_ms / 1000,
                 reconcile_window=settings.gateway_reconcile_window,
             ),
             on_flood_wait=count_flood_wait,
+            flood=self.flood,
         )
         self.relay = build_relay(parts, settings)
         self.health = HealthServer(settings.gateway_bind, settings.gateway_port, self.check)
@@ -264,6 +297,11 @@ class GatewayService:
         if event.record is not None and event.record.source == "backfill":
             metrics.GATEWAY_BACKFILL.labels(str(event.channel_id)).inc()
         self.worker.submit(event)
+
+    def _queue_drained(self) -> None:
+        """Called by the ingest thread once an overflow is over: backfill what was refused."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.watch.request_catch_up, "ingest queue drained")
 
     def request_stop(self) -> None:
         """Stop as SIGTERM does; safe to call from any thread."""
@@ -283,6 +321,9 @@ class GatewayService:
             "source_started": self._source_started,
             "database": database,
             "pending_events": self.worker.pending,
+            "queue_overflowing": self.worker.overflowing,
+            "spilled_events": len(self.overflow.spill),
+            "channels_to_backfill": sorted(self.overflow.marks.pending()),
         }
 
     async def run(self) -> None:
@@ -325,19 +366,23 @@ class GatewayService:
         reconcile_at = time.monotonic()  # due after the first round
         while True:
             try:
-                if reasons:
-                    log.info("catching up", extra={"reasons": sorted(reasons)})
-                    fetched = await self.source.catch_up()
-                    reconcile_at = time.monotonic()  # what the link missed may be edits
+                if self.worker.overflowing:
+                    log.info("backfill round postponed: the ingest queue is overflowing")
                 else:
-                    fetched = await self.source.backfill()
-                log.info("gap backfill round", extra={"fetched": fetched})
-                if reconcile and time.monotonic() >= reconcile_at:
-                    repaired = await self.source.reconcile()
-                    log.info("reconciliation round", extra=repaired)
-                    reconcile_at = (
-                        time.monotonic() + self.settings.gateway_reconcile_interval_seconds
-                    )
+                    await self._backfill_marked()
+                    if reasons:
+                        log.info("catching up", extra={"reasons": sorted(reasons)})
+                        fetched = await self.source.catch_up()
+                        reconcile_at = time.monotonic()  # what the link missed may be edits
+                    else:
+                        fetched = await self.source.backfill()
+                    log.info("gap backfill round", extra={"fetched": fetched})
+                    if reconcile and time.monotonic() >= reconcile_at:
+                        repaired = await self.source.reconcile()
+                        log.info("reconciliation round", extra=repaired)
+                        reconcile_at = (
+                            time.monotonic() + self.settings.gateway_reconcile_interval_seconds
+                        )
             except asyncio.CancelledError:
                 raise
             except GatewayFatal:
@@ -353,6 +398,18 @@ class GatewayService:
             if reconcile:
                 wait = max(0.0, min(wait, reconcile_at - time.monotonic()))
             reasons = await self.watch.wait(wait)
+
+    async def _backfill_marked(self) -> None:
+        """Backfill each channel whose posts the full queue refused, from its mark."""
+        followed = set(self.settings.channels)
+        for channel_id, (from_id, version) in sorted(self.overflow.marks.pending().items()):
+            if channel_id in followed:
+                log.info(
+                    "backfill of a channel refused by the full queue",
+                    extra={"channel_id": channel_id, "from_id": from_id},
+                )
+                await self.source.backfill_channel(channel_id)  # its holes, from the watermark
+            self.overflow.marks.done(channel_id, version)
 
     async def _shutdown(self) -> None:
         log.info("shutting down: flushing the current batch")
@@ -373,7 +430,8 @@ def run_gateway(settings: Settings) -> None:
         run_spool_gateway(settings)
         return
     watch = LinkWatch(on_flood_wait=count_flood_wait, on_link_change=show_link)
-    client = make_client(settings, watch)
+    flood = build_flood_policy(settings)
+    client = make_client(settings, watch, flood)
     with components(settings, source="gateway") as parts:
-        service = GatewayService(settings, parts, client, watch)
+        service = GatewayService(settings, parts, client, watch, flood)
         asyncio.run(service.run())

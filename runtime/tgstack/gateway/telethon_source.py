@@ -3,8 +3,10 @@ holes below each channel's watermark, and the reconciliation of a recent window.
 
 The client is non-interactive: the session is made once by ``tgstack login``. At start we
 connect, check ``is_user_authorized()`` and fail fast with one clear line when the session is
-missing or revoked. Each channel is resolved once and cached. FloodWait is waited out,
-logged and counted, never swallowed.
+missing or revoked. Each channel is resolved once and cached. FloodWait follows the
+gateway's one policy (tgstack.gateway.flood): waited out in place, logged and counted, a
+bounded number of times; a channel whose call gives up is tried again next round. History
+pages are paced by the policy's account-wide gate, not here.
 
 Backfill (``backfill``): per channel, the newest id Telegram shows (``top``) bounds the round;
 the holes below it and above the watermark are found in SQL and fetched as ``watermark.py``
@@ -40,6 +42,7 @@ from telethon.tl import types
 
 from tgstack import metrics
 from tgstack.gateway.events import MessageEvent
+from tgstack.gateway.flood import FloodPolicy, FloodWaitExceeded, FloodWaitObserver
 from tgstack.gateway.reconcile import StoredPost, plan_repairs, window_start
 from tgstack.gateway.watermark import (
     IDS_PER_CALL,
@@ -94,18 +97,13 @@ class BackfillStore(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class BackfillPolicy:
-    """How far back, how fast and how wide (settings ``gateway_backfill_depth``,
-    ``gateway_history_pause_ms``, ``gateway_reconcile_window``; see config.py)."""
+    """How far back and how wide (settings ``gateway_backfill_depth`` and
+    ``gateway_reconcile_window``; see config.py). How fast is the flood policy's history gate."""
 
     depth: int = 0  # ids below the newest a channel's first backfill reaches (0: all)
-    page_pause: float = 1.0  # seconds between two history pages
     reconcile_window: int = 0  # newest ids read again by a reconciliation (0: none)
     hole_limit: int = 1000  # holes filled per channel and round (the rest: next round)
     settle_seconds: float = 5.0  # how long a round waits for a watermark that stopped moving
-
-
-class FloodWaitObserver(Protocol):
-    def __call__(self, seconds: float, during: str) -> None: ...
 
 
 def _media_type(media: object) -> tuple[str | None, dict[str, Any] | None]:
@@ -164,6 +162,7 @@ class TelethonSource:
         policy: BackfillPolicy | None = None,
         on_flood_wait: FloodWaitObserver | None = None,
         on_backfill_progress: Callable[[int, int], None] | None = None,
+        flood: FloodPolicy | None = None,
     ) -> None:
         self._client = client
         self._channels = list(channels)
@@ -171,6 +170,7 @@ class TelethonSource:
         self._store = store
         self._policy = policy or BackfillPolicy()
         self._on_flood_wait = on_flood_wait
+        self._flood = flood or FloodPolicy(observer=on_flood_wait)
         self._on_backfill_progress = on_backfill_progress
         self._entities: dict[int, Any] = {}
         self._dialogs_loaded = False
@@ -190,7 +190,11 @@ class TelethonSource:
                 "the Telegram session is missing or not logged in; run `tgstack login` once"
             )
         for channel_id in self._channels:
-            self._entities[channel_id] = await self._resolve(channel_id)
+            try:
+                self._entities[channel_id] = await self._resolve(channel_id)
+            except FloodWaitExceeded as exc:  # resolved by its backfill next round
+                extra = {"channel_id": channel_id, "error": str(exc)}
+                log.warning("channel not resolved yet", extra=extra)
         chats = list(self._channels)
         self._client.add_event_handler(self.on_new_message, events.NewMessage(chats=chats))
         self._client.add_event_handler(self.on_message_edited, events.MessageEdited(chats=chats))
@@ -243,7 +247,12 @@ class TelethonSource:
         total = 0
         targets: dict[int, tuple[int, int]] = {}
         for channel_id in self._channels:
-            fetched, target = await self._fill_channel(channel_id)
+            try:
+                fetched, target = await self._fill_channel(channel_id)
+            except FloodWaitExceeded as exc:  # the other channels go on; this one next round
+                extra = {"channel_id": channel_id, "error": str(exc)}
+                log.warning("backfill given up", extra=extra)
+                continue
             total += fetched
             if target is not None:
                 targets[channel_id] = target
@@ -351,7 +360,11 @@ class TelethonSource:
         """Reconcile every channel; returns the repairs by kind (edit, delete, missing)."""
         totals: Counter[str] = Counter()
         for channel_id in self._channels:
-            totals.update(await self.reconcile_channel(channel_id))
+            try:
+                totals.update(await self.reconcile_channel(channel_id))
+            except FloodWaitExceeded as exc:  # the other channels go on; this one next time
+                extra = {"channel_id": channel_id, "error": str(exc)}
+                log.warning("reconciliation given up", extra=extra)
         return {kind: totals[kind] for kind in ("edit", "delete", "missing")}
 
     async def reconcile_channel(self, channel_id: int) -> dict[str, int]:
@@ -429,7 +442,7 @@ class TelethonSource:
                 min_id=after,
                 max_id=last + 1,
                 reverse=True,
-                wait_time=self._policy.page_pause,
+                wait_time=0,  # paced by the flood policy's history gate
             )
             page: list[Any] = []
             scanned = after
@@ -462,17 +475,10 @@ class TelethonSource:
             self._on_backfill_progress(channel_id, fetched)
 
     async def _with_flood_wait(self, call: Callable[[], Any], during: str) -> Any:
-        while True:
-            try:
-                return await call()
-            except errors.FloodWaitError as exc:
-                await self._wait_flood(exc.seconds, during)
+        return await self._flood.call(during, call)
 
     async def _wait_flood(self, seconds: float, during: str) -> None:
-        log.warning("telegram flood wait", extra={"seconds": seconds, "during": during})
-        if self._on_flood_wait is not None:
-            self._on_flood_wait(seconds, during)
-        await asyncio.sleep(seconds)
+        await self._flood.wait(seconds, during)
 
     @property
     def connected(self) -> bool:

@@ -130,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     command.add_argument("method", help="TL name, e.g. messages.getHistory")
     command.add_argument("--times", type=int, default=1)
     command.add_argument("--seconds", type=int, default=5)
+    command.add_argument("--after", type=int, default=0, help="calls let through first")
     control("drop", "close every client connection")
     command = control("revoke", "revoke an account's auth keys (or one key)")
     command.add_argument("--phone")
@@ -216,7 +217,7 @@ def _run_control(args: argparse.Namespace) -> Any:
             case "delete":
                 return client.delete(args.channel, args.ids)
             case "flood":
-                return client.flood(args.method, args.times, args.seconds)
+                return client.flood(args.method, args.times, args.seconds, args.after)
             case "drop":
                 return client.drop_connections()
             case "revoke":

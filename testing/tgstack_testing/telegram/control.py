@@ -160,13 +160,14 @@ class ControlHandler:
         self.server.publish(target, event)
         return {"ids": event.ids, "pts": event.pts}
 
-    async def flood(self, method: str, times: int = 1, seconds: int = 5) -> dict[str, Any]:
+    async def flood(self, method: str, times: int = 1, seconds: int = 5,
+                    after: int = 0) -> dict[str, Any]:
         """The next `times` calls of `method` (``messages.getHistory`` or ``getHistory``) fail
-        with FLOOD_WAIT_<seconds>."""
+        with FLOOD_WAIT_<seconds>, once `after` calls have gone through."""
         from .server import Flood
 
-        self.server.floods[method.lower()] = Flood(times, seconds)
-        return {"method": method, "times": times, "seconds": seconds}
+        self.server.floods[method.lower()] = Flood(times, seconds, after)
+        return {"method": method, "times": times, "seconds": seconds, "after": after}
 
     async def drop_connections(self) -> dict[str, Any]:
         return {"dropped": self.server.drop_connections()}
@@ -304,8 +305,10 @@ class ControlClient:
     def delete(self, channel: str | int, ids: list[int]) -> dict[str, Any]:
         return dict(self.request("delete", channel=channel, ids=ids))
 
-    def flood(self, method: str, times: int = 1, seconds: int = 5) -> dict[str, Any]:
-        return dict(self.request("flood", method=method, times=times, seconds=seconds))
+    def flood(self, method: str, times: int = 1, seconds: int = 5,
+              after: int = 0) -> dict[str, Any]:
+        return dict(self.request("flood", method=method, times=times, seconds=seconds,
+                                 after=after))
 
     def drop_connections(self) -> int:
         return int(self.request("drop_connections")["dropped"])

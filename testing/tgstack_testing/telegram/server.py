@@ -54,6 +54,7 @@ FIRST_BYTES_TIMEOUT = 10.0
 class Flood:
     remaining: int
     seconds: int
+    after: int = 0  # calls let through before the first FLOOD_WAIT
 
 
 @dataclass
@@ -89,6 +90,9 @@ class Server:
         for name in (method, method.rsplit(".", 1)[-1]):
             flood = self.floods.get(name.lower())
             if flood and flood.remaining > 0:
+                if flood.after > 0:
+                    flood.after -= 1
+                    return None
                 flood.remaining -= 1
                 return flood.seconds
         return None
