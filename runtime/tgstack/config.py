@@ -215,7 +215,8 @@ class Settings(BaseSettings):
     gateway_state_dir: Path | None = Field(
         default=None,
         description="where the gateway keeps the edits and deletions spilled while its queue "
-        "was full and the channels due a backfill (default: the directory of telegram_session)",
+        "was full and the channels due a backfill (default: gateway-ACCOUNT.state beside "
+        "telegram_session)",
     )
     gateway_outbox_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
 
@@ -380,10 +381,11 @@ class Settings(BaseSettings):
         return host, port, self.telegram_server_rsa_key
 
     def gateway_state_path(self) -> Path:
-        """The gateway's state directory (gateway_state_dir, else the session's directory)."""
+        """The gateway's state directory: gateway_state_dir, else ``gateway-ACCOUNT.state``
+        beside the session (each account's gateway has its own spill and marks)."""
         if self.gateway_state_dir is not None:
             return self.gateway_state_dir
-        return self.telegram_session.parent
+        return self.telegram_session.parent / f"gateway-{self.gateway_account}.state"
 
     def require_channels(self) -> list[int]:
         if not self.channels:

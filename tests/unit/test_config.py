@@ -139,6 +139,9 @@ def test_an_accounts_env_file_is_read_on_top_of_the_main_one(tmp_path: Path) -> 
     assert second.gateway_port == 4016
     assert str(second.telegram_session) == "/var/lib/tgstack/gateway-second.session"
     assert second.require_database_url() == GOOD_DSN  # the main file's, not repeated
+    # Two gateways never share a spill or backfill marks, even with sessions in one directory.
+    assert second.gateway_state_path() == Path("/var/lib/tgstack/gateway-second.state")
+    assert plain.gateway_state_path() == plain.telegram_session.parent / "gateway-main.state"
 
 
 @pytest.mark.parametrize(
