@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa as rsa_keys
@@ -30,6 +31,9 @@ from telethon.sessions import MemorySession, SQLiteSession
 
 from tgstack_testing.telegram.control import ControlClient
 from tgstack_testing.telegram.handshake import PRIVATE_KEY_FILE, ServerKey
+
+if TYPE_CHECKING:
+    from .test_gateway import Gateway
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_CODE = "12345"
@@ -174,3 +178,14 @@ async def make_client(tg_server: TelegramServerProcess) -> AsyncIterator[ClientF
     for client in clients:
         if client.is_connected():
             await client.disconnect()
+
+
+@pytest.fixture
+def gateways() -> Iterator[list[Gateway]]:
+    """Gateways a test starts, stopped at its end."""
+    started: list[Gateway] = []
+    try:
+        yield started
+    finally:
+        for gateway in started:
+            gateway.stop()

@@ -115,25 +115,35 @@ def channel(control: ControlClient) -> int:
     return int(created["id"])
 
 
-@pytest.fixture
-def environment(
-    tg_server: TelegramServerProcess, db: TestDatabase, channel: int, tmp_path: Path
+def gateway_env(
+    tg_server: TelegramServerProcess, dsn: str, channels: list[int], home: Path, **settings: str
 ) -> dict[str, str]:
+    """The environment of a real `tgstack gateway` on the test server: this process's minus
+    any TGSTACK_ setting, plus the given ``settings`` (name without the TGSTACK_ prefix)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("TGSTACK_")}
+    home.mkdir(parents=True, exist_ok=True)
     return base | {
-        "TGSTACK_DATABASE_URL": db.app_dsn,
-        "TGSTACK_CHANNELS": str(marked(channel)),
+        "TGSTACK_DATABASE_URL": dsn,
+        "TGSTACK_CHANNELS": ",".join(str(marked(c)) for c in channels),
         "TGSTACK_TELEGRAM_API_ID": "12345",
         "TGSTACK_TELEGRAM_API_HASH": "0123456789abcdef0123456789abcdef",
-        "TGSTACK_TELEGRAM_SESSION": str(tmp_path / "session" / "gateway"),
+        "TGSTACK_TELEGRAM_SESSION": str(home / "session" / "gateway"),
         "TGSTACK_TELEGRAM_SERVER": f"127.0.0.1:{tg_server.port}",
         "TGSTACK_TELEGRAM_SERVER_DC": str(tg_server.dc_id),
         "TGSTACK_TELEGRAM_SERVER_RSA_KEY": str(tg_server.state_dir / "server_public.pem"),
         "TGSTACK_GATEWAY_SOURCE": "telethon",
         "TGSTACK_GATEWAY_PORT": str(free_port()),
         "TGSTACK_GATEWAY_BATCH_DELAY_MS": "0",
-        "TGSTACK_GATEWAY_BACKFILL_INTERVAL_SECONDS": "10",
-    }
+    } | {f"TGSTACK_{name.upper()}": value for name, value in settings.items()}
+
+
+@pytest.fixture
+def environment(
+    tg_server: TelegramServerProcess, db: TestDatabase, channel: int, tmp_path: Path
+) -> dict[str, str]:
+    return gateway_env(
+        tg_server, db.app_dsn, [channel], tmp_path, gateway_backfill_interval_seconds="10"
+    )
 
 
 def login(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -9,19 +9,16 @@ for a hash it does not know) and then messages.getDialogs; both are flooded here
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import TestDatabase
-from tgstack.localstack import free_port, wait_until
+from tgstack.localstack import wait_until
 from tgstack_testing.telegram.control import ControlClient
 
 from .conftest import PHONE, TEST_CODE, TelegramServerProcess
 from .test_gateway import WAIT, Gateway, _metric, login, marked, stored
+from .test_gateway import gateway_env as base_env
 
 PHONE_2 = "+15550002"
 FLOOD_METRIC = "tgstack_gateway_flood_wait_seconds_total"
@@ -30,39 +27,17 @@ FLOOD_METRIC = "tgstack_gateway_flood_wait_seconds_total"
 def gateway_env(
     tg_server: TelegramServerProcess, dsn: str, channels: list[int], home: Path
 ) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("TGSTACK_")}
-    home.mkdir(parents=True, exist_ok=True)
-    return base | {
-        "TGSTACK_DATABASE_URL": dsn,
-        "TGSTACK_CHANNELS": ",".join(str(marked(c)) for c in channels),
-        "TGSTACK_TELEGRAM_API_ID": "12345",
-        "TGSTACK_TELEGRAM_API_HASH": "0123456789abcdef0123456789abcdef",
-        "TGSTACK_TELEGRAM_SESSION": str(home / "session" / "gateway"),
-        "TGSTACK_TELEGRAM_SERVER": f"127.0.0.1:{tg_server.port}",
-        "TGSTACK_TELEGRAM_SERVER_DC": str(tg_server.dc_id),
-        "TGSTACK_TELEGRAM_SERVER_RSA_KEY": str(tg_server.state_dir / "server_public.pem"),
-        "TGSTACK_GATEWAY_SOURCE": "telethon",
-        "TGSTACK_GATEWAY_PORT": str(free_port()),
-        "TGSTACK_GATEWAY_BATCH_DELAY_MS": "0",
-        "TGSTACK_GATEWAY_BACKFILL_INTERVAL_SECONDS": "3600",  # one round at start, no more
-        "TGSTACK_GATEWAY_HISTORY_RATE": "50",
-    }
+    return base_env(
+        tg_server, dsn, channels, home,
+        gateway_backfill_interval_seconds="3600",  # one round at start, no more
+        gateway_history_rate="50",
+    )  # fmt: skip
 
 
 def logged_in(env: dict[str, str], phone: str, home: Path) -> Gateway:
     done = login(env, "--phone", phone, "--code", TEST_CODE)
     assert done.returncode == 0, done.stderr
     return Gateway(env, home / "gateway.log")
-
-
-@pytest.fixture
-def gateways() -> Iterator[list[Gateway]]:
-    started: list[Gateway] = []
-    try:
-        yield started
-    finally:
-        for gateway in started:
-            gateway.stop()
 
 
 def history_requests(control: ControlClient) -> int:

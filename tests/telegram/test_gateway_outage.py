@@ -21,10 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tgstack.localstack import DataStack, wait_until
 from tgstack.migrate import apply_migrations
@@ -78,16 +75,6 @@ class RssSampler:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
-
-
-@pytest.fixture
-def gateways() -> Iterator[list[Gateway]]:
-    started: list[Gateway] = []
-    try:
-        yield started
-    finally:
-        for gateway in started:
-            gateway.stop()
 
 
 def compiled_bytecode(env: dict[str, str], cache: Path) -> dict[str, str]:

@@ -8,7 +8,6 @@ with the database row by row.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 import urllib.request
@@ -19,11 +18,11 @@ import psycopg
 import pytest
 
 from tests.conftest import TestDatabase
-from tgstack.localstack import free_port, wait_until
+from tgstack.localstack import wait_until
 from tgstack_testing.telegram.control import ControlClient
 
 from .conftest import PHONE, TEST_CODE, TelegramServerProcess
-from .test_gateway import WAIT, Gateway, login, marked, stored
+from .test_gateway import WAIT, Gateway, gateway_env, login, marked, stored
 
 CHANNELS = 5
 POSTS_WHILE_DOWN = 10_000
@@ -33,23 +32,12 @@ CATCH_UP = 10.0
 def env_for(
     tg_server: TelegramServerProcess, db: TestDatabase, channels: list[int], tmp_path: Path
 ) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("TGSTACK_")}
-    return base | {
-        "TGSTACK_DATABASE_URL": db.app_dsn,
-        "TGSTACK_CHANNELS": ",".join(str(marked(c)) for c in channels),
-        "TGSTACK_TELEGRAM_API_ID": "12345",
-        "TGSTACK_TELEGRAM_API_HASH": "0123456789abcdef0123456789abcdef",
-        "TGSTACK_TELEGRAM_SESSION": str(tmp_path / "session" / "gateway"),
-        "TGSTACK_TELEGRAM_SERVER": f"127.0.0.1:{tg_server.port}",
-        "TGSTACK_TELEGRAM_SERVER_DC": str(tg_server.dc_id),
-        "TGSTACK_TELEGRAM_SERVER_RSA_KEY": str(tg_server.state_dir / "server_public.pem"),
-        "TGSTACK_GATEWAY_SOURCE": "telethon",
-        "TGSTACK_GATEWAY_PORT": str(free_port()),
-        "TGSTACK_GATEWAY_BATCH_DELAY_MS": "0",
-        "TGSTACK_GATEWAY_HISTORY_RATE": "1000",  # the local server does not flood
-        "TGSTACK_GATEWAY_HISTORY_BURST": "1000",
-        "TGSTACK_GATEWAY_BACKFILL_INTERVAL_SECONDS": "3600",  # only the rounds a test causes
-    }
+    return gateway_env(
+        tg_server, db.app_dsn, channels, tmp_path,
+        gateway_history_rate="1000",  # the local server does not flood
+        gateway_history_burst="1000",
+        gateway_backfill_interval_seconds="3600",  # only the rounds a test causes
+    )  # fmt: skip
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tgstack import metrics
+from tgstack import durable, metrics
 from tgstack.gateway.events import MessageEvent
 from tgstack.models import MessageRecord
 
@@ -65,25 +65,9 @@ def _ensure_dir(directory: Path) -> None:
 
 
 def write_atomically(path: Path, body: bytes) -> None:
-    """Replace ``path`` with ``body`` durably: temporary file, fsync, rename, fsync the dir."""
+    """Replace ``path`` durably (tgstack.durable), creating the state directory first."""
     _ensure_dir(path.parent)
-    temporary = path.with_name(path.name + ".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, body)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    durable.write_atomically(path, body)
 
 
 def event_to_line(event: MessageEvent) -> bytes:
@@ -221,7 +205,7 @@ class EventSpill:
         write_atomically(self.path, body)
         with contextlib.suppress(FileNotFoundError):
             self.offset_path.unlink()
-            _fsync_dir(self.directory)
+            durable.fsync_dir(self.directory)
         self._applied = self._read = self._handed = 0
         self._size = len(body)
         self._pending = body.count(b"\n")

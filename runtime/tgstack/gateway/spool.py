@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from tgstack import metrics
+from tgstack import durable, metrics
 from tgstack.config import Settings
 from tgstack.gateway.events import MessageEvent
 from tgstack.gateway.pipeline import BatchStats, IngestPipeline
@@ -104,24 +104,12 @@ class SpoolPositions:
         return bool(gone)
 
     def save(self) -> None:
-        """Write the positions durably: temporary file, fsync, rename, fsync the directory."""
+        """Write the positions durably (tgstack.durable)."""
         body = json.dumps(
             {"files": {name: asdict(pos) for name, pos in sorted(self._positions.items())}},
             indent=1,
         ).encode()
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, body)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, self.path)
-        directory = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        durable.write_atomically(self.path, body)
 
     def as_dict(self) -> dict[str, FilePosition]:
         return dict(self._positions)
