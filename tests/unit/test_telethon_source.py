@@ -230,6 +230,31 @@ def test_reconcile_applies_edits_deletes_and_missing_posts_through_the_pipeline(
     assert asyncio.run(source.reconcile()) == {"edit": 0, "delete": 0, "missing": 0}
 
 
+def test_a_reconciliation_right_after_a_round_reuses_its_newest_id() -> None:
+    """One history request per channel fewer: the rate gate is shared by every channel."""
+    store = MemoryStore()
+    fake = FakeTelegram([message(i, f"post {i}") for i in range(1, 11)])
+    source, _ = source_for(fake, store, policy=BackfillPolicy(reconcile_window=5))
+    newest_asked: list[int | None] = []
+    get_messages = fake.get_messages
+
+    async def counting(entity: Any, limit: int | None = None, **kwargs: Any) -> Any:
+        if kwargs.get("ids") is None:
+            newest_asked.append(limit)
+        return await get_messages(entity, limit, **kwargs)
+
+    fake.get_messages = counting  # type: ignore[method-assign]
+    asyncio.run(source.start())
+    asyncio.run(source.backfill())
+    assert newest_asked == [1]
+    asyncio.run(source.reconcile())
+    assert newest_asked == [1]  # reused
+    fake.history.append(message(11, "post 11"))
+    source._tops[CHANNEL] = (10, 0.0)  # the round was long ago
+    assert asyncio.run(source.reconcile())["missing"] == 1  # asked again: 11 is newer
+    assert newest_asked == [1, 1]
+
+
 def test_after_a_gap_the_reconciliation_reaches_below_where_the_gap_began() -> None:
     later = datetime(2026, 11, 2, 13, 0, tzinfo=UTC)
     store = MemoryStore()

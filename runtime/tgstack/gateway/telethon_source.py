@@ -57,6 +57,7 @@ from tgstack.models import MessageRecord
 log = logging.getLogger("tgstack.gateway.telethon")
 
 SETTLE_POLL_SECONDS = 0.2
+TOP_REUSE_SECONDS = 120.0  # a backfill round's newest id, reused by the reconciliation after it
 
 EventSink = Callable[[MessageEvent], None]
 
@@ -177,6 +178,10 @@ class TelethonSource:
         # Per channel, the lowest watermark a backfill round started from since the last
         # reconciliation: the next one reaches below it (posts edited while the gap lasted).
         self._gap_from: dict[int, int] = {}
+        # The newest id each channel's last backfill round saw, and when: the reconciliation
+        # that follows a round reuses it instead of asking Telegram again (one history request
+        # per channel fewer; with 500 channels, 500 fewer requests through the rate gate).
+        self._tops: dict[int, tuple[int, float]] = {}
 
     async def start(self) -> None:
         """Connect, verify the session, resolve channels and register the event handlers."""
@@ -271,6 +276,7 @@ class TelethonSource:
         during = f"backfill {channel_id}"
         entity = await self._entity(channel_id)
         top = await self._newest_id(entity, during)
+        self._tops[channel_id] = (top, time.monotonic())
         if top == 0:
             return 0, None
         floor = initial_floor(top, self._policy.depth)
@@ -374,7 +380,11 @@ class TelethonSource:
             return {}
         during = f"reconcile {channel_id}"
         entity = await self._entity(channel_id)
-        top = await self._newest_id(entity, during)
+        seen_top, seen_at = self._tops.get(channel_id, (0, 0.0))
+        if time.monotonic() - seen_at <= TOP_REUSE_SECONDS:
+            top = seen_top  # what is newer is live, and in the next round's window
+        else:
+            top = await self._newest_id(entity, during)
         if top == 0:
             return {}
         floor = initial_floor(top, self._policy.depth)
