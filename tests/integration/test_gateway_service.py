@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -81,26 +83,37 @@ def test_health_metrics_and_graceful_stop_flushes_every_event(db: TestDatabase) 
     assert stored == (120,)
 
 
-def test_health_is_503_when_telegram_is_disconnected(db: TestDatabase) -> None:
-    port = free_port()
-    settings = Settings(
+def settings_for(db: TestDatabase) -> Settings:
+    return Settings(
         database_url=db.app_dsn,  # type: ignore[arg-type]
         channels=[CHANNEL],  # type: ignore[arg-type]
-        gateway_port=port,
+        gateway_port=free_port(),
     )
-    fake = FakeTelegram([])
+
+
+@contextlib.contextmanager
+def running(settings: Settings, fake: FakeTelegram) -> Iterator[GatewayService]:
+    """The gateway service over ``fake``, run in a thread and stopped at the end."""
     with components(settings, source="gateway") as parts:
         service = GatewayService(settings, parts, fake)
         thread = threading.Thread(target=asyncio.run, args=(service.run(),))
         thread.start()
         try:
-            wait_until(lambda: get(port, "/health")[0] == 200, 20, "gateway health")
-            fake._connected = False
-            status, body = get(port, "/health")
-            metrics_status, metrics = get(port, "/metrics")
+            yield service
         finally:
             service.request_stop()
             thread.join(60)
+
+
+def test_health_is_503_when_telegram_is_disconnected(db: TestDatabase) -> None:
+    settings = settings_for(db)
+    port = settings.gateway_port
+    fake = FakeTelegram([])
+    with running(settings, fake):
+        wait_until(lambda: get(port, "/health")[0] == 200, 20, "gateway health")
+        fake._connected = False
+        status, body = get(port, "/health")
+        metrics_status, metrics = get(port, "/metrics")
     assert status == 503
     assert json.loads(body)["telegram_connected"] is False
     assert metrics_status == 200
@@ -111,12 +124,8 @@ def test_health_is_503_until_the_session_is_verified_and_the_channels_resolved(
     db: TestDatabase,
 ) -> None:
     """A connected socket is not a working gateway: a revoked session is only found by asking."""
-    port = free_port()
-    settings = Settings(
-        database_url=db.app_dsn,  # type: ignore[arg-type]
-        channels=[CHANNEL],  # type: ignore[arg-type]
-        gateway_port=port,
-    )
+    settings = settings_for(db)
+    port = settings.gateway_port
     fake = FakeTelegram([])
     release = threading.Event()
     answer = fake.is_user_authorized
@@ -126,18 +135,13 @@ def test_health_is_503_until_the_session_is_verified_and_the_channels_resolved(
         return await answer()
 
     fake.is_user_authorized = slow_is_user_authorized  # type: ignore[method-assign]
-    with components(settings, source="gateway") as parts:
-        service = GatewayService(settings, parts, fake)
-        thread = threading.Thread(target=asyncio.run, args=(service.run(),))
-        thread.start()
-        try:
+    try:
+        with running(settings, fake):
             wait_until(lambda: answers(port), 20, "health server")
             status, body = get(port, "/health")
             release.set()
             wait_until(lambda: get(port, "/health")[0] == 200, 20, "gateway health")
-        finally:
-            release.set()
-            service.request_stop()
-            thread.join(60)
+    finally:
+        release.set()
     assert status == 503
     assert json.loads(body)["source_started"] is False

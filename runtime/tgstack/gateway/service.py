@@ -282,8 +282,7 @@ class GatewayService:
                 depth=settings.gateway_backfill_depth,
                 reconcile_window=settings.gateway_reconcile_window,
             ),
-            on_flood_wait=count_flood_wait,
-            flood=self.flood,
+            flood=self.flood,  # its observer counts the waits
         )
         self.relay = build_relay(parts, settings)
         self.health = HealthServer(settings.gateway_bind, settings.gateway_port, self.check)

@@ -170,7 +170,6 @@ class TelethonSource:
         self._sink = sink
         self._store = store
         self._policy = policy or BackfillPolicy()
-        self._on_flood_wait = on_flood_wait
         self._flood = flood or FloodPolicy(observer=on_flood_wait)
         self._on_backfill_progress = on_backfill_progress
         self._entities: dict[int, Any] = {}
