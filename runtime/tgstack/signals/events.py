@@ -1,0 +1,336 @@
+"""Follow-ups: what a post reports happened to a signal — a target reached, the stop moved,
+stopped out, closed, cancelled. Pure.
+
+An event is an *event word* paired with its *subject* in the same sentence:
+
+==============  =============================================  ==================================
+event           event words (PT / EN, any form)                subject
+==============  =============================================  ==================================
+target_hit      atingido, batido, bateu, alcançou, hit,         a target: ``alvo 2``, ``TP1``,
+                reached, done; ✅ right after the target        ``2º alvo``, ``alvo final``,
+                                                               ``todos os alvos``, ``all targets``
+stopped         the same words                                 the stop: ``stop``, ``SL``
+                stopado, stopou, stopped out                   none needed
+stop_moved      movido, mover, subir, ajustado, novo, move,     the stop, then where it went: a
+                trail, raised                                  price, the entry, ``0x0``,
+                                                               breakeven, a target
+                (no verb) ``stop na entrada``, ``SL to BE``,   —
+                ``stop para 37,50``
+closed          encerrado, zeramos, fechado, finalizado,        a trade or signal noun, a result
+                saímos, closed, close, exit                    (gain, loss, lucro), the ticker
+                                                               after it, or nothing else in the
+                                                               sentence (``Encerrado ✅``)
+cancelled       cancelado, cancelar, desconsiderem, ignore,     a trade or signal noun, the
+                cancelled, invalidated                         ticker, or nothing else
+==============  =============================================  ==================================
+
+Between the event word and its subject there may be fillers, articles, numbers, tickers,
+symbols and at most one other word for a target or stop (``o alvo 1 foi atingido``), none for a
+trade (``fechamos a semana com lucro`` closes no trade). An event word in a question, or in a
+condition (``se o alvo 1 for atingido, mover o stop``), reports nothing. Instructions
+(``mover``, ``encerrar``, ``cancel``) and the verbless stop moves are *directives*: inside a
+complete signal they are part of the signal's plan, not events.
+
+Invariant: the module only reads the scan; it never raises and never invents a price — a stop
+moved to a price carries exactly the price the post wrote.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tgstack.signals.lexicon import (
+    ARTICLE,
+    AUX,
+    BREAKEVEN,
+    CANCEL,
+    CHECK,
+    CLOSE,
+    COLON,
+    COND,
+    CONN,
+    DEST,
+    DIRECTIVE,
+    ENTRY_L,
+    ENTRY_REF,
+    FILL,
+    FINAL,
+    FIRST_PERSON,
+    GAIN,
+    HIT,
+    JOIN,
+    LINK,
+    LIST,
+    LOSS,
+    MOVE,
+    NL,
+    NUM,
+    ORDINAL,
+    PUNCT,
+    SENT,
+    STOP_L,
+    STOPPED,
+    STOPPED_W,
+    TARGET_L,
+    TICKER_ANY,
+    TRADE,
+    WEAK_L,
+    WORD,
+)
+from tgstack.signals.model import EventKind, Result, StopLevel, Target
+from tgstack.signals.scanner import BOUNDARY, Scan, label_index, price_at
+
+# Never counted as "another word" between an event word and its subject.
+_SKIP = FILL | ARTICLE | DEST | JOIN | FINAL | ORDINAL | TICKER_ANY | LINK | AUX | CHECK
+_MOVES_TO = frozenset({"para", "pra", "to", "→", ">"})  # a stop "para 37,50" was moved there
+
+PRECEDENCE: tuple[EventKind, ...] = ("cancelled", "stopped", "closed", "target_hit", "stop_moved")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: EventKind
+    at: int  # the event word's position
+    directive: bool  # an instruction, not a report
+    subject: int | None = None  # the position of what it happened to (target, stop, trade)
+    target: Target | None = None
+    stop: StopLevel | None = None
+    result: Result | None = None
+
+
+def _content(flags: int) -> bool:
+    """A word that counts as "another word" between an event word and its subject."""
+    return bool(flags & WORD) and not flags & _SKIP
+
+
+def _search(
+    s: Scan,
+    at: int,
+    wanted: int,
+    *,
+    gap: int,
+    back: bool = True,
+    ahead: bool = True,
+    skip: int = 0,
+    exclude: int = 0,
+) -> int | None:
+    """The nearest token with a ``wanted`` role in ``at``'s sentence, at most ``gap`` other
+    words away; behind first (Portuguese puts the subject first: ``alvo 1 atingido``)."""
+    flags = s.flags
+    for step, allowed in ((-1, back), (1, ahead)):
+        if not allowed:
+            continue
+        k, words = at + step, 0
+        while 0 <= k < len(flags) and not flags[k] & BOUNDARY:
+            f = flags[k]
+            if f & wanted and not f & exclude:
+                return k
+            if _content(f) and not f & skip:
+                words += 1
+                if words > gap:
+                    break
+            k += step
+    return None
+
+
+def _alone(s: Scan, at: int) -> bool:
+    """The event word is the only word of its sentence (``Encerrado ✅``, ``PETR4 zerada``)."""
+    start, end = s.sentence_of(at)
+    return not any(_content(s.flags[k]) for k in range(start, end) if k != at)
+
+
+def _conditional(s: Scan, at: int, directive: bool) -> bool:
+    """Is the event word inside a condition: ``se …``, ``quando …``, ``if …``, ``once …``?
+
+    A directive anywhere after the condition word in its sentence is conditional (``se bater o
+    alvo, mover o stop``); a report only inside the condition's own clause (``ao bater o alvo 1,
+    subimos o stop`` reports the stop move).
+    """
+    flags, tokens = s.flags, s.tokens
+    k = at - 1
+    clause = True
+    while k >= 0 and not flags[k] & BOUNDARY:
+        if flags[k] & COND and (directive or clause):
+            return True
+        if tokens[k] == ",":
+            clause = False
+        k -= 1
+    return False
+
+
+def _target_of(s: Scan, ref: int) -> Target:
+    """The target a reference names: its number (the highest of ``alvos 1 e 2``) or final."""
+    index, j = label_index(s, ref)
+    if index == "final":
+        return "final"
+    best = index if isinstance(index, int) else 1
+    flags, tokens = s.flags, s.tokens
+    while (
+        j + 1 < len(tokens)
+        and flags[j] & (LIST | CONN | LINK | PUNCT)
+        and not flags[j] & (SENT | NL)
+    ):
+        if flags[j + 1] & NUM and tokens[j + 1].isdecimal() and len(tokens[j + 1]) == 1:
+            best = max(best, int(tokens[j + 1]))
+            j += 2
+        else:
+            break
+    return best
+
+
+def _level(s: Scan, k: int) -> StopLevel | None:
+    """The stop level named at ``k``: the entry, a target, or a price."""
+    f = s.flags[k]
+    if f & (ENTRY_REF | BREAKEVEN):
+        return "entry"
+    if f & TARGET_L and not f & WEAK_L:
+        target = _target_of(s, k)
+        return f"target_{target}"
+    if f & NUM:
+        return price_at(s, k)
+    return None
+
+
+def _destination(s: Scan, ref: int) -> StopLevel | None:
+    """Where the stop at ``ref`` went, read forward in its sentence (the verb may be between)."""
+    flags = s.flags
+    words = 0
+    for k in range(ref + 1, min(ref + 12, len(flags))):
+        if flags[k] & BOUNDARY:
+            break
+        f = flags[k]
+        if f & (ENTRY_REF | BREAKEVEN | NUM) or (f & TARGET_L and not f & WEAK_L):
+            return _level(s, k)
+        if _content(f) and not f & (MOVE | STOP_L | TRADE):
+            words += 1
+            if words > 1:
+                break
+    return None
+
+
+def _verbless_move(s: Scan, ref: int) -> StopLevel | None:
+    """``stop na entrada``, ``stop no 0x0``, ``SL to BE``, ``stop para 37,50``, ``SL: BE``."""
+    flags, tokens, n = s.flags, s.tokens, len(s.tokens)
+    k = ref + 1
+    while k < n and flags[k] & (JOIN | AUX | ARTICLE) and not flags[k] & DEST:
+        k += 1
+    if k >= n or not flags[k] & (DEST | COLON):
+        return None
+    moves_to = tokens[k].lower() in _MOVES_TO
+    colon = bool(flags[k] & COLON)
+    k += 1
+    while k < n and flags[k] & (ARTICLE | FILL) and not flags[k] & (NUM | ENTRY_REF):
+        k += 1
+    if k >= n:
+        return None
+    f = flags[k]
+    if f & BREAKEVEN or (f & ENTRY_REF and not colon):
+        return "entry"
+    if f & TARGET_L and not colon:
+        return _level(s, k)
+    if f & NUM and moves_to:
+        return _level(s, k)
+    return None
+
+
+def _result(s: Scan, at: int) -> Result | None:
+    """gain / loss / breakeven, as the event's sentence (else the post) states it."""
+    start, end = s.sentence_of(at)
+    for first, last in ((start, end), (0, len(s.flags))):
+        for f in s.flags[first:last]:
+            if f & GAIN:
+                return "gain"
+            if f & LOSS:
+                return "loss"
+            if f & BREAKEVEN:
+                return "breakeven"
+    return None
+
+
+def _is_stop(f: int) -> bool:
+    return bool(f & STOP_L) and not f & WEAK_L
+
+
+def find_events(s: Scan) -> list[Event]:
+    """Every event the post reports or instructs, in order."""
+    events: list[Event] = []
+    flags = s.flags
+    moved: set[int] = set()
+    for at in s.events:
+        if s.in_question(at):
+            continue
+        f = flags[at]
+        directive = bool(f & DIRECTIVE)
+        if _conditional(s, at, directive):
+            continue
+        if f & HIT:
+            ref = _search(s, at, TARGET_L | STOP_L, gap=1, skip=TRADE, exclude=WEAK_L)
+            if ref is not None and _is_stop(flags[ref]):
+                events.append(Event("stopped", at, directive, ref))
+            elif ref is not None:
+                target = _target_of(s, ref)
+                events.append(Event("target_hit", at, directive, ref, target=target))
+        elif f & CHECK:
+            ref = _search(s, at, TARGET_L, gap=0, ahead=False, exclude=WEAK_L)
+            if ref is not None:
+                events.append(Event("target_hit", at, True, ref, target=_target_of(s, ref)))
+        elif f & STOPPED:
+            events.append(Event("stopped", at, directive))
+        elif f & STOPPED_W:
+            ref = _search(s, at, TICKER_ANY | TRADE | FIRST_PERSON, gap=0)
+            if ref is not None or _alone(s, at):
+                events.append(Event("stopped", at, directive, ref))
+        elif f & MOVE:
+            ref = _search(s, at, STOP_L, gap=1, skip=TRADE, exclude=WEAK_L)
+            if ref is not None:
+                moved.add(ref)
+                events.append(Event("stop_moved", at, directive, ref, stop=_destination(s, ref)))
+            elif (ref := _search(s, at, BREAKEVEN, gap=1, back=False)) is not None:
+                events.append(Event("stop_moved", at, directive, ref, stop="entry"))
+        elif f & CLOSE:
+            ref = _search(s, at, STOP_L | TARGET_L | TRADE | GAIN | LOSS | BREAKEVEN, gap=0)
+            if ref is not None and _is_stop(flags[ref]):
+                events.append(Event("stopped", at, directive, ref))
+                continue
+            if ref is None:
+                ref = _search(s, at, TICKER_ANY, gap=0, back=False)
+            if ref is not None or _alone(s, at):
+                events.append(Event("closed", at, directive, ref, result=_result(s, at)))
+        elif f & CANCEL:
+            ref = _search(s, at, TRADE | TICKER_ANY | ENTRY_L, gap=0)
+            if ref is not None or _alone(s, at):
+                events.append(Event("cancelled", at, directive, ref))
+    for ref in s.labels:
+        if ref in moved or not _is_stop(flags[ref]) or s.in_question(ref):
+            continue
+        level = _verbless_move(s, ref)
+        if level is not None and not _conditional(s, ref, True):
+            events.append(Event("stop_moved", ref, True, ref, stop=level))
+    return events
+
+
+def summarise(events: list[Event]) -> Event:
+    """The one event a post reports: the first kind in ``PRECEDENCE``, with the highest target
+    reached and the stop's new level when the same post moved it."""
+    kinds = {e.kind for e in events}
+    kind = next(k for k in PRECEDENCE if k in kinds)
+    mine = [e for e in events if e.kind == kind]
+    first = mine[0]
+    if kind == "target_hit":
+        targets = [e.target for e in mine if e.target is not None]
+        target: Target = (
+            "final"
+            if "final" in targets
+            else max((t for t in targets if isinstance(t, int)), default=1)
+        )
+        stop = next((e.stop for e in events if e.kind == "stop_moved" and e.stop), None)
+        directive = all(e.directive for e in mine)
+        return Event(kind, first.at, directive, first.subject, target=target, stop=stop)
+    if kind == "stop_moved":
+        stop = next((e.stop for e in mine if e.stop is not None), None)
+        return Event(kind, first.at, all(e.directive for e in mine), first.subject, stop=stop)
+    if kind == "closed":
+        result = next((e.result for e in mine if e.result), None)
+        directive = all(e.directive for e in mine)
+        return Event(kind, first.at, directive, first.subject, result=result)
+    return first
