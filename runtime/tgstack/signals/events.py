@@ -11,6 +11,8 @@ target_hit      atingido, batido, bateu, alcançou, hit,         a target: ``alv
                                                                ``todos os alvos``, ``all targets``
 stopped         the same words                                 the stop: ``stop``, ``SL``
                 stopado, stopou, stopped out                   none needed
+                (no verb) the stop alone in its sentence:      —
+                ``CYREW296 stop``, ``Stop ❌``
 stop_moved      movido, mover, subir, ajustado, novo, move,     the stop, then where it went: a
                 trail, raised                                  price, the entry, ``0x0``,
                                                                breakeven, a target
@@ -41,6 +43,7 @@ from dataclasses import dataclass
 
 from tgstack.signals.lexicon import (
     ARTICLE,
+    ASSET_L,
     AUX,
     BREAKEVEN,
     CANCEL,
@@ -66,14 +69,17 @@ from tgstack.signals.lexicon import (
     NL,
     NUM,
     ORDINAL,
+    PLURAL,
     PUNCT,
     SENT,
     STOP_L,
     STOPPED,
     STOPPED_W,
+    SYMBOL_L,
     TARGET_L,
     TICKER_ANY,
     TRADE,
+    TYPE_L,
     WEAK_L,
     WORD,
 )
@@ -82,6 +88,12 @@ from tgstack.signals.scanner import BOUNDARY, Scan, label_index, price_at
 
 # Never counted as "another word" between an event word and its subject.
 _SKIP = FILL | ARTICLE | DEST | JOIN | FINAL | ORDINAL | TICKER_ANY | LINK | AUX | CHECK
+# Words that label a field but are never an event's subject: "gain"/"loss" (results), 🎯/🛑.
+_NOT_SUBJECT = WEAK_L | SYMBOL_L
+# How many tokens away an event word's subject may be: "o alvo 1 (39,00) foi atingido" behind,
+# "reached the first target" ahead.
+_REACH_BACK = 7
+_REACH_AHEAD = 4
 _MOVES_TO = frozenset({"para", "pra", "to", "→", ">"})  # a stop "para 37,50" was moved there
 
 PRECEDENCE: tuple[EventKind, ...] = ("cancelled", "stopped", "closed", "target_hit", "stop_moved")
@@ -115,13 +127,15 @@ def _search(
     exclude: int = 0,
 ) -> int | None:
     """The nearest token with a ``wanted`` role in ``at``'s sentence, at most ``gap`` other
-    words away; behind first (Portuguese puts the subject first: ``alvo 1 atingido``)."""
+    words and a few tokens away; behind first (Portuguese puts the subject first: ``alvo 1
+    atingido``; English after: ``hit target 1``)."""
     flags = s.flags
-    for step, allowed in ((-1, back), (1, ahead)):
+    for step, allowed, reach in ((-1, back, _REACH_BACK), (1, ahead, _REACH_AHEAD)):
         if not allowed:
             continue
         k, words = at + step, 0
-        while 0 <= k < len(flags) and not flags[k] & BOUNDARY:
+        end = max(-1, at - reach - 1) if step < 0 else min(len(flags), at + reach + 1)
+        while k != end and not flags[k] & BOUNDARY:
             f = flags[k]
             if f & wanted and not f & exclude:
                 return k
@@ -183,7 +197,7 @@ def _level(s: Scan, k: int) -> StopLevel | None:
     f = s.flags[k]
     if f & (ENTRY_REF | BREAKEVEN):
         return "entry"
-    if f & TARGET_L and not f & WEAK_L:
+    if f & TARGET_L and not f & _NOT_SUBJECT:
         target = _target_of(s, k)
         return f"target_{target}"
     if f & NUM:
@@ -199,7 +213,7 @@ def _destination(s: Scan, ref: int) -> StopLevel | None:
         if flags[k] & BOUNDARY:
             break
         f = flags[k]
-        if f & (ENTRY_REF | BREAKEVEN | NUM) or (f & TARGET_L and not f & WEAK_L):
+        if f & (ENTRY_REF | BREAKEVEN | NUM) or (f & TARGET_L and not f & _NOT_SUBJECT):
             return _level(s, k)
         if _content(f) and not f & (MOVE | STOP_L | TRADE):
             words += 1
@@ -247,8 +261,29 @@ def _result(s: Scan, at: int) -> Result | None:
     return None
 
 
+def _bullet(s: Scan, at: int) -> bool:
+    """The ✅ at ``at`` introduces the next field (``✅ Alvo: 39 ✅ Stop: 35``), not a tick."""
+    k = at + 1
+    while k < len(s.flags) and s.flags[k] & PUNCT and not s.flags[k] & BOUNDARY:
+        k += 1
+    return k < len(s.flags) and bool(s.flags[k] & (ASSET_L | ENTRY_L | STOP_L | TYPE_L))
+
+
+def _counted(s: Scan, ref: int) -> bool:
+    """``12 alvos atingidos``: a count of targets, not a target reached."""
+    return ref > 0 and bool(s.flags[ref] & PLURAL) and bool(s.flags[ref - 1] & NUM)
+
+
+def _priced(s: Scan, ref: int) -> bool:
+    """A price follows the label at ``ref`` (``Alvo 1: 39,00``): it is a field, not a tick."""
+    _, j = label_index(s, ref)
+    while j < len(s.flags) and s.flags[j] & (COLON | FILL | JOIN) and not s.flags[j] & NUM:
+        j += 1
+    return j < len(s.flags) and bool(s.flags[j] & NUM)
+
+
 def _is_stop(f: int) -> bool:
-    return bool(f & STOP_L) and not f & WEAK_L
+    return bool(f & STOP_L) and not f & _NOT_SUBJECT
 
 
 def find_events(s: Scan) -> list[Event]:
@@ -264,14 +299,20 @@ def find_events(s: Scan) -> list[Event]:
         if _conditional(s, at, directive):
             continue
         if f & HIT:
-            ref = _search(s, at, TARGET_L | STOP_L, gap=1, skip=TRADE, exclude=WEAK_L)
+            ref = _search(s, at, TARGET_L | STOP_L, gap=1, skip=TRADE, exclude=_NOT_SUBJECT)
             if ref is not None and _is_stop(flags[ref]):
                 events.append(Event("stopped", at, directive, ref))
-            elif ref is not None:
+            elif ref is not None and not _counted(s, ref):
                 target = _target_of(s, ref)
                 events.append(Event("target_hit", at, directive, ref, target=target))
-        elif f & CHECK:
-            ref = _search(s, at, TARGET_L, gap=0, ahead=False, exclude=WEAK_L)
+        elif f & CHECK:  # "TP1 ✅", "Alvo 1: 39,00 ✅", "✅ Alvo 1 — PETR4" (no price after)
+            ref = None
+            if not _bullet(s, at):
+                ref = _search(s, at, TARGET_L, gap=0, ahead=False, exclude=_NOT_SUBJECT)
+            if ref is None:
+                ref = _search(s, at, TARGET_L, gap=0, back=False, exclude=_NOT_SUBJECT)
+                if ref is not None and _priced(s, ref):
+                    ref = None
             if ref is not None:
                 events.append(Event("target_hit", at, True, ref, target=_target_of(s, ref)))
         elif f & STOPPED:
@@ -281,10 +322,13 @@ def find_events(s: Scan) -> list[Event]:
             if ref is not None or _alone(s, at):
                 events.append(Event("stopped", at, directive, ref))
         elif f & MOVE:
-            ref = _search(s, at, STOP_L, gap=1, skip=TRADE, exclude=WEAK_L)
-            if ref is not None:
+            ref = _search(s, at, STOP_L, gap=1, skip=TRADE, exclude=_NOT_SUBJECT)
+            level = _destination(s, ref) if ref is not None else None
+            if ref is not None and (level is not None or not directive):
+                # an instruction says where ("subam o stop para 37,50"); a report may not
+                # ("stop ajustado"); "move your stop only in the direction of the trade" is advice
                 moved.add(ref)
-                events.append(Event("stop_moved", at, directive, ref, stop=_destination(s, ref)))
+                events.append(Event("stop_moved", at, directive, ref, stop=level))
             elif (ref := _search(s, at, BREAKEVEN, gap=1, back=False)) is not None:
                 events.append(Event("stop_moved", at, directive, ref, stop="entry"))
         elif f & CLOSE:
@@ -306,6 +350,9 @@ def find_events(s: Scan) -> list[Event]:
         level = _verbless_move(s, ref)
         if level is not None and not _conditional(s, ref, True):
             events.append(Event("stop_moved", ref, True, ref, stop=level))
+        elif _alone(s, ref) and not (ref + 1 < len(flags) and flags[ref + 1] & (COLON | NUM)):
+            # "CYREW296 stop", "Stop ❌": the stop, and nothing else said of it
+            events.append(Event("stopped", ref, True, ref))
     return events
 
 

@@ -59,16 +59,19 @@ DIRECTIVE = 1 << 37  # an instruction (infinitive or imperative), not a report
 PLURAL = 1 << 38  # a label that lists several values ("alvos", "targets")
 SUPPRESS = 1 << 39  # a term that looks like a label but is not one ("preço-alvo")
 JOIN = 1 << 40  # a later word of a phrase: readers skip it
-ARTICLE = 1 << 41  # "o", "a", "the": before a label word, makes it a noun
+ARTICLE = 1 << 41  # articles and prepositions ("o", "the", "in"): skipped when pairing events
 FIRST_PERSON = 1 << 42  # "we", "nós": the channel speaking of its own trade
 BREAKEVEN = 1 << 43  # the stop at the entry price: "breakeven", "0x0", "BE"
 AUX = 1 << 44  # "foi", "was", "hoje", "now": skipped when pairing an event with its subject
+SYMBOL_L = 1 << 45  # an emoji label (🎯, 🛑): a price right after it; never an event subject
 
 LABELS = ASSET_L | ENTRY_L | TARGET_L | STOP_L
 EVENT_WORDS = HIT | MOVE | CLOSE | CANCEL | STOPPED | STOPPED_W | CHECK
 
 SIGNAL_TYPES = {
     "swing trade": "swing_trade",
+    "swingtrade": "swing_trade",
+    "positiontrade": "position",
     "swing": "swing_trade",
     "day trade": "day_trade",
     "daytrade": "day_trade",
@@ -112,13 +115,13 @@ _WORDS: dict[int, Iterable[str]] = {
     TARGET_L | WEAK_L: ["gain"],
     STOP_L: _w("stop sl stoploss"),
     STOP_L | WEAK_L: ["loss"],
-    TYPE_L: _w("tipo type setup modalidade"),
+    TYPE_L: _w("tipo type setup modalidade estratégia estrategia strategy"),
     TYPE_W: _w("swing scalp position"),
-    TYPE_P: _w("daytrade scalping"),
+    TYPE_P: _w("daytrade swingtrade scalping positiontrade"),
     FILL: _w(
         "de em entre na no a à at acima abaixo above below from of is preço preco price"
         " zona zone região regiao área area around próximo proximo perto torno near aprox"
-        " approx approximately até ate up to do da the r us brl usd reais"
+        " approx approximately até ate up to do da the r us brl usd reais between"
     ),
     CONN: _w("a à até ate e to and ou or ao"),
     LIST: _w("e and"),
@@ -129,6 +132,7 @@ _WORDS: dict[int, Iterable[str]] = {
         " tocou chegou chegamos pegou hit hits reached achieved done touched triggered"
         " filled smashed"
     ),
+    HIT | DIRECTIVE: _w("realizar realize realizem"),
     MOVE: _w(
         "movido movida movemos moved moving ajustado ajustada ajustamos adjusted alterado"
         " alterada alteramos subimos subido subiu sobe subindo novo nova new trailing trailed"
@@ -161,14 +165,14 @@ _WORDS: dict[int, Iterable[str]] = {
     STOPPED: _w("stopado stopada stopados stopadas stopou stopamos stopei estopado estopou"),
     STOPPED_W: ["stopped"],
     ENTRY_REF: _w("entrada entry"),
-    BREAKEVEN: ["breakeven"],
+    BREAKEVEN: ["breakeven", "0x0"],
     AUX: _w(
         "foi foram fomos é está esta era será vai vão was were is are has have had been got"
         " getting já ja hoje agora ontem now today just finally finalmente aqui here"
     ),
     TRADE: _w(
         "operação operacao posição posicao trade position sinal signal call ordem order"
-        " recomendação recomendacao montagem compra entrada entry"
+        " recomendação recomendacao montagem compra entrada entry setup"
     ),
     GAIN: _w("gain gains lucro profit positivo"),
     LOSS: _w("loss prejuízo prejuizo negativo perda"),
@@ -177,7 +181,7 @@ _WORDS: dict[int, Iterable[str]] = {
     ORDINAL: list(ORDINALS),
     LINK: _w("e and com with"),
     DEST: _w("para pra to na no em at"),
-    ARTICLE: _w("o a os as um uma the essa esta nossa nosso sua seu"),
+    ARTICLE: _w("o a os as um uma the essa esta nossa nosso sua seu in on for by of our"),
     FIRST_PERSON: _w("we nós"),
 }
 
@@ -188,6 +192,8 @@ _SYMBOLS: dict[int, str] = {
     LIST: "/|-–—;,>→&",
     SENT: ".!?;",
     CHECK: "✅✔☑",
+    TARGET_L | SYMBOL_L: "🎯",
+    STOP_L | SYMBOL_L: "🛑⛔",
     DEST: "→>",
 }
 
@@ -196,6 +202,7 @@ PHRASES: dict[str, tuple[tuple[tuple[str, ...], int, str], ...]] = {
     "stop": (
         (("loss",), STOP_L, "stop loss"),
         (("gain",), TARGET_L, "stop gain"),
+        (("target",), STOP_L, "stop target"),
     ),
     "take": (
         (("profit",), TARGET_L, "take profit"),
@@ -243,13 +250,14 @@ PHRASES: dict[str, tuple[tuple[tuple[str, ...], int, str], ...]] = {
     "position": ((("trade",), TYPE_P, "position trade"),),
     "break": ((("even",), BREAKEVEN, "breakeven"),),
     "zero": ((("a", "zero"), BREAKEVEN, "0x0"), (("x", "zero"), BREAKEVEN, "0x0")),
-    "0": ((("x0",), BREAKEVEN, "0x0"), (("x", "0"), BREAKEVEN, "0x0")),
+    "0": ((("x", "0"), BREAKEVEN, "0x0"),),
     "stopped": ((("out",), STOPPED, "stopped out"),),
     "todos": ((("os", "alvos"), TARGET_L | FINAL, "todos os alvos"),),
     "all": (
         (("targets",), TARGET_L | FINAL, "all targets"),
         (("tps",), TARGET_L | FINAL, "all targets"),
         (("take", "profits"), TARGET_L | FINAL, "all targets"),
+        (("take", "profit", "targets"), TARGET_L | FINAL, "all targets"),
     ),
 }
 

@@ -72,13 +72,13 @@ from tgstack.signals.prices import number_token_price
 from tgstack.signals.tickers import is_ticker
 
 TOKEN = re.compile(
-    r"\d+(?:[.,]\d+)*"  # a number with its separators: 1.250,50
+    r"\d+(?:[.,]\d+)*(?:[^\W\d_]\w*)?"  # a number (1.250,50), with letters glued: 1º, 0x0, 10h
     r"|[^\W\d_]\w*"  # a word: letters, then letters or digits (PETR4, TP1)
     r"|\n"
     r"|\S"  # any other character on its own: punctuation, a symbol, an emoji
 )
-# Label and number in one word: TP1, alvo2, target3, entrada1.
-_INDEXED = re.compile(r"(alvo|tp|target|objetivo|entrada|entry)(\d{1,2})")
+# Label and number in one word: TP1, alvo2, target3, entrada1, T1.
+_INDEXED = re.compile(r"(alvo|tp|target|objetivo|entrada|entry)(\d{1,2})|(t)([1-9])")
 _INDEXED_ROLE = {
     "alvo": TARGET_L,
     "tp": TARGET_L,
@@ -86,7 +86,12 @@ _INDEXED_ROLE = {
     "objetivo": TARGET_L,
     "entrada": ENTRY_L,
     "entry": ENTRY_L,
+    "t": TARGET_L,
 }
+# A number with letters glued to it: an ordinal (1º is "1o" after NFKC, 2nd), a price in
+# points (125.400pts), or neither (10h30, 3T25, "38,2O" typed with a letter O).
+_GLUED = re.compile(r"(\d+(?:[.,]\d+)*)([^\W\d_]\w*)")
+_POINTS = frozenset({"pts", "pt", "pontos"})
 # A generic asset after an asset label (the old parser's rule): AAPL, BTCUSDT.
 _GENERIC_ASSET = re.compile(r"[a-z][a-z0-9]{1,11}")
 
@@ -118,18 +123,25 @@ def token_flags(token: str) -> int:
     if first == "\n":
         return NL
     if first.isdecimal():
-        return NUM
+        if not any(c.isalpha() for c in token):
+            return NUM
+        glued = _GLUED.fullmatch(low)
+        if glued is None:
+            return WORD
+        number, suffix = glued.groups()
+        if suffix in ORDINAL_SUFFIXES and number.isdecimal() and len(number) <= 2:
+            return WORD | ORDINAL
+        return NUM if suffix in _POINTS else WORD
     if not first.isalnum():
         return PUNCT
     flags = WORD | BREAKEVEN if token == _BREAKEVEN_ABBREVIATION else WORD
     if any(c.isdecimal() for c in low):
         match = _INDEXED.fullmatch(low)
         if match:
-            return WORD | INDEXED | _INDEXED_ROLE[match.group(1)]
-        if is_ticker(low):
-            flags |= TICKER_ANY
-            if token.isupper():
-                flags |= TICKER
+            return WORD | INDEXED | _INDEXED_ROLE[match.group(1) or match.group(3)]
+    # every B3 shape is 5 to 9 characters and ends in a digit or FUT
+    if 4 < len(low) < 10 and (low[-1].isdecimal() or low.endswith("fut")) and is_ticker(low):
+        flags |= TICKER_ANY | (TICKER if token.isupper() else 0)
     return flags
 
 
@@ -185,19 +197,25 @@ def _phrase(tokens: list[str], i: int) -> tuple[int, int, str] | None:
     return None
 
 
-def _names_type(flags: list[int], i: int) -> bool:
-    """A lone type word (``Swing``) counts at the start of its line or after ``Tipo:``."""
+def _names_type(s_tokens: list[str], flags: list[int], i: int) -> bool:
+    """A lone type word (``Swing``) counts first on its line, after ``Tipo:`` on its line, or
+    on its own in brackets or as a hashtag (``(swing)``, ``#swing``)."""
+    if i > 0 and s_tokens[i - 1] in _TYPE_BRACKETS:
+        return True
     k = i - 1
+    first = True
     while k >= 0 and not flags[k] & NL:
         f = flags[k]
         if f & TYPE_L:
             return True
         if f & (WORD | NUM) and not f & (FILL | JOIN):
-            return False
+            first = False
         k -= 1
-    return True
+    return first
 
 
+_TYPE_BRACKETS = frozenset("(#[")
+_INDEX_MARKS = frozenset("-#")
 _MARKED = LABELS | TYPE_L | TICKER | TYPE_P | TYPE_W | EVENT_WORDS | PHRASE
 
 
@@ -225,7 +243,7 @@ def scan(text: str) -> Scan:
             labels.append(i)
         if f & TICKER:
             tickers.append(i)
-        if f & TYPE_P or (f & TYPE_W and _names_type(flags, i)):
+        if f & TYPE_P or (f & TYPE_W and _names_type(tokens, flags, i)):
             types.append((i, SIGNAL_TYPES[canon.get(i, tokens[i].lower())]))
         if f & EVENT_WORDS:
             events.append(i)
@@ -256,9 +274,9 @@ def at_label_position(s: Scan, i: int) -> bool:
     """Does the word at ``i`` stand where a label stands (line start, after a symbol, …)?"""
     j = i - 1
     flags = s.flags
-    if j >= 0 and (flags[j] & ORDINAL or s.low(j) in ORDINAL_SUFFIXES):
-        j -= 1  # "1º alvo", "segundo alvo"
-        if j >= 0 and flags[j] & NUM:
+    if j >= 0 and (flags[j] & ORDINAL or s.tokens[j] == "°"):
+        j -= 1  # "1º alvo", "segundo alvo", "1° alvo"
+        if j >= 0 and flags[j] & NUM and s.tokens[j + 1] == "°":
             j -= 1
     while j >= 0 and flags[j] & FINAL:
         j -= 1  # "Final target:", "Último alvo"
@@ -280,21 +298,21 @@ def label_index(s: Scan, i: int) -> tuple[int | str | None, int]:
         return "final", j
     if f & INDEXED:
         return int("".join(c for c in tokens[i] if c.isdecimal())), j
-    # before the label: "1º alvo", "segundo alvo", "alvo" after "final"/"último"
+    # before the label: "1º alvo", "segundo alvo", "1° alvo", "último alvo"
     k = i - 1
     if k >= 0:
         if flags[k] & ORDINAL:
-            return ORDINALS[s.low(k)], j
+            return ordinal_value(s, k), j
         if flags[k] & FINAL:
             return "final", j
-        if k >= 1 and flags[k - 1] & NUM and s.low(k) in ORDINAL_SUFFIXES:
-            number = tokens[k - 1]
-            if number.isdecimal() and len(number) <= 2:
-                return int(number), j
+        if k >= 1 and tokens[k] == "°" and tokens[k - 1].isdecimal() and len(tokens[k - 1]) <= 2:
+            return int(tokens[k - 1]), j
     # after the label: "alvo final", "alvo 2", "alvo 2:"
     if j < n:
         if flags[j] & FINAL:
             return "final", j + 1
+        if tokens[j] in _INDEX_MARKS and j + 2 < n and flags[j + 2] & (COLON | NUM):
+            j += 1  # "TP-1: 39", "Alvo #2 41"
         if flags[j] & NUM and tokens[j].isdecimal() and len(tokens[j]) <= 2:
             # "Alvo 2: 41", "Alvo 2 41,50", "Alvo 2 atingido" — but "Alvo 39" is a price
             nxt = flags[j + 1] if j + 1 < n else NL
@@ -310,7 +328,19 @@ def price_at(s: Scan, j: int) -> Decimal | None:
         return None
     if j + 1 < len(tokens) and tokens[j + 1] == _PERCENT:
         return None
-    return number_token_price(tokens[j])
+    token = tokens[j]
+    if not token[-1].isdecimal():  # 125.400pts
+        token = token.rstrip("ptsonPTSON")
+    return number_token_price(token)
+
+
+def ordinal_value(s: Scan, k: int) -> int | None:
+    """The number an ordinal at ``k`` names: ``segundo`` → 2, ``2º`` (``2o``) → 2, ``2nd``."""
+    token = s.low(k)
+    if token in ORDINALS:
+        return ORDINALS[token]
+    digits = "".join(c for c in token if c.isdecimal())
+    return int(digits) if digits else None
 
 
 def _skip_to_value(s: Scan, j: int, *, ticker_ok: bool, formal: bool) -> tuple[int, int | None]:
