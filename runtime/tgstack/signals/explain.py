@@ -31,7 +31,11 @@ def explain(text: str | None) -> dict[str, Any]:
         first, last = min(first, last), max(first, last)
         return " ".join(s.text[spans[first][0] : spans[last][1]].split())
 
-    for name, first, last, value in fields.matches:
+    matches = list(fields.matches)
+    if s.tickers and not any(name == "asset" for name, *_ in matches):
+        first = s.tickers[0]  # no asset label: the first ticker written in capitals
+        matches.insert(0, ("asset", first, first, s.tokens[first].upper()))
+    for name, first, last, value in matches:
         shown = str(value)
         if name == "target":  # (its number, its price)
             number, price = cast(tuple[int, Decimal], value)
