@@ -21,7 +21,7 @@ Invariant: ``classify`` never raises on any text and always returns exactly one 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from tgstack.signals.events import Event, find_events, summarise
 from tgstack.signals.lexicon import EVENT_WORDS, STOP_L
@@ -47,11 +47,20 @@ def _signal(asset: str | None, fields: Fields) -> Signal | None:
     final = fields.final
     if final is None and targets and max(targets) > 2:
         final = targets[max(targets)]
+    entries = fields.entries
+    low, high = (
+        entries[0]
+        if len(entries) == 1
+        else (
+            min(low for low, _ in entries),
+            max(high for _, high in entries),
+        )
+    )
     return Signal(
         asset=asset,
         signal_type=fields.signal_type,
-        buy_min=min(low for low, _ in fields.entries),
-        buy_max=max(high for _, high in fields.entries),
+        buy_min=low,
+        buy_max=high,
         target_1=targets.get(1),
         target_2=targets.get(2),
         target_final=final,
@@ -70,14 +79,13 @@ def _needs_review(asset: str | None, fields: Fields) -> Classification | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class Analysis:
+class Analysis(NamedTuple):
     """``classify``'s answer with what it was decided on (``--explain`` shows it)."""
 
     classification: Classification
     scan: Scan | None = None
     fields: Fields | None = None
-    events: list[Event] = field(default_factory=list)
+    events: list[Event] = []  # noqa: RUF012 - a NamedTuple default, never mutated
 
 
 def analyse(text: str | None) -> Analysis:
@@ -88,7 +96,10 @@ def analyse(text: str | None) -> Analysis:
     fields = read_fields(s)
     asset = _asset(s, fields)
     signal = _signal(asset, fields)
-    events = find_events(s) if s.union & (EVENT_WORDS | STOP_L) else []
+    # Without an event word only verbless stop moves are possible, and those are instructions:
+    # a complete signal with none is a signal whatever its stop line says.
+    words = s.union & EVENT_WORDS
+    events = find_events(s) if words or (signal is None and s.union & STOP_L) else []
     if events and (signal is None or not all(e.directive for e in events)):
         event = summarise(events)
         found = Classification(

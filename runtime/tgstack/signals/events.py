@@ -39,7 +39,7 @@ moved to a price carries exactly the price the post wrote.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from tgstack.signals.lexicon import (
     ARTICLE,
@@ -99,12 +99,14 @@ _MOVES_TO = frozenset({"para", "pra", "to", "→", ">"})  # a stop "para 37,50" 
 PRECEDENCE: tuple[EventKind, ...] = ("cancelled", "stopped", "closed", "target_hit", "stop_moved")
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
+    """One event word paired with its subject (a NamedTuple: posts make many of them)."""
+
     kind: EventKind
     at: int  # the event word's position
     directive: bool  # an instruction, not a report
     subject: int | None = None  # the position of what it happened to (target, stop, trade)
+    until: int | None = None  # the position of the last word that says it (a stop's level)
     target: Target | None = None
     stop: StopLevel | None = None
     result: Result | None = None
@@ -205,8 +207,9 @@ def _level(s: Scan, k: int) -> StopLevel | None:
     return None
 
 
-def _destination(s: Scan, ref: int) -> StopLevel | None:
-    """Where the stop at ``ref`` went, read forward in its sentence (the verb may be between)."""
+def _destination(s: Scan, ref: int) -> tuple[StopLevel | None, int]:
+    """Where the stop at ``ref`` went, read forward in its sentence (the verb may be between),
+    and the position of the words that say it."""
     flags = s.flags
     words = 0
     for k in range(ref + 1, min(ref + 12, len(flags))):
@@ -214,37 +217,36 @@ def _destination(s: Scan, ref: int) -> StopLevel | None:
             break
         f = flags[k]
         if f & (ENTRY_REF | BREAKEVEN | NUM) or (f & TARGET_L and not f & _NOT_SUBJECT):
-            return _level(s, k)
+            return _level(s, k), k
         if _content(f) and not f & (MOVE | STOP_L | TRADE):
             words += 1
             if words > 1:
                 break
-    return None
+    return None, ref
 
 
-def _verbless_move(s: Scan, ref: int) -> StopLevel | None:
-    """``stop na entrada``, ``stop no 0x0``, ``SL to BE``, ``stop para 37,50``, ``SL: BE``."""
+def _verbless_move(s: Scan, ref: int) -> tuple[StopLevel | None, int]:
+    """``stop na entrada``, ``stop no 0x0``, ``SL to BE``, ``stop para 37,50``, ``SL: BE``:
+    the level and its position."""
     flags, tokens, n = s.flags, s.tokens, len(s.tokens)
     k = ref + 1
     while k < n and flags[k] & (JOIN | AUX | ARTICLE) and not flags[k] & DEST:
         k += 1
     if k >= n or not flags[k] & (DEST | COLON):
-        return None
+        return None, ref
     moves_to = tokens[k].lower() in _MOVES_TO
     colon = bool(flags[k] & COLON)
     k += 1
     while k < n and flags[k] & (ARTICLE | FILL) and not flags[k] & (NUM | ENTRY_REF):
         k += 1
     if k >= n:
-        return None
+        return None, ref
     f = flags[k]
     if f & BREAKEVEN or (f & ENTRY_REF and not colon):
-        return "entry"
-    if f & TARGET_L and not colon:
-        return _level(s, k)
-    if f & NUM and moves_to:
-        return _level(s, k)
-    return None
+        return "entry", k
+    if (f & TARGET_L and not colon) or (f & NUM and moves_to):
+        return _level(s, k), k
+    return None, ref
 
 
 def _result(s: Scan, at: int) -> Result | None:
@@ -323,12 +325,12 @@ def find_events(s: Scan) -> list[Event]:
                 events.append(Event("stopped", at, directive, ref))
         elif f & MOVE:
             ref = _search(s, at, STOP_L, gap=1, skip=TRADE, exclude=_NOT_SUBJECT)
-            level = _destination(s, ref) if ref is not None else None
+            level, until = _destination(s, ref) if ref is not None else (None, at)
             if ref is not None and (level is not None or not directive):
                 # an instruction says where ("subam o stop para 37,50"); a report may not
                 # ("stop ajustado"); "move your stop only in the direction of the trade" is advice
                 moved.add(ref)
-                events.append(Event("stop_moved", at, directive, ref, stop=level))
+                events.append(Event("stop_moved", at, directive, ref, until, stop=level))
             elif (ref := _search(s, at, BREAKEVEN, gap=1, back=False)) is not None:
                 events.append(Event("stop_moved", at, directive, ref, stop="entry"))
         elif f & CLOSE:
@@ -347,10 +349,10 @@ def find_events(s: Scan) -> list[Event]:
     for ref in s.labels:
         if ref in moved or not _is_stop(flags[ref]) or s.in_question(ref):
             continue
-        level = _verbless_move(s, ref)
+        level, until = _verbless_move(s, ref)
         if level is not None and not _conditional(s, ref, True):
-            events.append(Event("stop_moved", ref, True, ref, stop=level))
-        elif _alone(s, ref) and not (ref + 1 < len(flags) and flags[ref + 1] & (COLON | NUM)):
+            events.append(Event("stop_moved", ref, True, ref, until, stop=level))
+        elif not (ref + 1 < len(flags) and flags[ref + 1] & (COLON | NUM)) and _alone(s, ref):
             # "CYREW296 stop", "Stop ❌": the stop, and nothing else said of it
             events.append(Event("stopped", ref, True, ref))
     return events
@@ -363,21 +365,22 @@ def summarise(events: list[Event]) -> Event:
     kind = next(k for k in PRECEDENCE if k in kinds)
     mine = [e for e in events if e.kind == kind]
     first = mine[0]
+    if len(mine) == 1 and kind != "target_hit":
+        return first
+    directive = all(e.directive for e in mine)
     if kind == "target_hit":
-        targets = [e.target for e in mine if e.target is not None]
+        targets = [e.target for e in mine]
         target: Target = (
             "final"
             if "final" in targets
             else max((t for t in targets if isinstance(t, int)), default=1)
         )
         stop = next((e.stop for e in events if e.kind == "stop_moved" and e.stop), None)
-        directive = all(e.directive for e in mine)
-        return Event(kind, first.at, directive, first.subject, target=target, stop=stop)
+        return first._replace(directive=directive, target=target, stop=stop)
     if kind == "stop_moved":
         stop = next((e.stop for e in mine if e.stop is not None), None)
-        return Event(kind, first.at, all(e.directive for e in mine), first.subject, stop=stop)
+        return first._replace(directive=directive, stop=stop)
     if kind == "closed":
         result = next((e.result for e in mine if e.result), None)
-        directive = all(e.directive for e in mine)
-        return Event(kind, first.at, directive, first.subject, result=result)
-    return first
+        return first._replace(directive=directive, result=result)
+    return first._replace(directive=directive)

@@ -47,11 +47,11 @@ def explain(text: str | None) -> dict[str, Any]:
     for event in analysis.events:
         said = {"target": event.target, "stop": event.stop, "result": event.result}
         values = {k: str(v) for k, v in said.items() if v is not None}
-        subject = event.subject if event.subject is not None else event.at
+        said_at = [p for p in (event.at, event.subject, event.until) if p is not None]
         out["matches"].append(
             {
                 "field": f"event:{event.kind}" + (" (instruction)" if event.directive else ""),
-                "words": words(event.at, subject),
+                "words": words(min(said_at), max(said_at)),
                 "value": values or None,
             }
         )

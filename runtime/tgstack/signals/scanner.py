@@ -27,8 +27,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal
-from functools import lru_cache, reduce
-from operator import or_
 
 from tgstack.signals.lexicon import (
     ASSET_L,
@@ -112,9 +110,29 @@ _RANGE = (Decimal("0.5"), Decimal("2"))
 _TIGHT_RANGE = (Decimal("0.8"), Decimal("1.25"))
 
 
-@lru_cache(maxsize=8192)
+class _FlagCache(dict[str, int]):
+    """Roles of the tokens seen lately: channels repeat the same words, and a dict lookup
+    mapped over a post's tokens costs far less than working the roles out again. A token not
+    seen yet is worked out on the lookup (``__missing__``); the cache empties when it grows
+    large, so a stream of new prices and ids cannot grow it without bound."""
+
+    def __missing__(self, token: str) -> int:
+        if len(self) > _FLAGS_MAX:
+            self.clear()
+        flags = self[token] = token_flags(token)
+        return flags
+
+
+_FLAGS_MAX = 50_000
+_FLAGS = _FlagCache()
+
+
+def clear_token_cache() -> None:
+    _FLAGS.clear()
+
+
 def token_flags(token: str) -> int:
-    """The roles of one token (cached: channels repeat the same words)."""
+    """The roles of one token."""
     low = token.lower()
     known = LEXICON.get(low)
     if known is not None:
@@ -123,8 +141,8 @@ def token_flags(token: str) -> int:
     if first == "\n":
         return NL
     if first.isdecimal():
-        if not any(c.isalpha() for c in token):
-            return NUM
+        if low[-1].isdecimal():
+            return NUM  # digits and separators only: letters would be glued at the end
         glued = _GLUED.fullmatch(low)
         if glued is None:
             return WORD
@@ -135,14 +153,22 @@ def token_flags(token: str) -> int:
     if not first.isalnum():
         return PUNCT
     flags = WORD | BREAKEVEN if token == _BREAKEVEN_ABBREVIATION else WORD
-    if any(c.isdecimal() for c in low):
-        match = _INDEXED.fullmatch(low)
-        if match:
-            return WORD | INDEXED | _INDEXED_ROLE[match.group(1) or match.group(3)]
-    # every B3 shape is 5 to 9 characters and ends in a digit or FUT
-    if 4 < len(low) < 10 and (low[-1].isdecimal() or low.endswith("fut")) and is_ticker(low):
+    if low.isalpha():
+        if _undated_future(low):
+            flags |= TICKER_ANY | (TICKER if token.isupper() else 0)
+        return flags
+    match = _INDEXED.fullmatch(low)
+    if match:
+        return WORD | INDEXED | _INDEXED_ROLE[match.group(1) or match.group(3)]
+    # every other B3 shape is 5 to 9 characters and ends in a digit
+    if 4 < len(low) < 10 and low[-1].isdecimal() and is_ticker(low):
         flags |= TICKER_ANY | (TICKER if token.isupper() else 0)
     return flags
+
+
+def _undated_future(low: str) -> bool:
+    """WINFUT, WDOFUT, INDFUT: the one B3 shape without a digit."""
+    return len(low) == 6 and low.endswith("fut") and is_ticker(low)
 
 
 @dataclass(slots=True)
@@ -157,7 +183,7 @@ class Scan:
     tickers: list[int]  # positions of tickers written in capitals
     types: list[tuple[int, str]]  # signal types named, in order
     events: list[int]  # positions of event words
-    union: int  # every role present anywhere
+    union: int  # every role of the label, ticker, type and event words, or-ed
     has_question: bool
 
     def low(self, i: int) -> str:
@@ -183,11 +209,17 @@ class Scan:
         return end < len(self.tokens) and self.tokens[end] == "?"
 
 
+# The words that may follow each phrase's first word: most heads ("stop") are not a phrase.
+_SECOND_WORDS = frozenset(tail[0] for terms in PHRASES.values() for tail, _, _ in terms)
+
+
 def _phrase(tokens: list[str], i: int) -> tuple[int, int, str] | None:
     """The several-word term starting at ``i``: (length, roles, the term), or None."""
     if i + 1 >= len(tokens):
         return None
     second = tokens[i + 1].lower()
+    if second not in _SECOND_WORDS:
+        return None
     for tail, roles, term in PHRASES[tokens[i].lower()]:
         if tail[0] != second:
             continue
@@ -223,12 +255,13 @@ def scan(text: str) -> Scan:
     """Cut a post into tokens, give each its roles and note labels, tickers, types, events."""
     norm = normalise(text)
     tokens = TOKEN.findall(norm)
-    flags = [token_flags(t) for t in tokens]
+    flags = list(map(_FLAGS.__getitem__, tokens))
     canon: dict[int, str] = {}
     labels: list[int] = []
     tickers: list[int] = []
     types: list[tuple[int, str]] = []
     events: list[int] = []
+    union = 0
     for i in [i for i, f in enumerate(flags) if f & _MARKED]:
         f = flags[i]
         if f & JOIN:
@@ -247,7 +280,7 @@ def scan(text: str) -> Scan:
             types.append((i, SIGNAL_TYPES[canon.get(i, tokens[i].lower())]))
         if f & EVENT_WORDS:
             events.append(i)
-    union = reduce(or_, flags, 0)
+        union |= f
     return Scan(norm, tokens, flags, canon, labels, tickers, types, events, union, "?" in norm)
 
 
@@ -407,7 +440,7 @@ def read_fields(s: Scan) -> Fields:
     next_target = 1
     for i in s.labels:
         f = flags[i]
-        if f & TYPE_L or s.in_question(i):
+        if f & TYPE_L or (s.has_question and s.in_question(i)):
             continue  # the type after "Tipo:" is noted by scan()
         if f & (TARGET_L | ENTRY_L):
             index, j = label_index(s, i)
@@ -418,11 +451,15 @@ def read_fields(s: Scan) -> Fields:
         formal = j < n and bool(flags[j] & COLON)
         if not formal and (f & WEAK_L or not at_label_position(s, i)):
             continue
-        j, ticker = _skip_to_value(s, j, ticker_ok=bool(f & (ENTRY_L | ASSET_L)), formal=formal)
+        ticker = None
+        if formal and j + 1 < n and flags[j + 1] & NUM:
+            j += 1  # the common "Label: 12,34", without the general skip
+        elif j >= n or not flags[j] & NUM:
+            j, ticker = _skip_to_value(s, j, ticker_ok=bool(f & (ENTRY_L | ASSET_L)), formal=formal)
         if f & ASSET_L:
             _read_asset(s, out, i, j, ticker)
             continue
-        price = price_at(s, j)
+        price = price_at(s, j) if j < n and flags[j] & NUM else None
         if f & ENTRY_L:
             if formal or price is not None:
                 labelled.add("entry")
