@@ -29,9 +29,11 @@ cancelled       cancelado, cancelar, desconsiderem, ignore,     a trade or signa
 Between the event word and its subject there may be fillers, articles, numbers, tickers,
 symbols and at most one other word for a target or stop (``o alvo 1 foi atingido``), none for a
 trade (``fechamos a semana com lucro`` closes no trade). An event word in a question, or in a
-condition (``se o alvo 1 for atingido, mover o stop``), reports nothing. Instructions
-(``mover``, ``encerrar``, ``cancel``) and the verbless stop moves are *directives*: inside a
-complete signal they are part of the signal's plan, not events.
+condition (``se o alvo 1 for atingido, mover o stop``), reports nothing; ``12 alvos atingidos``
+is a count, and an instruction to move the stop that does not say where (``move your stop only
+in the direction of the trade``) is advice. Instructions (``mover``, ``encerrar``, ``cancel``),
+✅ ticks and the verbless stop moves are *directives*: inside a complete signal they are part of
+the signal's plan, not events.
 
 Invariant: the module only reads the scan; it never raises and never invents a price — a stop
 moved to a price carries exactly the price the post wrote.

@@ -19,7 +19,8 @@ How a field is read:
    another word, a percentage — and the label has no value.
 
 Invariant: reading never raises and never guesses a price — a label whose value is not a
-clean price simply has no value, and a post is a signal only when the classifier says so.
+clean price simply has no value, and a post is a signal only when the classifier says so. The
+only state is a bounded memo of token roles: the same text always gives the same scan.
 """
 
 from __future__ import annotations
@@ -229,10 +230,10 @@ def _phrase(tokens: list[str], i: int) -> tuple[int, int, str] | None:
     return None
 
 
-def _names_type(s_tokens: list[str], flags: list[int], i: int) -> bool:
+def _names_type(tokens: list[str], flags: list[int], i: int) -> bool:
     """A lone type word (``Swing``) counts first on its line, after ``Tipo:`` on its line, or
     on its own in brackets or as a hashtag (``(swing)``, ``#swing``)."""
-    if i > 0 and s_tokens[i - 1] in _TYPE_BRACKETS:
+    if i > 0 and tokens[i - 1] in _TYPE_BRACKETS:
         return True
     k = i - 1
     first = True
