@@ -97,6 +97,7 @@ _NOT_SUBJECT = WEAK_L | SYMBOL_L
 _REACH_BACK = 7
 _REACH_AHEAD = 4
 _MOVES_TO = frozenset({"para", "pra", "to", "→", ">"})  # a stop "para 37,50" was moved there
+_NOW = frozenset({"agora", "now"})
 
 PRECEDENCE: tuple[EventKind, ...] = ("cancelled", "stopped", "closed", "target_hit", "stop_moved")
 
@@ -232,11 +233,13 @@ def _verbless_move(s: Scan, ref: int) -> tuple[StopLevel | None, int]:
     the level and its position."""
     flags, tokens, n = s.flags, s.tokens, len(s.tokens)
     k = ref + 1
+    now = False  # "stop agora em 37,80": "now" says it changed
     while k < n and flags[k] & (JOIN | AUX | ARTICLE) and not flags[k] & DEST:
+        now = now or tokens[k].lower() in _NOW
         k += 1
     if k >= n or not flags[k] & (DEST | COLON):
         return None, ref
-    moves_to = tokens[k].lower() in _MOVES_TO
+    moves_to = now or tokens[k].lower() in _MOVES_TO
     colon = bool(flags[k] & COLON)
     k += 1
     while k < n and flags[k] & (ARTICLE | FILL) and not flags[k] & (NUM | ENTRY_REF):
@@ -344,6 +347,12 @@ def find_events(s: Scan) -> list[Event]:
                 ref = _search(s, at, TICKER_ANY, gap=0, back=False)
             if ref is not None or _alone(s, at):
                 events.append(Event("closed", at, directive, ref, result=_result(s, at)))
+        elif f & (GAIN | LOSS) and not f & (CLOSE | CANCEL):
+            # "PETR4 — GAIN ✅ +6%", "❌ LOSS VALE3": a result alone, not a "Gain: 39" label
+            nxt = flags[at + 1] if at + 1 < len(flags) else NL
+            if not nxt & (COLON | NUM) and _alone(s, at):
+                result: Result = "gain" if f & GAIN else "loss"
+                events.append(Event("closed", at, directive, None, result=result))
         elif f & CANCEL:
             ref = _search(s, at, TRADE | TICKER_ANY | ENTRY_L, gap=0)
             if ref is not None or _alone(s, at):

@@ -66,7 +66,7 @@ AUX = 1 << 44  # "foi", "was", "hoje", "now": skipped when pairing an event with
 SYMBOL_L = 1 << 45  # an emoji label (🎯, 🛑): a price right after it; never an event subject
 
 LABELS = ASSET_L | ENTRY_L | TARGET_L | STOP_L
-EVENT_WORDS = HIT | MOVE | CLOSE | CANCEL | STOPPED | STOPPED_W | CHECK
+EVENT_WORDS = HIT | MOVE | CLOSE | CANCEL | STOPPED | STOPPED_W | CHECK | GAIN | LOSS
 
 SIGNAL_TYPES = {
     "swing trade": "swing_trade",
@@ -119,7 +119,7 @@ _WORDS: dict[int, Iterable[str]] = {
     TYPE_W: _w("swing scalp position"),
     TYPE_P: _w("daytrade swingtrade scalping positiontrade"),
     FILL: _w(
-        "de em entre na no a à at acima abaixo above below from of is preço preco price"
+        "de em entre na no a à at acima abaixo above below from of is preço preco price partir"
         " zona zone região regiao área area around próximo proximo perto torno near aprox"
         " approx approximately até ate up to do da the r us brl usd reais between"
     ),
@@ -132,7 +132,8 @@ _WORDS: dict[int, Iterable[str]] = {
         " tocou chegou chegamos pegou hit hits reached achieved done touched triggered"
         " filled smashed"
     ),
-    HIT | DIRECTIVE: _w("realizar realize realizem"),
+    # "realizem parcial no alvo 1", "parcial no alvo 1", "saída no alvo 2", "saída no stop"
+    HIT | DIRECTIVE: _w("realizar realize realizem parcial saída saida"),
     MOVE: _w(
         "movido movida movemos moved moving ajustado ajustada ajustamos adjusted alterado"
         " alterada alteramos subimos subido subiu sobe subindo novo nova new trailing trailed"

@@ -387,7 +387,10 @@ def _skip_to_value(s: Scan, j: int, *, ticker_ok: bool, formal: bool) -> tuple[i
         f = flags[j]
         if f & NUM:
             break
-        symbol = f & PUNCT and not f & _HARD_STOP and s.tokens[j] not in ")]"
+        # any symbol that neither ends a sentence nor closes a bracket; "|" only here, where
+        # nothing was read yet ("🟢 COMPRA | VALE3 | 61,20")
+        char = s.tokens[j]
+        symbol = f & PUNCT and (not f & _HARD_STOP or char == "|") and char not in ")]"
         if f & (_SKIP_BEFORE_VALUE | JOIN) or symbol:
             pass
         elif ticker_ok and f & TICKER_ANY and ticker is None:
