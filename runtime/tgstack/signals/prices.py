@@ -42,24 +42,27 @@ def number_token_price(raw: str) -> Decimal | None:
     between them, never at either end): the price, or None for zero or an absurd length."""
     if len(raw) > MAX_PRICE_CHARS:
         return None
-    comma, dot = "," in raw, "." in raw
-    if comma and dot:
+    comma = raw.count(",")
+    if "." not in raw:
+        if comma == 0:
+            normalized = raw
+        elif comma == 1:
+            normalized = raw.replace(",", ".")  # 36,50: the common case first
+        else:  # 1,234,567 or 1,234,56: the last comma is the decimal mark
+            integer, _, fraction = raw.rpartition(",")
+            normalized = integer.replace(",", "") + "." + fraction
+    elif comma:
         if raw.rfind(",") > raw.rfind("."):
             normalized = raw.replace(".", "").replace(",", ".")
         else:
             normalized = raw.replace(",", "")
-    elif comma:
-        integer, _, fraction = raw.rpartition(",")
-        normalized = integer.replace(",", "") + "." + fraction
-    elif dot and raw.count(".") > 1:
+    elif raw.count(".") > 1:
         normalized = raw.replace(".", "")
-    elif dot:
+    else:
         integer, _, fraction = raw.partition(".")
         normalized = integer + fraction if len(fraction) == 3 and integer != "0" else raw
-    else:
-        normalized = raw
     try:
         value = Decimal(normalized)
     except InvalidOperation:
         return None
-    return value if value.is_finite() and value > 0 else None
+    return value if value > 0 else None

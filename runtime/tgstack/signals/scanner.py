@@ -248,6 +248,8 @@ def _names_type(tokens: list[str], flags: list[int], i: int) -> bool:
 
 
 _TYPE_BRACKETS = frozenset("(#[")
+_TARGET_OR_ENTRY = TARGET_L | ENTRY_L
+_TICKER_LABELS = ENTRY_L | ASSET_L  # a ticker may stand between these labels and their value
 _INDEX_MARKS = frozenset("-#")
 _MARKED = LABELS | TYPE_L | TICKER | TYPE_P | TYPE_W | EVENT_WORDS | PHRASE
 
@@ -446,7 +448,7 @@ def read_fields(s: Scan) -> Fields:
         f = flags[i]
         if f & TYPE_L or (s.has_question and s.in_question(i)):
             continue  # the type after "Tipo:" is noted by scan()
-        if f & (TARGET_L | ENTRY_L):
+        if f & _TARGET_OR_ENTRY:
             index, j = label_index(s, i)
         else:
             index, j = None, i + 1
@@ -459,7 +461,7 @@ def read_fields(s: Scan) -> Fields:
         if formal and j + 1 < n and flags[j + 1] & NUM:
             j += 1  # the common "Label: 12,34", without the general skip
         elif j >= n or not flags[j] & NUM:
-            j, ticker = _skip_to_value(s, j, ticker_ok=bool(f & (ENTRY_L | ASSET_L)), formal=formal)
+            j, ticker = _skip_to_value(s, j, ticker_ok=bool(f & _TICKER_LABELS), formal=formal)
         if f & ASSET_L:
             _read_asset(s, out, i, j, ticker)
             continue
