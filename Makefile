@@ -12,6 +12,8 @@
 #   make bench-db       data-layer benchmark on 1,000,000 stored messages
 #   make bench-ingest   tgstack replay of 100,000 synthetic posts through the whole pipeline
 #   make bench          the seed's benchmarks beside the legacy baseline (BENCH_LONG=1: full)
+#   make parser-report  precision and recall of the signal reader per kind and field on the golden corpus
+#   make bench-parser   signal reader throughput in posts/s on one core (BENCH_ARGS="--seconds 30 --cpu 1")
 #   make loadtest       tgstack loadtest --local (LOADTEST_ARGS="--rate 500 --duration 60")
 #   make loadtest-wire  the same through the local Telegram server, real login and gateway (--through telegram)
 #   make docs           the documentation site (mkdocs --strict), OpenSpec validation, doc checks
@@ -131,11 +133,18 @@ bench-db: deps
 bench-ingest: deps
 	@$(BIN)/python tests/bench/bench_ingest.py $(BENCH_ARGS)
 
-.PHONY: bench loadtest loadtest-wire
+.PHONY: bench loadtest loadtest-wire parser-report bench-parser
 
 # Every seed benchmark and the baseline in one run: bench-results/<time>/bench.md, bench.json
 bench: deps
 	@$(BIN)/python tests/bench/bench_stack.py $(if $(BENCH_LONG),--long) $(BENCH_ARGS)
+
+# The signal reader (tgstack.signals) against tests/data/signals/corpus.jsonl: no server needed.
+parser-report: venv
+	@$(BIN)/python tests/bench/parser_report.py $(REPORT_ARGS)
+
+bench-parser: venv
+	@$(BIN)/python tests/bench/bench_parser.py $(BENCH_ARGS)
 
 loadtest: deps
 	@$(BIN)/tgstack loadtest --local $(LOADTEST_ARGS)

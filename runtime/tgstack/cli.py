@@ -142,10 +142,27 @@ def cmd_poller(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_signals_parse(args: argparse.Namespace, settings: Settings) -> int:
-    from tgstack.signals import parse_signal
+    from tgstack.signals import explain, parse_signal
 
-    signal = parse_signal(sys.stdin.read())
+    text = sys.stdin.read()
+    if args.explain:
+        shown = explain(text)
+        _print_json({"signal": shown["signal"], "matches": shown["matches"]})
+        return EXIT_OK
+    signal = parse_signal(text)
     print(json.dumps(signal.to_json_dict() if signal else None, ensure_ascii=False))
+    return EXIT_OK
+
+
+def cmd_signals_classify(args: argparse.Namespace, settings: Settings) -> int:
+    from tgstack.signals import classify, explain
+
+    text = sys.stdin.read()
+    if args.explain:
+        shown = explain(text)
+        _print_json({"classification": shown["classification"], "matches": shown["matches"]})
+        return EXIT_OK
+    print(json.dumps(classify(text).to_dict(), ensure_ascii=False))
     return EXIT_OK
 
 
@@ -330,17 +347,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_loadtest_parser(commands, cmd_loadtest)
 
-    signals = commands.add_parser("signals", help="trading-signal tools")
-    signals_commands = signals.add_subparsers(dest="signals_command", required=True)
-    parse = signals_commands.add_parser(
-        "parse", help="parse a post from stdin; print the signal as JSON, or null"
-    )
-    parse.set_defaults(handler=cmd_signals_parse)
+    _add_signals_parser(commands)
 
     from tgstack.legacy.cli import add_legacy_commands
 
     add_legacy_commands(commands)
     return parser
+
+
+def _add_signals_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    signals = commands.add_parser("signals", help="trading-signal tools")
+    signals_commands = signals.add_subparsers(dest="signals_command", required=True)
+    explain_help = "also show which words of the post matched which field or event"
+    parse = signals_commands.add_parser(
+        "parse", help="parse a post from stdin; print the signal as JSON, or null"
+    )
+    parse.add_argument(
+        "--explain",
+        action="store_true",
+        help=explain_help + ' (prints {"signal": …, "matches": […]})',
+    )
+    parse.set_defaults(handler=cmd_signals_parse)
+    classify = signals_commands.add_parser(
+        "classify",
+        help="classify a post from stdin: one JSON object whose kind is signal, target_hit, "
+        "stop_moved, stopped, closed, cancelled, needs_review or chatter, with the fields "
+        "that apply",
+    )
+    classify.add_argument(
+        "--explain",
+        action="store_true",
+        help=explain_help + ' (prints {"classification": …, "matches": […]})',
+    )
+    classify.set_defaults(handler=cmd_signals_classify)
 
 
 def _fail(message: str, code: int) -> int:

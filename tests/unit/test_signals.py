@@ -1,4 +1,5 @@
-"""The signal parser over every documented format, and over text that is not a signal."""
+"""The signal parser and follow-up classifier over every documented format, and over text that
+is not a signal (the golden corpus is tests/unit/test_signal_corpus.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tgstack.gateway.synthetic import _price
-from tgstack.signals import PriceError, Signal, parse_price, parse_signal
+from tgstack.signals import (
+    KINDS,
+    Classification,
+    PriceError,
+    Signal,
+    classify,
+    explain,
+    parse_price,
+    parse_signal,
+)
+from tgstack.signals.lexicon import LEXICON, PHRASES
+from tgstack.signals.normalise import normalise
+from tgstack.signals.tickers import ticker_shape
 
 D = Decimal
 
@@ -157,6 +170,7 @@ def test_text_that_is_not_a_signal_gives_none(text: str | None) -> None:
 def test_parser_never_raises_on_arbitrary_text(text: str) -> None:
     result = parse_signal(text)
     assert result is None or result.buy_min <= result.buy_max
+    assert classify(text).kind in KINDS
 
 
 def test_cli_prints_json_signal_or_null() -> None:
@@ -182,3 +196,342 @@ def test_cli_prints_json_signal_or_null() -> None:
         "stop": 34.8,
     }
     assert run("só conversa") is None
+
+
+# --- the forms the line-anchored parser missed ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (  # several labelled fields on one line
+            "Ativo: PETR4 | Compra: 36,50 | Alvo: 38,90 | Stop: 34,80",
+            ("PETR4", D("36.50"), D("36.50"), D("38.90"), D("34.80")),
+        ),
+        (  # labels followed by their values without a colon
+            "Ativo VALE3\nCompra 60,80 a 61,20\nAlvo 1 63,50\nStop 58,90",
+            ("VALE3", D("60.80"), D("61.20"), D("63.50"), D("58.90")),
+        ),
+        (  # a range in words
+            "Papel: GGBR4\nCompra de 18,40 até 18,75\nAlvo: 19,60\nStop: 17,70",
+            ("GGBR4", D("18.40"), D("18.75"), D("19.60"), D("17.70")),
+        ),
+        (  # the ticker before the entry label, a compact range
+            "PETR4 compra 36,50/37,20 alvo 39 stop 34,80",
+            ("PETR4", D("36.50"), D("37.20"), D("39"), D("34.80")),
+        ),
+        (  # mixed-case keywords on one line
+            "SWING trade: ATIVO petr4 COMPRA 36,40 alvo 38,90 STOP 34,90",
+            ("PETR4", D("36.40"), D("36.40"), D("38.90"), D("34.90")),
+        ),
+        (  # R$ everywhere
+            "Ativo: VALE3 | Compra: R$61,10 a R$ 61,40 | Alvo: R$63,00 | Stop: R$ 59,40",
+            ("VALE3", D("61.10"), D("61.40"), D("63.00"), D("59.40")),
+        ),
+    ],
+)
+def test_labelled_fields_are_found_anywhere(
+    text: str, expected: tuple[str, Decimal, Decimal, Decimal, Decimal]
+) -> None:
+    signal = parse_signal(text)
+    assert signal is not None
+    assert (signal.asset, signal.buy_min, signal.buy_max, signal.target_1, signal.stop) == expected
+
+
+def test_exported_post_takes_its_type_from_the_header_block() -> None:
+    text = (
+        "📅 12/11/2025 — 10:32\n📢 Canal: TP Capital | Sinais\n🏷️ Tipo: Day Trade\n"
+        "━━━━━━━━━━━━━━\nAtivo: BBDC4\nCompra: 13,90 a 14,00\nAlvo 1: 14,35\nStop: 13,70"
+    )
+    signal = parse_signal(text)
+    assert signal is not None
+    assert (signal.asset, signal.signal_type, signal.buy_min) == ("BBDC4", "day_trade", D("13.90"))
+
+
+def test_abbreviated_upper_end_of_a_range_shares_the_integer_part() -> None:
+    signal = parse_signal("WEGE3 compra 38,50/70 alvo 39,40 stop 38,05")
+    assert signal is not None
+    assert (signal.buy_min, signal.buy_max) == (D("38.50"), D("38.70"))
+
+
+def test_a_target_list_fills_the_numbered_targets_and_the_third_is_final() -> None:
+    signal = parse_signal("Ativo: GGBR4\nCompra: 18,40\nAlvos: 19,60 / 20,40 / 21,30")
+    assert signal is not None
+    assert (signal.target_1, signal.target_2, signal.target_final) == (
+        D("19.60"),
+        D("20.40"),
+        D("21.30"),
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Buy PETR4 at 36.50? Analysts are split.",  # a question gives no order
+        "Hoje teve muita compra de BBDC4 em 13,90, fluxo estrangeiro forte.",  # a noun
+        "BTG eleva preço-alvo de PETR4 para R$ 45,00 e mantém recomendação de compra.",
+        "PETR4 subiu 3,2% hoje e fechou a 38,45, maior alta desde agosto.",
+    ],
+)
+def test_chatter_with_tickers_and_prices_is_not_a_signal(text: str) -> None:
+    assert classify(text).kind == "chatter"
+
+
+# --- Unicode the channels use ------------------------------------------------------------
+
+
+def _math_bold(text: str) -> str:
+    def one(c: str) -> str:
+        if "A" <= c <= "Z":
+            return chr(0x1D400 + ord(c) - 65)
+        if "0" <= c <= "9":
+            return chr(0x1D7CE + ord(c) - 48)
+        return c
+
+    return "".join(one(c) for c in text)
+
+
+def _full_width(text: str) -> str:
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
+
+
+@pytest.mark.parametrize(
+    ("dressed", "plain"),
+    [
+        (_math_bold("PETR4"), "PETR4"),
+        ("\U0001d443\U0001d438\U0001d447\U0001d445" + "4", "PETR4"),  # mathematical italic
+        ("36\u202450", "36.50"),  # ONE DOT LEADER
+        ("Compra:\u00a036,50", "Compra: 36,50"),  # no-break space
+        ("125\u2009300", "125300"),  # thin space between digit groups
+        ("125\u202f300", "125300"),  # narrow no-break space between digit groups
+        (_full_width("36,50"), "36,50"),
+        ("Ati\u200bvo", "Ativo"),  # zero-width space
+        ("**Ativo:** __PETR4__", "Ativo:   PETR4  "),
+        ("stop-loss", "stop loss"),
+        ("1\u00ba alvo", "1o alvo"),
+    ],
+)
+def test_normalise_folds_the_unicode_tricks(dressed: str, plain: str) -> None:
+    assert normalise(dressed) == plain
+
+
+def test_a_post_in_mathematical_bold_with_one_dot_leader_prices_parses() -> None:
+    text = f"Ativo: {_math_bold('PETR4')}\nCompra: 36\u202450\nStop: 34\u202480"
+    signal = parse_signal(text)
+    assert signal is not None
+    assert (signal.asset, signal.buy_min, signal.stop) == ("PETR4", D("36.50"), D("34.80"))
+
+
+# --- B3 tickers ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("word", "shape"),
+    [
+        ("PETR4", "stock"),
+        ("VALE3", "stock"),
+        ("B3SA3", "stock"),
+        ("TAEE11", "unit"),
+        ("BOVA11", "unit"),
+        ("AAPL34", "bdr"),
+        ("M1TA34", "bdr"),
+        ("PETRJ290", "option"),
+        ("BBASK45", "option"),
+        ("VALEX65W2", "option"),
+        ("BOVAW32", "option"),
+        ("WINFUT", "future"),
+        ("WDOFUT", "future"),
+        ("WINZ25", "future"),
+        ("DI1F27", "future"),
+        ("IBOV", None),
+        ("PETR", None),
+        ("A1234", None),
+        ("PETR4X", None),
+    ],
+)
+def test_b3_ticker_shapes(word: str, shape: str | None) -> None:
+    assert ticker_shape(word) == shape
+
+
+@pytest.mark.parametrize("ticker", ["PETRJ290", "BBASK45", "VALEX65W2", "WINFUT", "WDOFUT"])
+def test_every_ticker_shape_is_read_without_a_label(ticker: str) -> None:
+    signal = parse_signal(f"{ticker} compra 1,05 alvo 1,45 stop 0,80")
+    assert signal is not None
+    assert signal.asset == ticker
+
+
+# --- follow-ups ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Alvo 1 atingido ✅", {"kind": "target_hit", "asset": None, "target": 1, "stop": None}),
+        (
+            "PETR4 — alvo final atingido 🚀",
+            {
+                "kind": "target_hit",
+                "asset": "PETR4",
+                "target": "final",
+                "stop": None,
+            },
+        ),
+        (
+            "TP2 hit, SL moved to entry",
+            {
+                "kind": "target_hit",
+                "asset": None,
+                "target": 2,
+                "stop": "entry",
+            },
+        ),
+        ("Stop movido para 37,50", {"kind": "stop_moved", "asset": None, "stop": 37.5}),
+        ("VALE3 — stop no 0x0", {"kind": "stop_moved", "asset": "VALE3", "stop": "entry"}),
+        ("Move SL to breakeven", {"kind": "stop_moved", "asset": None, "stop": "entry"}),
+        ("Stopado ❌", {"kind": "stopped", "asset": None}),
+        ("SL hit on ITUB4", {"kind": "stopped", "asset": "ITUB4"}),
+        ("Encerrado com gain ✅", {"kind": "closed", "asset": None, "result": "gain"}),
+        (
+            "We closed the ITUB4 position at a small loss.",
+            {
+                "kind": "closed",
+                "asset": "ITUB4",
+                "result": "loss",
+            },
+        ),
+        ("Sinal de PETR4 cancelado", {"kind": "cancelled", "asset": "PETR4"}),
+        ("Signal cancelled.", {"kind": "cancelled", "asset": None}),
+    ],
+)
+def test_follow_ups_are_classified_with_their_fields(
+    text: str, expected: dict[str, object]
+) -> None:
+    assert classify(text).to_dict() == expected
+
+
+def test_a_follow_up_that_repeats_the_signals_prices_is_a_follow_up() -> None:
+    text = "PETR4 ✅ Alvo 1 atingido! Entrada: 36,50 → alvo 39,00 (+6,8%)"
+    assert classify(text).kind == "target_hit"
+    assert parse_signal(text) is None
+
+
+def test_instructions_inside_a_signal_are_its_plan_not_events() -> None:
+    text = (
+        "Ativo: PETR4\nCompra: 37,10\nAlvo: 37,80\nStop: 36,70\n"
+        "Após atingir o alvo 1, mover o stop para o preço de entrada."
+    )
+    assert classify(text).kind == "signal"
+
+
+def test_a_condition_reports_nothing() -> None:
+    assert classify("Se o alvo 1 for atingido, mover o stop para a entrada.").kind == "chatter"
+
+
+def test_labels_and_a_ticker_without_an_entry_price_need_review() -> None:
+    found = classify("Ativo: VALE3\nCompra: a mercado\nAlvo: 62,50\nStop: 60,40")
+    assert found == Classification("needs_review", "VALE3", missing=("entry",))
+    assert classify("Compra: 36,50\nAlvo: 39,00\nStop: 34,80").missing == ("asset",)
+
+
+def test_classification_of_a_signal_carries_the_signal() -> None:
+    found = classify(SWING)
+    assert found.kind == "signal"
+    assert found.signal == parse_signal(SWING)
+    assert found.to_dict() == {"kind": "signal", **found.signal.to_json_dict()}  # type: ignore[union-attr]
+
+
+def test_explain_names_the_words_of_each_field() -> None:
+    shown = explain("PETR4 compra 36,50/37,20 alvo 39 stop 34,80")
+    assert {(m["field"], m["words"], m["value"]) for m in shown["matches"]} >= {
+        ("asset", "PETR4", "PETR4"),
+        ("entry", "compra 36,50/37,20", "36.50 to 37.20"),
+        ("target_1", "alvo 39", "39"),
+        ("stop", "stop 34,80", "34.80"),
+    }
+
+
+# --- properties --------------------------------------------------------------------------------
+
+_WORDS = sorted(
+    {
+        *LEXICON,
+        *PHRASES,
+        "PETR4",
+        "WINZ25",
+        "BOVAW32",
+        "R$",
+        "36,50",
+        "1.250,50",
+        "0,85",
+        "125.000",
+        "1",
+        "2",
+        "%",
+        "\n",
+        "?",
+        ":",
+        "✅",
+        "🎯",
+        "0x0",
+    }
+)
+
+
+@given(st.lists(st.sampled_from(_WORDS), max_size=40).map(" ".join))
+def test_classify_never_raises_on_posts_made_of_known_words(text: str) -> None:
+    found = classify(text)
+    assert found.kind in KINDS
+    if found.signal is not None:
+        assert 0 < found.signal.buy_min <= found.signal.buy_max
+    explain(text)
+
+
+def _formats(value: Decimal) -> list[str]:
+    integer, _, fraction = f"{value:.2f}".partition(".")
+    brazilian = _price(value)
+    return [
+        brazilian,  # 1.250,50
+        f"{int(integer):,}.{fraction}",  # 1,250.50
+        f"{integer}\u2024{fraction}",  # 1250․50
+        _full_width(brazilian),
+        _math_bold(brazilian),
+        "R$ " + brazilian,
+        "R$" + brazilian,
+    ]
+
+
+@given(st.decimals(min_value=D("0.01"), max_value=D("9999999.99"), places=2))
+def test_prices_round_trip_through_a_signal_in_every_format(value: Decimal) -> None:
+    for written in _formats(value):
+        signal = parse_signal(f"Ativo: PETR4\nCompra: {written}\nStop: {written}")
+        assert signal is not None, written
+        assert (signal.buy_min, signal.stop) == (value, value), written
+
+
+def test_cli_classify_prints_one_object_and_explain_lists_matches() -> None:
+    def run(*args: str, text: str) -> object:
+        out = subprocess.run(
+            [sys.executable, "-m", "tgstack", "signals", *args],
+            input=text,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        return json.loads(out)
+
+    assert run("classify", text="TP1 hit ✅") == {
+        "kind": "target_hit",
+        "asset": None,
+        "target": 1,
+        "stop": None,
+    }
+    assert run("classify", text="só conversa") == {"kind": "chatter"}
+    shown = run("parse", "--explain", text=SWING)
+    assert isinstance(shown, dict)
+    assert shown["signal"]["asset"] == "PETR4"
+    assert {"field": "asset", "words": "Ativo: PETR4", "value": "PETR4"} in shown["matches"]
+    shown = run("classify", "--explain", text="Alvo 2 atingido")
+    assert isinstance(shown, dict)
+    assert shown["classification"]["target"] == 2
+    assert shown["matches"][0]["words"] == "Alvo 2 atingido"

@@ -1,0 +1,397 @@
+"""Follow-ups: what a post reports happened to a signal — a target reached, the stop moved,
+stopped out, closed, cancelled. Pure.
+
+An event is an *event word* paired with its *subject* in the same sentence:
+
+==============  =============================================  ==================================
+event           event words (PT / EN, any form)                subject
+==============  =============================================  ==================================
+target_hit      atingido, batido, bateu, alcançou, hit,         a target: ``alvo 2``, ``TP1``,
+                reached, done; ✅ right after the target        ``2º alvo``, ``alvo final``,
+                                                               ``todos os alvos``, ``all targets``
+stopped         the same words                                 the stop: ``stop``, ``SL``
+                stopado, stopou, stopped out                   none needed
+                (no verb) the stop alone in its sentence:      —
+                ``CYREW296 stop``, ``Stop ❌``
+stop_moved      movido, mover, subir, ajustado, novo, move,     the stop, then where it went: a
+                trail, raised                                  price, the entry, ``0x0``,
+                                                               breakeven, a target
+                (no verb) ``stop na entrada``, ``SL to BE``,   —
+                ``stop para 37,50``
+closed          encerrado, zeramos, fechado, finalizado,        a trade or signal noun, a result
+                saímos, closed, close, exit                    (gain, loss, lucro), the ticker
+                                                               after it, or nothing else in the
+                                                               sentence (``Encerrado ✅``)
+cancelled       cancelado, cancelar, desconsiderem, ignore,     a trade or signal noun, the
+                cancelled, invalidated                         ticker, or nothing else
+==============  =============================================  ==================================
+
+Between the event word and its subject there may be fillers, articles, numbers, tickers,
+symbols and at most one other word for a target or stop (``o alvo 1 foi atingido``), none for a
+trade (``fechamos a semana com lucro`` closes no trade). An event word in a question, or in a
+condition (``se o alvo 1 for atingido, mover o stop``), reports nothing; ``12 alvos atingidos``
+is a count, and an instruction to move the stop that does not say where (``move your stop only
+in the direction of the trade``) is advice. Instructions (``mover``, ``encerrar``, ``cancel``),
+✅ ticks and the verbless stop moves are *directives*: inside a complete signal they are part of
+the signal's plan, not events.
+
+Invariant: the module only reads the scan; it never raises and never invents a price — a stop
+moved to a price carries exactly the price the post wrote.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from tgstack.signals.lexicon import (
+    ARTICLE,
+    ASSET_L,
+    AUX,
+    BREAKEVEN,
+    CANCEL,
+    CHECK,
+    CLOSE,
+    COLON,
+    COND,
+    CONN,
+    DEST,
+    DIRECTIVE,
+    ENTRY_L,
+    ENTRY_REF,
+    FILL,
+    FINAL,
+    FIRST_PERSON,
+    GAIN,
+    HIT,
+    JOIN,
+    LINK,
+    LIST,
+    LOSS,
+    MOVE,
+    NL,
+    NUM,
+    ORDINAL,
+    PLURAL,
+    PUNCT,
+    SENT,
+    STOP_L,
+    STOPPED,
+    STOPPED_W,
+    SYMBOL_L,
+    TARGET_L,
+    TICKER_ANY,
+    TRADE,
+    TYPE_L,
+    WEAK_L,
+    WORD,
+)
+from tgstack.signals.model import EventKind, Result, StopLevel, Target
+from tgstack.signals.scanner import BOUNDARY, Scan, label_index, price_at
+
+# Never counted as "another word" between an event word and its subject.
+_SKIP = FILL | ARTICLE | DEST | JOIN | FINAL | ORDINAL | TICKER_ANY | LINK | AUX | CHECK
+# Words that label a field but are never an event's subject: "gain"/"loss" (results), 🎯/🛑.
+_NOT_SUBJECT = WEAK_L | SYMBOL_L
+# How many tokens away an event word's subject may be: "o alvo 1 (39,00) foi atingido" behind,
+# "reached the first target" ahead.
+_REACH_BACK = 7
+_REACH_AHEAD = 4
+_MOVES_TO = frozenset({"para", "pra", "to", "→", ">"})  # a stop "para 37,50" was moved there
+_NOW = frozenset({"agora", "now"})
+
+PRECEDENCE: tuple[EventKind, ...] = ("cancelled", "stopped", "closed", "target_hit", "stop_moved")
+
+
+class Event(NamedTuple):
+    """One event word paired with its subject (a NamedTuple: posts make many of them)."""
+
+    kind: EventKind
+    at: int  # the event word's position
+    directive: bool  # an instruction, not a report
+    subject: int | None = None  # the position of what it happened to (target, stop, trade)
+    until: int | None = None  # the position of the last word that says it (a stop's level)
+    target: Target | None = None
+    stop: StopLevel | None = None
+    result: Result | None = None
+
+
+def _content(flags: int) -> bool:
+    """A word that counts as "another word" between an event word and its subject."""
+    return bool(flags & WORD) and not flags & _SKIP
+
+
+def _search(
+    s: Scan,
+    at: int,
+    wanted: int,
+    *,
+    gap: int,
+    back: bool = True,
+    ahead: bool = True,
+    skip: int = 0,
+    exclude: int = 0,
+) -> int | None:
+    """The nearest token with a ``wanted`` role in ``at``'s sentence, at most ``gap`` other
+    words and a few tokens away; behind first (Portuguese puts the subject first: ``alvo 1
+    atingido``; English after: ``hit target 1``)."""
+    flags = s.flags
+    for step, allowed, reach in ((-1, back, _REACH_BACK), (1, ahead, _REACH_AHEAD)):
+        if not allowed:
+            continue
+        k, words = at + step, 0
+        end = max(-1, at - reach - 1) if step < 0 else min(len(flags), at + reach + 1)
+        while k != end and not flags[k] & BOUNDARY:
+            f = flags[k]
+            if f & wanted and not f & exclude:
+                return k
+            if _content(f) and not f & skip:
+                words += 1
+                if words > gap:
+                    break
+            k += step
+    return None
+
+
+def _alone(s: Scan, at: int) -> bool:
+    """The event word is the only word of its sentence (``Encerrado ✅``, ``PETR4 zerada``)."""
+    start, end = s.sentence_of(at)
+    return not any(_content(s.flags[k]) for k in range(start, end) if k != at)
+
+
+def _conditional(s: Scan, at: int, directive: bool) -> bool:
+    """Is the event word inside a condition: ``se …``, ``quando …``, ``if …``, ``once …``?
+
+    A directive anywhere after the condition word in its sentence is conditional (``se bater o
+    alvo, mover o stop``); a report only inside the condition's own clause (``ao bater o alvo 1,
+    subimos o stop`` reports the stop move).
+    """
+    flags, tokens = s.flags, s.tokens
+    k = at - 1
+    clause = True
+    while k >= 0 and not flags[k] & BOUNDARY:
+        if flags[k] & COND and (directive or clause):
+            return True
+        if tokens[k] == ",":
+            clause = False
+        k -= 1
+    return False
+
+
+def _target_of(s: Scan, ref: int) -> Target:
+    """The target a reference names: its number (the highest of ``alvos 1 e 2``) or final."""
+    index, j = label_index(s, ref)
+    if index == "final":
+        return "final"
+    best = index if isinstance(index, int) else 1
+    flags, tokens = s.flags, s.tokens
+    while (
+        j + 1 < len(tokens)
+        and flags[j] & (LIST | CONN | LINK | PUNCT)
+        and not flags[j] & (SENT | NL)
+    ):
+        if flags[j + 1] & NUM and tokens[j + 1].isdecimal() and len(tokens[j + 1]) == 1:
+            best = max(best, int(tokens[j + 1]))
+            j += 2
+        else:
+            break
+    return best
+
+
+def _level(s: Scan, k: int) -> StopLevel | None:
+    """The stop level named at ``k``: the entry, a target, or a price."""
+    f = s.flags[k]
+    if f & (ENTRY_REF | BREAKEVEN):
+        return "entry"
+    if f & TARGET_L and not f & _NOT_SUBJECT:
+        target = _target_of(s, k)
+        return f"target_{target}"
+    if f & NUM:
+        return price_at(s, k)
+    return None
+
+
+def _destination(s: Scan, ref: int) -> tuple[StopLevel | None, int]:
+    """Where the stop at ``ref`` went, read forward in its sentence (the verb may be between),
+    and the position of the words that say it."""
+    flags = s.flags
+    words = 0
+    for k in range(ref + 1, min(ref + 12, len(flags))):
+        if flags[k] & BOUNDARY:
+            break
+        f = flags[k]
+        if f & (ENTRY_REF | BREAKEVEN | NUM) or (f & TARGET_L and not f & _NOT_SUBJECT):
+            return _level(s, k), k
+        if _content(f) and not f & (MOVE | STOP_L | TRADE):
+            words += 1
+            if words > 1:
+                break
+    return None, ref
+
+
+def _verbless_move(s: Scan, ref: int) -> tuple[StopLevel | None, int]:
+    """``stop na entrada``, ``stop no 0x0``, ``SL to BE``, ``stop para 37,50``, ``SL: BE``:
+    the level and its position."""
+    flags, tokens, n = s.flags, s.tokens, len(s.tokens)
+    k = ref + 1
+    now = False  # "stop agora em 37,80": "now" says it changed
+    while k < n and flags[k] & (JOIN | AUX | ARTICLE) and not flags[k] & DEST:
+        now = now or tokens[k].lower() in _NOW
+        k += 1
+    if k >= n or not flags[k] & (DEST | COLON):
+        return None, ref
+    moves_to = now or tokens[k].lower() in _MOVES_TO
+    colon = bool(flags[k] & COLON)
+    k += 1
+    while k < n and flags[k] & (ARTICLE | FILL) and not flags[k] & (NUM | ENTRY_REF):
+        k += 1
+    if k >= n:
+        return None, ref
+    f = flags[k]
+    if f & BREAKEVEN or (f & ENTRY_REF and not colon):
+        return "entry", k
+    if (f & TARGET_L and not colon) or (f & NUM and moves_to):
+        return _level(s, k), k
+    return None, ref
+
+
+def _result(s: Scan, at: int) -> Result | None:
+    """gain / loss / breakeven, as the event's sentence (else the post) states it."""
+    start, end = s.sentence_of(at)
+    for first, last in ((start, end), (0, len(s.flags))):
+        for f in s.flags[first:last]:
+            if f & GAIN:
+                return "gain"
+            if f & LOSS:
+                return "loss"
+            if f & BREAKEVEN:
+                return "breakeven"
+    return None
+
+
+def _bullet(s: Scan, at: int) -> bool:
+    """The ✅ at ``at`` introduces the next field (``✅ Alvo: 39 ✅ Stop: 35``), not a tick."""
+    k = at + 1
+    while k < len(s.flags) and s.flags[k] & PUNCT and not s.flags[k] & BOUNDARY:
+        k += 1
+    return k < len(s.flags) and bool(s.flags[k] & (ASSET_L | ENTRY_L | STOP_L | TYPE_L))
+
+
+def _counted(s: Scan, ref: int) -> bool:
+    """``12 alvos atingidos``: a count of targets, not a target reached."""
+    return ref > 0 and bool(s.flags[ref] & PLURAL) and bool(s.flags[ref - 1] & NUM)
+
+
+def _priced(s: Scan, ref: int) -> bool:
+    """A price follows the label at ``ref`` (``Alvo 1: 39,00``): it is a field, not a tick."""
+    _, j = label_index(s, ref)
+    while j < len(s.flags) and s.flags[j] & (COLON | FILL | JOIN) and not s.flags[j] & NUM:
+        j += 1
+    return j < len(s.flags) and bool(s.flags[j] & NUM)
+
+
+def _is_stop(f: int) -> bool:
+    return bool(f & STOP_L) and not f & _NOT_SUBJECT
+
+
+def find_events(s: Scan) -> list[Event]:
+    """Every event the post reports or instructs, in order."""
+    events: list[Event] = []
+    flags = s.flags
+    moved: set[int] = set()
+    for at in s.events:
+        if s.in_question(at):
+            continue
+        f = flags[at]
+        directive = bool(f & DIRECTIVE)
+        if _conditional(s, at, directive):
+            continue
+        if f & HIT:
+            ref = _search(s, at, TARGET_L | STOP_L, gap=1, skip=TRADE, exclude=_NOT_SUBJECT)
+            if ref is not None and _is_stop(flags[ref]):
+                events.append(Event("stopped", at, directive, ref))
+            elif ref is not None and not _counted(s, ref):
+                target = _target_of(s, ref)
+                events.append(Event("target_hit", at, directive, ref, target=target))
+        elif f & CHECK:  # "TP1 ✅", "Alvo 1: 39,00 ✅", "✅ Alvo 1 — PETR4" (no price after)
+            ref = None
+            if not _bullet(s, at):
+                ref = _search(s, at, TARGET_L, gap=0, ahead=False, exclude=_NOT_SUBJECT)
+            if ref is None:
+                ref = _search(s, at, TARGET_L, gap=0, back=False, exclude=_NOT_SUBJECT)
+                if ref is not None and _priced(s, ref):
+                    ref = None
+            if ref is not None:
+                events.append(Event("target_hit", at, True, ref, target=_target_of(s, ref)))
+        elif f & STOPPED:
+            events.append(Event("stopped", at, directive))
+        elif f & STOPPED_W:
+            ref = _search(s, at, TICKER_ANY | TRADE | FIRST_PERSON, gap=0)
+            if ref is not None or _alone(s, at):
+                events.append(Event("stopped", at, directive, ref))
+        elif f & MOVE:
+            ref = _search(s, at, STOP_L, gap=1, skip=TRADE, exclude=_NOT_SUBJECT)
+            level, until = _destination(s, ref) if ref is not None else (None, at)
+            if ref is not None and (level is not None or not directive):
+                # an instruction says where ("subam o stop para 37,50"); a report may not
+                # ("stop ajustado"); "move your stop only in the direction of the trade" is advice
+                moved.add(ref)
+                events.append(Event("stop_moved", at, directive, ref, until, stop=level))
+            elif (ref := _search(s, at, BREAKEVEN, gap=1, back=False)) is not None:
+                events.append(Event("stop_moved", at, directive, ref, stop="entry"))
+        elif f & CLOSE:
+            ref = _search(s, at, STOP_L | TARGET_L | TRADE | GAIN | LOSS | BREAKEVEN, gap=0)
+            if ref is not None and _is_stop(flags[ref]):
+                events.append(Event("stopped", at, directive, ref))
+                continue
+            if ref is None:
+                ref = _search(s, at, TICKER_ANY, gap=0, back=False)
+            if ref is not None or _alone(s, at):
+                events.append(Event("closed", at, directive, ref, result=_result(s, at)))
+        elif f & (GAIN | LOSS) and not f & (CLOSE | CANCEL):
+            # "PETR4 — GAIN ✅ +6%", "❌ LOSS VALE3": a result alone, not a "Gain: 39" label
+            nxt = flags[at + 1] if at + 1 < len(flags) else NL
+            if not nxt & (COLON | NUM) and _alone(s, at):
+                result: Result = "gain" if f & GAIN else "loss"
+                events.append(Event("closed", at, directive, None, result=result))
+        elif f & CANCEL:
+            ref = _search(s, at, TRADE | TICKER_ANY | ENTRY_L, gap=0)
+            if ref is not None or _alone(s, at):
+                events.append(Event("cancelled", at, directive, ref))
+    for ref in s.labels:
+        if ref in moved or not _is_stop(flags[ref]) or s.in_question(ref):
+            continue
+        level, until = _verbless_move(s, ref)
+        if level is not None and not _conditional(s, ref, True):
+            events.append(Event("stop_moved", ref, True, ref, until, stop=level))
+        elif not (ref + 1 < len(flags) and flags[ref + 1] & (COLON | NUM)) and _alone(s, ref):
+            # "CYREW296 stop", "Stop ❌": the stop, and nothing else said of it
+            events.append(Event("stopped", ref, True, ref))
+    return events
+
+
+def summarise(events: list[Event]) -> Event:
+    """The one event a post reports: the first kind in ``PRECEDENCE``, with the highest target
+    reached and the stop's new level when the same post moved it."""
+    kinds = {e.kind for e in events}
+    kind = next(k for k in PRECEDENCE if k in kinds)
+    mine = [e for e in events if e.kind == kind]
+    first = mine[0]
+    if len(mine) == 1 and kind != "target_hit":
+        return first
+    directive = all(e.directive for e in mine)
+    if kind == "target_hit":
+        targets = [e.target for e in mine]
+        target: Target = (
+            "final"
+            if "final" in targets
+            else max((t for t in targets if isinstance(t, int)), default=1)
+        )
+        stop = next((e.stop for e in events if e.kind == "stop_moved" and e.stop), None)
+        return first._replace(directive=directive, target=target, stop=stop)
+    if kind == "stop_moved":
+        stop = next((e.stop for e in mine if e.stop is not None), None)
+        return first._replace(directive=directive, stop=stop)
+    if kind == "closed":
+        result = next((e.result for e in mine if e.result), None)
+        return first._replace(directive=directive, result=result)
+    return first._replace(directive=directive)
