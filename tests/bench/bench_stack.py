@@ -530,7 +530,8 @@ def _lock_totals(runs: list[dict[str, Any]]) -> str:
     waits = [r["longest_lock_wait_ms"] for r in runs if r.get("longest_lock_wait_ms") is not None]
     if not counted and not waits:
         return "–"
-    return f"{sum(counted):,} / {_num(max(waits) if waits else None)} ms"
+    longest = f"{_num(max(waits))} ms" if waits else "–"
+    return f"{sum(counted):,} / {longest}"
 
 
 def _search_step(search: dict[str, Any], rate: float) -> dict[str, Any] | None:
