@@ -104,10 +104,7 @@ _MARK_PROCESSED = (
     "SELECT telegram_gateway.mark_batch_as_processed(%s::bigint[], %s::bigint[], %s, %s, %s)"
 )
 _MARK_PUBLISHED = "SELECT telegram_gateway.mark_batch_as_published(%s::bigint[], %s::bigint[])"
-_COUNT_UNPUBLISHED = (
-    "SELECT count(*) FROM telegram_gateway.messages"
-    " WHERE published_at IS NULL AND deleted_at IS NULL"
-)
+_COUNT_UNPUBLISHED = "SELECT telegram_gateway.count_unpublished()"
 _UPDATE_STATUS = "SELECT telegram_gateway.upsert_message_status(%s, %s, %s)"
 # The dedup check: one probe of message_keys' primary key, whatever the partition count.
 MESSAGE_EXISTS_SQL = (

@@ -8,14 +8,18 @@ Sentinels, RabbitMQ), then, with progress on stderr:
 3. the Redis recent-window hit rate in steady state (poll mode, one poll a second),
 4. 50 posts/s sustained (60 s; ``--long``: the seed's hour),
 5. a 100 posts/s spike (60 s; ``--long``: the seed's 5 minutes),
-6. the highest sustained rate with zero loss (doubling, then bisecting),
+6. the highest sustained rate (doubling, then bisecting): zero loss, kept pace and an
+   end-to-end p99 of at most 250 ms (``tgstack.loadtest.runner.SUSTAINED_P99_MS``),
 7. polling and dedup latency on 1,000,000 rows (``bench_db.py`` for tgstack, the legacy
    queries on a 1,000,000-row legacy table for the baseline),
 
 each run through ``tgstack loadtest`` and through the baseline (``baseline.py``: the legacy
-path on the same PostgreSQL). Writes ``bench.json`` and ``bench.md`` (every figure with its
-ratio, the targets, the machine and its load average) plus each load test's own result
-directory with its plot.
+path on the same PostgreSQL). Every load test reports its end-to-end p50/p95/p99, its
+deadlocks (``pg_stat_database.deadlocks`` delta) and its longest lock wait (``pg_locks``
+sampled every 10 ms; ``tgstack.loadtest.locks``). Writes ``bench.json`` and ``bench.md`` (every
+figure with its ratio, the targets, every step, the latency-against-rate curve of
+``curve.py``, the machine and its load average) plus each load test's own result directory
+with its plot.
 
     python tests/bench/bench_stack.py [--long] [--out DIR] [--rows N] [--skip-db]
 """
@@ -39,7 +43,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.bench import baseline  # noqa: E402
+from tests.bench import baseline, curve  # noqa: E402
 from tgstack.config import Settings  # noqa: E402
 from tgstack.loadtest import machine  # noqa: E402
 from tgstack.loadtest.local import LocalStack, local_stack  # noqa: E402
@@ -49,6 +53,8 @@ from tgstack.loadtest.runner import LoadResult, run_loadtest  # noqa: E402
 TARGETS = {
     "sustained_posts_per_s": 2000.0,
     "p99_ms_at_100": 50.0,
+    "p99_ms_at_1000": 100.0,
+    "deadlocks": 0,
     "poll_p95_ms": 2.0,
     "dedup_p99_ms": 0.5,
     "cache_hit_rate": 0.95,
@@ -68,6 +74,8 @@ class Bench:
         self.dsn = stack.data.direct_dsn
         self.out: Path = args.out
         self.figures: dict[str, Any] = {}
+        # every tgstack and baseline run in order: label, sustained, latency, locks
+        self.figures["steps"] = {"tgstack": [], "baseline": []}
 
     # tgstack ------------------------------------------------------------------------------
 
@@ -94,8 +102,10 @@ class Bench:
             f"tgstack {label}: {'PASS' if result.ok else 'FAIL'} "
             f"{result.sent:,} posts, {data['end_to_end_rate']:,.0f}/s end to end, "
             f"p50 {lat['p50']} p95 {lat['p95']} p99 {lat['p99']} ms, "
-            f"sustained={result.sustained()} loadavg {result.loadavg_after}"
+            f"sustained={result.sustained()} {_locks_text(data['locks'])} "
+            f"loadavg {result.loadavg_after}"
         )
+        self.figures["steps"]["tgstack"].append(_step(data, lat))
         return result
 
     def legacy(self, label: str, **options: Any) -> baseline.BaselineResult:
@@ -103,11 +113,14 @@ class Bench:
             self.dsn, label=label, say=progress if self.args.verbose else lambda _: None, **options
         )
         lat = result.end_to_end_ms
+        data = result.as_dict()
         progress(
             f"baseline {label}: {'PASS' if result.ok else 'FAIL'} {result.sent:,} posts, "
             f"{result.end_to_end_rate:,.0f}/s, signals p50 {lat['p50']} p99 {lat['p99']} ms, "
-            f"{result.duplicate_signals} duplicate signals, sustained={result.sustained()}"
+            f"{result.duplicate_signals} duplicate signals, kept pace={result.kept_pace()} "
+            f"sustained={result.sustained()} {_locks_text(data['locks'])}"
         )
+        self.figures["steps"]["baseline"].append(_step(data, lat))
         return result
 
     @property
@@ -179,9 +192,11 @@ class Bench:
             )
             return result.sustained(), _brief(result)
 
+        # The baseline polls every 5 s, so its p99 never makes the 250 ms of "sustained": its
+        # search follows "kept pace" (the old definition) and reports both rates.
         def legacy(rate: float) -> tuple[bool, dict[str, Any]]:
             result = self.legacy(f"max-{rate:g}", rate=rate, duration=seconds, abort_lag=5.0)
-            return result.sustained(), result.as_dict()
+            return result.kept_pace(), result.as_dict()
 
         self.figures["max_sustained"] = {
             "tgstack": search(ours, self.args.start_rate, self.args.max_rate),
@@ -210,6 +225,28 @@ class Bench:
         figures["baseline"] = baseline.time_queries(self.dsn, rows)
         progress(f"baseline legacy queries: {figures['baseline']}")
         self.figures["million_rows"] = figures
+
+
+def _locks_text(locks: dict[str, Any] | None) -> str:
+    if locks is None:
+        return "deadlocks ? longest lock wait ?"
+    return f"deadlocks {locks['deadlocks']} longest lock wait {locks['longest_lock_wait_ms']} ms"
+
+
+def _step(data: dict[str, Any], latency: dict[str, Any]) -> dict[str, Any]:
+    """One run's line in the bench's table of every step."""
+    rate = data.get("offered_rate", data.get("rate"))
+    return {
+        "label": data["label"],
+        "rate": rate,
+        "sustained": data["sustained"],
+        "kept_pace": data.get("kept_pace"),
+        "p50": latency.get("p50"),
+        "p95": latency.get("p95"),
+        "p99": latency.get("p99"),
+        "deadlocks": (data.get("locks") or {}).get("deadlocks"),
+        "longest_lock_wait_ms": (data.get("locks") or {}).get("longest_lock_wait_ms"),
+    }
 
 
 def _brief(result: LoadResult) -> dict[str, Any]:
@@ -250,7 +287,13 @@ def search(
                 low = best = middle
             else:
                 high = middle
-    return {"best_rate": best, "first_failing_rate": failed, "steps": steps}
+    sustained = [step["rate"] for step in steps if step["result"].get("sustained")]
+    return {
+        "best_rate": best,
+        "best_sustained_rate": max(sustained) if sustained else None,
+        "first_failing_rate": failed,
+        "steps": steps,
+    }
 
 
 # The report --------------------------------------------------------------------------------
@@ -393,13 +436,42 @@ def markdown(report: dict[str, Any]) -> str:
         )
     best = f.get("max_sustained", {})
     row(
-        "highest sustained rate, zero loss",
-        _get(best, "tgstack", "best_rate"),
+        "highest sustained rate (zero loss, kept pace, p99 ≤ 250 ms)",
+        _get(best, "tgstack", "best_sustained_rate"),
+        _get(best, "baseline", "best_sustained_rate"),
+        True,
+        " posts/s",
+        0,
+        "≥ 2,000",
+    )
+    row(
+        "… against the baseline's highest rate that kept pace (p99 not bounded)",
+        _get(best, "tgstack", "best_sustained_rate"),
         _get(best, "baseline", "best_rate"),
         True,
         " posts/s",
         0,
-        "≥ 2,000; ≥ 10× baseline",
+        "≥ 10× baseline",
+    )
+    at_1000 = _search_step(best, 1000.0)
+    rows.append(
+        (
+            "1,000/s search step: end-to-end p99",
+            _num(_get(at_1000, "latency", "end_to_end_ms", "p99")) + " ms",
+            "–",
+            "–",
+            "≤ 100 ms",
+        )
+    )
+    steps = f.get("steps", {})
+    rows.append(
+        (
+            "deadlocks over every run / longest lock wait",
+            _lock_totals(steps.get("tgstack", [])),
+            _lock_totals(steps.get("baseline", [])),
+            "–",
+            "0 deadlocks",
+        )
     )
     million = f.get("million_rows", {})
     ours_lat = _get(million, "tgstack", "latency_ms") or {}
@@ -446,8 +518,51 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
+    lines += ["", "## Every step", "", *_steps_table(f.get("steps", {}))]
+    lines += ["", "## End-to-end latency against the offered rate (tgstack)", ""]
+    lines += [curve.markdown(report)]
     lines += ["", "Each load test's own summary and plot: `*/summary.md`, `*/plot.png`."]
     return "\n".join(lines) + "\n"
+
+
+def _lock_totals(runs: list[dict[str, Any]]) -> str:
+    counted = [r["deadlocks"] for r in runs if r.get("deadlocks") is not None]
+    waits = [r["longest_lock_wait_ms"] for r in runs if r.get("longest_lock_wait_ms") is not None]
+    if not counted and not waits:
+        return "–"
+    longest = f"{_num(max(waits))} ms" if waits else "–"
+    return f"{sum(counted):,} / {longest}"
+
+
+def _search_step(search: dict[str, Any], rate: float) -> dict[str, Any] | None:
+    for step in _get(search, "tgstack", "steps") or []:
+        if step.get("rate") == rate:
+            result: dict[str, Any] = step["result"]
+            return result
+    return None
+
+
+def _steps_table(steps: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Every run of the bench: sustained, p50/p95/p99 (ms), deadlocks, longest lock wait."""
+    lines = [
+        "Sustained = zero loss, kept pace and end-to-end p99 ≤ 250 ms (the baseline's latency is "
+        "that of its signals). Deadlocks: `pg_stat_database.deadlocks` during the run; longest "
+        "lock wait: `pg_locks` sampled every 10 ms.",
+        "",
+        "| run | step | offered/s | kept pace | sustained | p50 | p95 | p99 | deadlocks "
+        "| longest lock wait ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for who in ("tgstack", "baseline"):
+        for s in steps.get(who, []):
+            rate = "max" if not s.get("rate") else f"{s['rate']:,.0f}"
+            pace = "–" if s.get("kept_pace") is None else ("yes" if s["kept_pace"] else "no")
+            lines.append(
+                f"| {who} | {s['label']} | {rate} | {pace} | {'yes' if s['sustained'] else 'no'} "
+                f"| {_num(s['p50'])} | {_num(s['p95'])} | {_num(s['p99'])} "
+                f"| {_num(s['deadlocks'], 0)} | {_num(s['longest_lock_wait_ms'])} |"
+            )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

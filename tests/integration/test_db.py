@@ -186,9 +186,10 @@ def test_update_status_sets_the_status_and_reports_unknown_messages(database: Da
 def test_mark_published_clears_the_outbox(database: Database, db: Any) -> None:
     database.bulk_upsert([record(1), record(2), record(3)])
     with psycopg.connect(db.superuser_dsn, autocommit=True) as admin:
-        admin.execute(
-            "UPDATE telegram_gateway.messages SET received_at = now() - interval '5 minutes'"
-        )
+        for table in ("messages", "message_outbox"):  # the outbox keeps its own copy
+            admin.execute(
+                f"UPDATE telegram_gateway.{table} SET received_at = now() - interval '5 minutes'"
+            )
 
     waiting = database.fetch_unpublished(limit=10, min_age_seconds=60)
     changed = database.mark_published([MessageKey(CH, 1), MessageKey(CH, 2)])

@@ -70,7 +70,7 @@ def stored_counts(dsn: str) -> tuple[int, int]:
 def unpublished(dsn: str) -> int:
     with psycopg.connect(dsn, prepare_threshold=None) as conn:
         row = conn.execute(
-            "SELECT count(*) FROM telegram_gateway.messages WHERE published_at IS NULL"
+            "SELECT count(*) FROM telegram_gateway.message_outbox WHERE published_at IS NULL"
         ).fetchone()
     assert row is not None
     return int(row[0])

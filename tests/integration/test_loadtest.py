@@ -72,9 +72,14 @@ def test_the_result_files_hold_the_figures_the_summary_and_the_plot(
     assert sum(row["done"] for row in data["timeline"]) == 200
     assert len(data["loadavg_before"]) == 3
     assert data["machine"]["nproc"] >= 1
+    # the run's deadlocks and longest lock wait, measured (tgstack.loadtest.locks)
+    assert data["locks"]["deadlocks"] == 0
+    assert data["locks"]["samples"] > 0
+    assert data["sustained"] == (data["kept_pace"] and not data["not_sustained_because"])
     summary = (tmp_path / "result" / "summary.md").read_text()
     assert "PASS" in summary
     assert "| lost | 0 |" in summary
+    assert "Deadlocks (pg_stat_database, during the run): 0; longest lock wait" in summary
     assert (tmp_path / "result" / "plot.png").read_bytes().startswith(b"\x89PNG")
     assert set(result.files) == {"json", "markdown", "plot"}
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 import tgstack
 from tgstack.migrate import (
@@ -293,9 +294,19 @@ def test_schema_has_the_seed_indexes_on_messages(db: Any) -> None:
         "telegram_gateway.idx_telegram_messages_polling_cover",
         "telegram_gateway.idx_telegram_messages_processed_by",
         "telegram_gateway.idx_telegram_messages_analytics",
-        "telegram_gateway.idx_telegram_messages_outbox",
     }
     assert expected <= names
+    # The outbox has a table of its own (sql/050_publish_outbox.sql).
+    assert "telegram_gateway.idx_telegram_messages_outbox" not in names
+    outbox = rows(
+        db.direct_dsn,
+        "SELECT indexrelid::regclass::text FROM pg_index"
+        " WHERE indrelid = 'telegram_gateway.message_outbox'::regclass ORDER BY 1",
+    )
+    assert [row[0] for row in outbox] == [
+        "telegram_gateway.idx_message_outbox_unpublished",
+        "telegram_gateway.message_outbox_pkey",
+    ]
 
 
 def test_signals_are_unique_per_source_message(db: Any) -> None:
@@ -311,3 +322,42 @@ def test_signals_are_unique_per_source_message(db: Any) -> None:
             conn.execute(insert.replace(", 7,", ", 8,"), (12, 11))
         stored = conn.execute("SELECT buy_min, buy_max FROM tp_capital.signals").fetchall()
     assert [(str(a), str(b)) for a, b in stored] == [("10.5", "11")]
+
+
+def test_the_outbox_migration_carries_the_publish_state_of_stored_messages(
+    empty_db: Any, tmp_path: Path
+) -> None:
+    before_outbox = [name for name in ALL_MIGRATIONS if name < "050_publish_outbox.sql"]
+    apply_migrations(empty_db.direct_dsn, migrations_dir=copy_migrations(tmp_path, before_outbox))
+    posts = [
+        {"channel_id": -1001000000001, "message_id": n, "telegram_date": "2026-11-02T12:00:00Z"}
+        for n in (1, 2, 3)
+    ]
+    with psycopg.connect(empty_db.direct_dsn, autocommit=True) as conn:
+        conn.execute(
+            "SELECT * FROM telegram_gateway.bulk_upsert_messages(%s::jsonb)",
+            (Jsonb(posts),),
+        )
+        conn.execute(
+            "SELECT telegram_gateway.mark_batch_as_published("
+            "ARRAY[-1001000000001]::bigint[], ARRAY[1]::bigint[])"
+        )
+        conn.execute(
+            "SELECT telegram_gateway.soft_delete_messages(-1001000000001, ARRAY[3]::bigint[])"
+        )
+
+    apply_migrations(empty_db.direct_dsn)
+
+    assert rows(
+        empty_db.direct_dsn,
+        "SELECT message_id, published_at IS NOT NULL, publish_attempts"
+        " FROM telegram_gateway.message_outbox ORDER BY 1",
+    ) == [(1, True, 1), (2, False, 0), (3, False, 0)]
+    assert rows(
+        empty_db.direct_dsn,
+        "SELECT message_id FROM telegram_gateway.get_unpublished_messages(0, 10)",
+    ) == [(2,)]
+    assert rows(
+        empty_db.direct_dsn,
+        "SELECT message_id, status FROM telegram_gateway.message_publish_status ORDER BY 1",
+    ) == [(1, "published"), (2, "received"), (3, "deleted")]

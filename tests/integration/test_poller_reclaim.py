@@ -1,5 +1,6 @@
-"""A delivery that arrives while its row is still locked (by the gateway's mark_published) is
-claimed once the lock goes, instead of waiting for the next safety poll."""
+"""A delivery that arrives while its row is still locked by another transaction (an edit being
+applied; before sql/050, the gateway's mark_published too) is claimed once the lock goes,
+instead of waiting for the next safety poll."""
 
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def test_a_fresh_delivery_of_a_locked_row_is_claimed_when_the_lock_goes(
         transient_errors=(DatabaseUnavailable,),
     )
     with psycopg.connect(db.superuser_dsn) as locker:
-        locker.execute(  # what mark_published holds for a moment after the broker confirms
+        locker.execute(  # what an edit holds for a moment
             "SELECT 1 FROM telegram_gateway.messages WHERE channel_id = %s AND message_id = %s"
             " FOR UPDATE",
             (CHANNEL, 7),

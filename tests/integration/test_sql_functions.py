@@ -505,10 +505,36 @@ def test_mark_batch_as_published_is_idempotent_and_leaves_deleted_alone(conn: Co
     assert value(conn, publish, CH, CH, CH) == 3
     assert value(conn, publish, CH, CH, CH) == 0
     statuses = conn.execute(
-        "SELECT message_id, status, published_at IS NOT NULL FROM"
-        " telegram_gateway.messages ORDER BY 1"
+        "SELECT message_id, status, published_at IS NOT NULL, publish_attempts FROM"
+        " telegram_gateway.message_publish_status ORDER BY 1"
     ).fetchall()
-    assert statuses == [(1, "published", True), (2, "published", True), (3, "deleted", True)]
+    assert statuses == [
+        (1, "published", True, 1),
+        (2, "published", True, 1),
+        (3, "deleted", True, 1),
+    ]
+
+
+def test_mark_batch_as_published_leaves_the_message_row_to_the_poller(conn: Conn) -> None:
+    """The publish state lives in message_outbox (sql/050): marking writes no message row, so
+    it never waits for (or deadlocks with) the poller's claim and apply on that row."""
+    upsert(conn, [msg(1), msg(2)])
+    row_versions = "SELECT message_id, xmin::text FROM telegram_gateway.messages ORDER BY 1"
+    before = conn.execute(row_versions).fetchall()
+
+    value(
+        conn,
+        "SELECT telegram_gateway.mark_batch_as_published(%s::bigint[], %s::bigint[])",
+        [CH, CH],
+        [2, 1],
+    )
+
+    assert conn.execute(row_versions).fetchall() == before
+    published = conn.execute(
+        "SELECT message_id FROM telegram_gateway.message_outbox"
+        " WHERE published_at IS NOT NULL ORDER BY 1"
+    ).fetchall()
+    assert published == [(1,), (2,)]
 
 
 def test_outbox_lists_unpublished_messages_past_a_minimum_age(conn: Conn) -> None:
@@ -619,6 +645,8 @@ def test_cleanup_removes_old_finished_messages_only(conn: Conn) -> None:
     assert left == [(3, "processing"), (4, "pending"), (5, "processed")]
     keys = conn.execute("SELECT message_id FROM telegram_gateway.message_keys ORDER BY 1")
     assert keys.fetchall() == [(3,), (4,), (5,)]
+    outbox = conn.execute("SELECT message_id FROM telegram_gateway.message_outbox ORDER BY 1")
+    assert outbox.fetchall() == [(3,), (4,), (5,)]
 
 
 def test_cleanup_drops_old_partitions_that_hold_only_finished_messages(conn: Conn) -> None:
@@ -721,7 +749,10 @@ def test_channel_health_summary_gives_a_verdict_per_channel(conn: Conn, admin: C
 def test_channel_health_flags_an_outbox_that_is_behind(conn: Conn, admin: Conn) -> None:
     upsert(conn, [msg(1)])
     mark(conn, [(CH, 1)])
-    admin.execute("UPDATE telegram_gateway.messages SET received_at = now() - interval '10 min'")
+    for table in ("messages", "message_outbox"):  # the outbox keeps its own copy
+        admin.execute(
+            f"UPDATE telegram_gateway.{table} SET received_at = now() - interval '10 min'"
+        )
 
     summary = conn.execute(
         "SELECT health, unpublished_count FROM telegram_gateway.channel_health_summary"

@@ -47,7 +47,21 @@ MESSAGE_FIELDS = (
     " text, caption, media_type, media_refs, edit_date, edit_count, status, processing_state,"
     " processed_at, last_error, received_at, published_at, deleted_at, metadata"
 )
-_MESSAGE_SELECT = ", ".join(f"m.{name.strip()}" for name in MESSAGE_FIELDS.split(","))
+# The publish status and time come from the outbox unless the row carries legacy ones
+# (sql/050_publish_outbox.sql): the gateway records confirmations there, not on the row.
+_STATUS = "telegram_gateway.publish_status(m.status, m.published_at, o.published_at)"
+_MESSAGE_EXPRESSIONS = {
+    "status": f"{_STATUS} AS status",
+    "published_at": "coalesce(m.published_at, o.published_at) AS published_at",
+}
+_MESSAGE_SELECT = ", ".join(
+    _MESSAGE_EXPRESSIONS.get(name.strip(), f"m.{name.strip()}")
+    for name in MESSAGE_FIELDS.split(",")
+)
+_OUTBOX_JOIN = (
+    " LEFT JOIN telegram_gateway.message_outbox o ON o.channel_id = m.channel_id"
+    " AND o.message_id = m.message_id AND o.telegram_date = m.telegram_date"
+)
 # The same expression as the trigram index of sql/020_api.sql (the function is inlined).
 _SEARCH = "telegram_gateway.message_search_text(m.text, m.caption) ILIKE %(pattern)s"
 
@@ -179,7 +193,7 @@ class ApiStore:
             where.append("m.channel_id = %(channel_id)s")
             params["channel_id"] = query.channel_id
         if query.statuses:
-            where.append("m.status = ANY(%(statuses)s)")
+            where.append(f"{_STATUS} = ANY(%(statuses)s)")
             params["statuses"] = list(query.statuses)
         if query.processing_states:
             where.append("m.processing_state = ANY(%(states)s)")
@@ -201,7 +215,8 @@ class ApiStore:
             )
             params["a_date"], params["a_ch"], params["a_id"] = query.after
         sql = (
-            f"SELECT {_MESSAGE_SELECT} FROM telegram_gateway.messages m{_where(where)}"
+            f"SELECT {_MESSAGE_SELECT} FROM telegram_gateway.messages m{_OUTBOX_JOIN}"
+            f"{_where(where)}"
             " ORDER BY m.telegram_date DESC, m.channel_id DESC, m.message_id DESC"
             " LIMIT %(limit)s"
         )
@@ -213,6 +228,7 @@ class ApiStore:
             f"SELECT {_MESSAGE_SELECT} FROM telegram_gateway.message_keys k"
             " JOIN telegram_gateway.messages m ON m.channel_id = k.channel_id"
             " AND m.message_id = k.message_id AND m.telegram_date = k.telegram_date"
+            f"{_OUTBOX_JOIN}"
             " WHERE k.channel_id = %s AND k.message_id = %s"
         )
         return self._run("get_message", _one(sql, (channel_id, message_id)))

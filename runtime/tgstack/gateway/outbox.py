@@ -1,9 +1,14 @@
 """The outbox relay: publishes stored messages that RabbitMQ never confirmed.
 
-PostgreSQL is the outbox: a row with ``published_at IS NULL`` was committed but not confirmed
-by the broker. The relay sends such rows (oldest first, once they are a few seconds old so it
-does not race the pipeline) and marks them published. A row published twice is harmless:
-consumers dedupe by message id.
+PostgreSQL is the outbox: ``telegram_gateway.message_outbox`` holds each stored message's
+publish state, written in the same statement that stores the message; a row with
+``published_at IS NULL`` was committed but not confirmed by the broker. The relay sends such
+messages (oldest first, once they are a few seconds old so it does not race the pipeline) and
+marks them published. A message published twice is harmless: consumers dedupe by message id.
+
+The publish state has a table of its own so that the gateway never writes the message row the
+poller locks (``sql/050_publish_outbox.sql``: on that row the gateway's marks and the poller's
+applies deadlocked, 48 times in 1,000 rounds of ``tests/integration/test_lock_contention.py``).
 """
 
 from __future__ import annotations

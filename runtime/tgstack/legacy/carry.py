@@ -54,11 +54,25 @@ def _legacy_keys(conn: psycopg.Connection[Any], schema: str) -> dict[int, set[in
     return keys
 
 
+# The publish status and time as the gateway recorded them (in the outbox, sql/050) unless the
+# row carries legacy ones.
+_NEW_EXPRESSIONS = {
+    "status": "telegram_gateway.publish_status(m.status, m.published_at, o.published_at)",
+    "published_at": "coalesce(m.published_at, o.published_at)",
+}
+_NEW_SELECT = ", ".join(
+    _NEW_EXPRESSIONS.get(name.strip(), f"m.{name.strip()}") for name in _NEW_COLUMNS.split(",")
+)
+
+
 def _new_rows(conn: psycopg.Connection[Any]) -> Iterator[tuple[Any, ...]]:
     with conn.cursor(name="tgstack_carry_rows") as cur:
         cur.itersize = 5000
         cur.execute(
-            f"SELECT {_NEW_COLUMNS} FROM telegram_gateway.messages ORDER BY channel_id, message_id"
+            f"SELECT {_NEW_SELECT} FROM telegram_gateway.messages m"
+            " LEFT JOIN telegram_gateway.message_outbox o ON o.channel_id = m.channel_id"
+            " AND o.message_id = m.message_id AND o.telegram_date = m.telegram_date"
+            " ORDER BY m.channel_id, m.message_id"
         )
         yield from cur
 

@@ -51,7 +51,17 @@ WITH claimed AS (
     SELECT {_SELECTED}
       FROM pg_temp.{_STAGE} i
       JOIN claimed c ON c.channel_id = i.channel_id AND c.message_id = i.message_id
-    RETURNING channel_id, message_id, telegram_date
+    RETURNING channel_id, message_id, telegram_date, received_at, published_at, publish_attempts
+), outboxed AS (
+    -- the publish state the gateway reads (sql/050): unpublished rows go to the outbox relay
+    INSERT INTO telegram_gateway.message_outbox
+           (channel_id, message_id, telegram_date, received_at, published_at, publish_attempts)
+    SELECT s.channel_id, s.message_id, s.telegram_date, s.received_at, s.published_at,
+           s.publish_attempts
+      FROM stored s
+     ORDER BY s.channel_id, s.message_id
+    ON CONFLICT (channel_id, message_id) DO NOTHING
+    RETURNING 1
 ), known_channels AS (
     INSERT INTO telegram_gateway.channels (channel_id)
     SELECT DISTINCT i.channel_id FROM pg_temp.{_STAGE} i ORDER BY 1

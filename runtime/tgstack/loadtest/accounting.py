@@ -25,7 +25,7 @@ _RANGES = (
 )
 _MESSAGES = (
     _RANGES + " SELECT count(*), count(DISTINCT (m.channel_id, m.message_id)),"
-    " count(*) FILTER (WHERE m.published_at IS NOT NULL),"
+    " count(*) FILTER (WHERE coalesce(m.published_at, o.published_at) IS NOT NULL),"
     " count(*) FILTER (WHERE m.processing_state = 'processed'),"
     " count(*) FILTER (WHERE m.processing_state = 'ignored'),"
     " count(*) FILTER (WHERE m.processing_state = 'failed'),"
@@ -34,6 +34,8 @@ _MESSAGES = (
     " count(*) FILTER (WHERE m.metadata ->> 'marks' = '1')"
     " FROM telegram_gateway.messages m JOIN ranges r ON m.channel_id = r.channel_id"
     " AND m.message_id BETWEEN r.first_id AND r.last_id"
+    " LEFT JOIN telegram_gateway.message_outbox o ON o.channel_id = m.channel_id"
+    " AND o.message_id = m.message_id AND o.telegram_date = m.telegram_date"
 )
 _LEDGER = (
     _RANGES + " SELECT count(*) FROM telegram_gateway.message_keys k JOIN ranges r"
@@ -52,6 +54,10 @@ _CLEANUP = (
     (
         _RANGES + " DELETE FROM telegram_gateway.messages m USING ranges r WHERE m.channel_id ="
         " r.channel_id AND m.message_id BETWEEN r.first_id AND r.last_id"
+    ),
+    (
+        _RANGES + " DELETE FROM telegram_gateway.message_outbox o USING ranges r WHERE"
+        " o.channel_id = r.channel_id AND o.message_id BETWEEN r.first_id AND r.last_id"
     ),
     (
         _RANGES + " DELETE FROM telegram_gateway.message_keys k USING ranges r WHERE"

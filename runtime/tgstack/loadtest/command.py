@@ -164,7 +164,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         f"p95 {latency['p95']} ms, p99 {latency['p99']} ms; "
         f"{data['end_to_end_rate']:,.0f} posts/s end to end; drained "
         f"{data['drain_seconds']:.2f} s after the last send; kept pace: "
-        f"{'yes' if data['sustained'] else 'no'}; loadavg {load[0]} → {load[1]}"
+        f"{'yes' if data['kept_pace'] else 'no'}; sustained (p99 ≤ "
+        f"{data['sustained_p99_ms']:g} ms): {'yes' if data['sustained'] else 'no'}; "
+        f"{_locks_line(data['locks'])}; loadavg {load[0]} → {load[1]}"
     )
     server = data["path"].get("server")
     if server is not None:
@@ -178,3 +180,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     for name, path in result.files.items():
         print(f"{name}: {path}")
     return 0 if result.ok else 1
+
+
+def _locks_line(locks: dict[str, Any] | None) -> str:
+    if locks is None:
+        return "deadlocks and lock waits not measured"
+    deadlocks = "?" if locks["deadlocks"] is None else str(locks["deadlocks"])
+    return f"deadlocks {deadlocks}, longest lock wait {locks['longest_lock_wait_ms']:g} ms"

@@ -3,10 +3,10 @@
 Once a second the observer asks the database which of the posts still outstanding have been
 finished by a poller (processing_state processed, ignored or failed) and takes each one's
 timestamps from its row: ``telegram_date`` (sent), ``received_at`` (committed by the
-gateway), ``published_at`` (confirmed by RabbitMQ) and ``processed_at`` (the poller's
-transaction that stored the signal and the mark). Latencies are therefore measured, not
-estimated; the clocks are the load test's (sent) and PostgreSQL's (the rest), the same clock
-when both run on one host.
+gateway), ``published_at`` (confirmed by RabbitMQ; from ``message_outbox``) and
+``processed_at`` (the poller's transaction that stored the signal and the mark). Latencies
+are therefore measured, not estimated; the clocks are the load test's (sent) and
+PostgreSQL's (the rest), the same clock when both run on one host.
 
 Recent posts are found with one range query over the load-test channels' newest rows
 (``idx_telegram_messages_analytics``); posts older than ``recent_window`` are looked up by key,
@@ -34,11 +34,17 @@ DONE_STATES = ("processed", "ignored", "failed")
 
 _COLUMNS = (
     "m.channel_id, m.message_id, extract(epoch FROM m.received_at)::float8,"
-    " extract(epoch FROM m.published_at)::float8, extract(epoch FROM m.processed_at)::float8,"
+    " extract(epoch FROM coalesce(m.published_at, o.published_at))::float8,"
+    " extract(epoch FROM m.processed_at)::float8,"
     " m.processing_state"
 )
+# The broker's confirmation is recorded in the outbox table (sql/050_publish_outbox.sql).
+_OUTBOX = (
+    " LEFT JOIN telegram_gateway.message_outbox o ON o.channel_id = m.channel_id"
+    " AND o.message_id = m.message_id AND o.telegram_date = m.telegram_date"
+)
 _RECENT = (
-    f"SELECT {_COLUMNS} FROM telegram_gateway.messages m"
+    f"SELECT {_COLUMNS} FROM telegram_gateway.messages m{_OUTBOX}"
     " WHERE m.channel_id = ANY(%s) AND m.telegram_date >= %s"
     " AND m.processing_state IN ('processed', 'ignored', 'failed')"
 )
@@ -49,6 +55,7 @@ _BY_KEY = (
     " JOIN telegram_gateway.messages m"
     "   ON m.channel_id = k.channel_id AND m.message_id = k.message_id"
     "  AND m.telegram_date = k.telegram_date"
+    f"{_OUTBOX}"
     " WHERE m.processing_state IN ('processed', 'ignored', 'failed')"
 )
 

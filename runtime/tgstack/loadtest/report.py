@@ -33,6 +33,24 @@ def _path(path: dict[str, Any]) -> str:
     )
 
 
+def _sustained(data: dict[str, Any]) -> str:
+    if data["sustained"]:
+        return "yes"
+    return "no: " + "; ".join(data["not_sustained_because"])
+
+
+def _locks(locks: dict[str, Any] | None) -> list[str]:
+    """The deadlocks and the longest lock wait of the run (``tgstack.loadtest.locks``)."""
+    if locks is None:
+        return ["Deadlocks and lock waits: not measured (see the log)."]
+    deadlocks = "–" if locks["deadlocks"] is None else f"{locks['deadlocks']:,}"
+    return [
+        f"Deadlocks (pg_stat_database, during the run): {deadlocks}; longest lock wait "
+        f"{locks['longest_lock_wait_ms']:,.1f} ms ({locks['lock_waits_seen']:,} waits seen in "
+        f"{locks['samples']:,} samples of pg_locks, every {locks['sample_interval_ms']:g} ms)."
+    ]
+
+
 def markdown(data: dict[str, Any]) -> str:
     """The Markdown summary of a result as ``LoadResult.as_dict`` gives it."""
     plan = data["plan"]
@@ -62,8 +80,10 @@ def markdown(data: dict[str, Any]) -> str:
         f"| end-to-end rate (first sent → last finished) | {data['end_to_end_rate']:,.1f} "
         "posts/s |",
         f"| drained after the last send | {data['drain_seconds']:.2f} s |",
-        f"| kept pace (sustained) | {'yes' if data['sustained'] else 'no'}"
+        f"| kept pace | {'yes' if data['kept_pace'] else 'no'}"
         f"{' (stopped early)' if data['aborted'] else ''} |",
+        f"| sustained (zero loss, kept pace, end-to-end p99 ≤ {data['sustained_p99_ms']:g} ms) "
+        f"| {_sustained(data)} |",
         f"| sender behind schedule (max) | {data['max_sender_lag_s']:.3f} s |",
         f"| RabbitMQ ready messages (max) | {data['max_queue_ready'] if data['max_queue_ready'] is not None else '–'} |",  # noqa: E501
         "",
@@ -83,6 +103,7 @@ def markdown(data: dict[str, Any]) -> str:
             f"| {name} | {s['n']:,} | {_ms(s['p50'])} | {_ms(s['p95'])} | {_ms(s['p99'])} "
             f"| {_ms(s['max'])} |"
         )
+    lines += ["", *_locks(data.get("locks"))]
     thirds = lat["thirds_end_to_end_ms"]
     lines += [
         "",

@@ -1,6 +1,11 @@
 """A load test from start to verdict: pollers up, posts paced into the stack by a sender
 (``tgstack.loadtest.sender``: in process, or through the Telegram server), completions read
-back from PostgreSQL, zero-loss accounting, result files.
+back from PostgreSQL, zero-loss accounting, deadlocks and lock waits
+(``tgstack.loadtest.locks``), result files.
+
+A run is *sustained* when it lost nothing, kept pace with the offered rate and its steady-state
+end-to-end p99 was at most ``SUSTAINED_P99_MS`` (250 ms): a rate the stack only keeps up with
+while posts wait seconds is not one it sustains.
 """
 
 from __future__ import annotations
@@ -17,10 +22,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+import psycopg
+
 from tgstack.config import Settings
 from tgstack.loadtest import accounting, cachestats, machine, stats
 from tgstack.loadtest.accounting import Accounting
 from tgstack.loadtest.fleet import PollerFleet, QueueProbe
+from tgstack.loadtest.locks import LockFigures, LockWatch
 from tgstack.loadtest.observer import DonePost, Observer
 from tgstack.loadtest.pacer import Pacer
 from tgstack.loadtest.plan import LoadPlan
@@ -29,6 +37,9 @@ from tgstack.loadtest.sender import InProcessSender, Sender
 from tgstack.models import MessageKey
 
 log = logging.getLogger("tgstack.loadtest")
+
+# A sustained run's end-to-end p99 (steady state) is at most this.
+SUSTAINED_P99_MS = 250.0
 
 
 class LoadTestError(RuntimeError):
@@ -61,6 +72,7 @@ class LoadResult:
     path: dict[str, Any] = field(default_factory=lambda: {"through": "in-process"})
     path_problems: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    locks: LockFigures | None = None
 
     @property
     def achieved_rate(self) -> float:
@@ -78,7 +90,7 @@ class LoadResult:
     def ok(self) -> bool:
         return self.accounting.ok and self.drained and not self.aborted and not self.path_problems
 
-    def sustained(self) -> bool:
+    def kept_pace(self) -> bool:
         """Kept pace with the offered rate: clean, never far behind, drained at once (within a
         tenth of the run, at least 2 s, after the last post was sent)."""
         rate = self.plan.rate or 0.0
@@ -88,6 +100,24 @@ class LoadResult:
             and self.max_sender_lag_s <= 1.0
             and self.drain_seconds <= max(2.0, 0.1 * self.send_seconds)
         )
+
+    def sustained(self) -> bool:
+        """Zero loss, kept pace, and an end-to-end p99 of at most ``SUSTAINED_P99_MS``."""
+        return not self.not_sustained_because()
+
+    def not_sustained_because(self) -> list[str]:
+        """Why the run is not sustained (empty when it is)."""
+        reasons: list[str] = []
+        if not self.ok:
+            reasons.append("not clean: " + "; ".join(self.problems()))
+        elif not self.kept_pace():
+            reasons.append("did not keep pace with the offered rate")
+        p99 = self.latency()["end_to_end_ms"]["p99"]
+        if p99 is None:
+            reasons.append("no post finished")
+        elif p99 > SUSTAINED_P99_MS:
+            reasons.append(f"end-to-end p99 {p99:,.1f} ms > {SUSTAINED_P99_MS:g} ms")
+        return reasons
 
     def latency(self) -> dict[str, Any]:
         steady = stats.steady(self.done, self.start, self.plan.warmup)
@@ -123,6 +153,10 @@ class LoadResult:
             "drain_seconds": round(self.drain_seconds, 3),
             "aborted": self.aborted,
             "sustained": self.sustained(),
+            "kept_pace": self.kept_pace(),
+            "not_sustained_because": self.not_sustained_because(),
+            "sustained_p99_ms": SUSTAINED_P99_MS,
+            "locks": None if self.locks is None else self.locks.as_dict(),
             "max_queue_ready": self.max_queue_ready,
             "accounting": self.accounting.as_dict(),
             "latency": self.latency(),
@@ -268,6 +302,27 @@ def _scrape_cache(fleet: PollerFleet, settings: Settings) -> cachestats.CacheCou
     return cachestats.parse(page) if page else None
 
 
+def _start_lock_watch(conninfo: str) -> LockWatch | None:
+    """Deadlocks and lock waits from now on; None (and a warning) if they cannot be read."""
+    watch = LockWatch(conninfo)
+    try:
+        watch.start()
+    except psycopg.Error as exc:
+        log.warning("no lock figures for this run", extra={"error": str(exc)})
+        return None
+    return watch
+
+
+def _finish_lock_watch(watch: LockWatch | None) -> LockFigures | None:
+    if watch is None:
+        return None
+    try:
+        return watch.finish()
+    except psycopg.Error as exc:
+        log.warning("no deadlock count for this run", extra={"error": str(exc)})
+        return None
+
+
 def run_loadtest(
     settings: Settings,
     plan: LoadPlan,
@@ -333,6 +388,7 @@ def run_loadtest(
     )
     signal_keys: list[MessageKey] = []
     sent_times: list[float] = []
+    watch: LockWatch | None = None
     cache_start: cachestats.CacheCounters | None = None
     cache_end: cachestats.CacheCounters | None = None
     fleet.start()
@@ -352,6 +408,7 @@ def run_loadtest(
             out if plan.progress else None,
         )
         sampler.start()
+        watch = _start_lock_watch(conninfo)
         started_at = datetime.now(UTC).isoformat(timespec="seconds")
         start = time.time()
         pacer.start()
@@ -391,6 +448,8 @@ def run_loadtest(
         drained = not observer.outstanding
         drain_seconds = time.monotonic() - drain_started
     finally:
+        if watch is not None:
+            watch.stop_sampling()
         sender.stop()
         codes = fleet.stop()
         sampler.stop()
@@ -403,6 +462,7 @@ def run_loadtest(
     path, path_problems = sender.report(conninfo)
     if plan.cleanup:
         accounting.cleanup(conninfo, ranges)
+    locks = _finish_lock_watch(watch)
     cache = None
     if cache_end is not None:
         cache = cache_end.minus(cache_start) if cache_start is not None else cache_end
@@ -430,6 +490,7 @@ def run_loadtest(
         gateway_batches_failed=path.pop("gateway_batches_failed", None),
         path=path,
         path_problems=path_problems,
+        locks=locks,
     )
     if write and plan.out_dir is not None:
         from tgstack.loadtest import report

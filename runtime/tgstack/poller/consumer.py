@@ -11,14 +11,15 @@ at a low rate a post does not wait for company), claimed in PostgreSQL by key, p
 acknowledged after the results are committed. A delivery for a message already processed is
 simply acknowledged (duplicates are harmless).
 
-A claim skips rows another transaction has locked. The gateway marks a batch published right
-after the broker confirms it, so a fresh delivery can arrive while its row is locked by that
-``mark_published``: the claim would skip it, and the post would wait for the next safety poll
-(30 s; seen as a 20 s p99 in the load test). Keys of a *fresh* first delivery (published in
-the last ``FRESH_SECONDS``) that a claim skipped are therefore claimed again after
-``reclaim_delays`` (2, 10, 50 ms); those Redis still lists in the channel's recent window (so
-not finished by anyone) are tried again for up to 1.5 s more (``reclaim_pending_delays``), which
-covers a machine too busy for the gateway to release its lock quickly. Older or redelivered
+A claim skips rows another transaction has locked. Until ``sql/050_publish_outbox.sql`` the
+gateway's ``mark_published`` locked the message row right after the broker confirmed it, so a
+fresh delivery often arrived while its row was locked (seen as a 20 s p99 in the load test:
+the post waited for the next safety poll); the publish state now has a table of its own, and
+what still locks a fresh row is an edit being applied or a concurrent claim. Keys of a *fresh*
+first delivery (published in the last ``FRESH_SECONDS``) that a claim skipped are claimed again
+after ``reclaim_delays`` (2, 10, 50 ms); those Redis still lists in the channel's recent window
+(so not finished by anyone) are tried again for up to 1.5 s more (``reclaim_pending_delays``),
+which covers a machine too busy for the lock holder to finish quickly. Older or redelivered
 deliveries are not retried (a backlog of deliveries for posts the safety poll already finished
 would otherwise be slowed down by the waits); what is not claimable is held by another poller
 or already finished, and is acknowledged.
@@ -74,8 +75,8 @@ class Delivery:
 
     @property
     def fresh(self) -> bool:
-        """A first delivery published moments ago (its row may still be locked by the
-        gateway's mark_published)."""
+        """A first delivery published moments ago (its row may still be locked by an edit or a
+        concurrent claim)."""
         if self.message.redelivered:
             return False
         stamp = self.message.properties.get("timestamp")

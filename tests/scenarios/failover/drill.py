@@ -202,7 +202,8 @@ def drill_counts(feed: Feed) -> dict[str, int]:
         "SELECT count(*), count(DISTINCT (channel_id, message_id)),"
         " count(*) FILTER (WHERE processing_state IN ('processed', 'ignored')),"
         " count(*) FILTER (WHERE coalesce((metadata ->> 'marks')::int, 0) > 1),"
-        " count(*) FILTER (WHERE published_at IS NULL),"
+        " (SELECT count(*) FROM telegram_gateway.message_outbox"
+        f" WHERE published_at IS NULL AND {where}),"
         f" (SELECT count(*) FROM tp_capital.signals WHERE {where}),"
         f" (SELECT count(*) FROM telegram_gateway.message_keys WHERE {where})"
         f" FROM telegram_gateway.messages WHERE {where}"
@@ -369,10 +370,7 @@ def fault_restart_db(feed: Feed, figures: dict[str, Any]) -> None:
 
 
 def unpublished_count() -> int | None:
-    rows = try_sql(
-        "SELECT count(*) FROM telegram_gateway.messages"
-        " WHERE published_at IS NULL AND deleted_at IS NULL"
-    )
+    rows = try_sql("SELECT telegram_gateway.count_unpublished()")
     return int(rows[0][0]) if rows else None
 
 
@@ -465,7 +463,8 @@ def main() -> int:
     def settled() -> bool:
         counts = try_sql(
             "SELECT count(*) FILTER (WHERE processing_state IN ('processed', 'ignored')),"
-            " count(*) FILTER (WHERE published_at IS NULL),"
+            " (SELECT count(*) FROM telegram_gateway.message_outbox"
+            f" WHERE published_at IS NULL AND {where}),"
             f" (SELECT count(*) FROM tp_capital.signals WHERE {where})"
             f" FROM telegram_gateway.messages WHERE {where}"
         )

@@ -148,11 +148,7 @@ def test_runtime_processes_the_imported_pending_posts(host: Any) -> None:
     _, seconds = wait_for(
         "imported pending posts processed", lambda: new_scalar(host, query) == 0, timeout=600
     )
-    unpublished = new_scalar(
-        host,
-        "SELECT count(*) FROM telegram_gateway.messages"
-        " WHERE published_at IS NULL AND deleted_at IS NULL",
-    )
+    unpublished = new_scalar(host, "SELECT telegram_gateway.count_unpublished()")
     signals = new_scalar(host, "SELECT count(*) FROM tp_capital.signals")
     print_figure("imported pending posts processed after the cutover", f"within {seconds:.0f} s")
     print_figure("signals parsed from imported posts", signals)
