@@ -33,7 +33,7 @@ from tgstack.models import MessageKey, MessageRecord, StoredMessage
 from tgstack.poller.consumer import QueueConsumer
 from tgstack.poller.worker import PollStats, SignalWorker
 from tgstack.queue import DEAD_LETTER_QUEUE, MessagePublisher, consumer_queue_name
-from tgstack.signals import parse_signal
+from tgstack.signals import classify, parse_signal
 
 CHANNEL = -1001649127710
 WHEN = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
@@ -89,12 +89,14 @@ def test_poll_path_stores_each_signal_once_and_marks_each_post_once(
     first = worker.drain()
     again = worker.drain()
     signals = expected_signals(records)
+    chatter = sum(1 for r in records if classify(r.body).kind == "chatter")
     assert first.claimed == 400
-    assert (first.processed, first.ignored, first.signals) == (signals, 400 - signals, signals)
+    # signals, follow-ups and posts to review are processed; chatter is ignored
+    assert (first.processed, first.ignored, first.signals) == (400 - chatter, chatter, signals)
     assert again.claimed == 0
     assert counts(db.app_dsn) == {
-        "processed": signals,
-        "ignored": 400 - signals,
+        "processed": 400 - chatter,
+        "ignored": chatter,
         "signals": signals,
         "not_marked_once": 0,
     }
@@ -168,7 +170,7 @@ def test_edit_into_chatter_retires_the_signal(db: TestDatabase, database: Databa
     worker.drain()
     database.apply_edit(
         MessageRecord.create(
-            CHANNEL, 1, WHEN, text="cancelado, sem operação", edit_date=WHEN.replace(minute=9)
+            CHANNEL, 1, WHEN, text="Bom dia, pessoal! Hoje sem operações.", edit_date=WHEN.replace(minute=9)
         )
     )
     stats = worker.drain()
