@@ -8,10 +8,12 @@ and result. Posts that look like a signal but lack a price are stored for review
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -322,3 +324,25 @@ def test_pollers_racing_on_one_channel_link_every_follow_up(
     assert wrong == [(0,)]
     statuses = rows(db, "SELECT status, count(*) FROM tp_capital.signals GROUP BY 1")
     assert statuses == [("target_1", 40)]
+
+
+def test_the_sample_channel_ends_with_its_petr4_trade_closed_in_gain(
+    db: TestDatabase, database: Database, worker: SignalWorker
+) -> None:
+    """samples/channel-sample.jsonl (what `make demo` posts): a PETR4 signal, a partial at
+    target 1 with the stop moved to the entry, then a close with a profit."""
+    sample = Path(__file__).resolve().parents[2] / "samples" / "channel-sample.jsonl"
+    for line in sample.read_text(encoding="utf-8").splitlines():
+        item = json.loads(line)
+        when = datetime.fromisoformat(item["date"]).astimezone(UTC)
+        post(db, database, item["message_id"], item["text"], when, channel=item["channel_id"])
+    worker.drain()
+
+    trades = rows(
+        db,
+        "SELECT s.message_id, s.status, s.current_stop, s.result,"
+        " array_agg(e.message_id ORDER BY e.telegram_date)"
+        " FROM tp_capital.signals s JOIN tp_capital.signal_events e ON e.signal_id = s.id"
+        " GROUP BY s.id",
+    )
+    assert trades == [(1002, "closed", Decimal("36.85"), "gain", [1007, 1019])]
