@@ -203,6 +203,30 @@ BEGIN
 END
 $$;
 
+-- Re-link the follow-ups replying to a post whose signal or follow-up was just stored or
+-- re-linked (a reply processed before the post it answers waits until then); a reply chain is
+-- followed down, each reply once its parent has its signal. Returns the signals changed.
+CREATE OR REPLACE FUNCTION tp_capital.relink_replies(
+    p_channel_id bigint, p_message_id bigint, p_link_window interval)
+RETURNS bigint[]
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_event   bigint;
+    v_touched bigint[] := '{}';
+BEGIN
+    FOR v_event IN
+        SELECT e.id FROM tp_capital.signal_events e
+         WHERE e.channel_id = p_channel_id AND e.reply_to_msg_id = p_message_id
+           AND e.retired_at IS NULL
+         ORDER BY e.telegram_date, e.message_id
+    LOOP
+        v_touched := v_touched || tp_capital.relink_signal_event(v_event, p_link_window);
+    END LOOP;
+    RETURN v_touched;
+END
+$$;
+
 -- Link, re-link or unlink one follow-up; returns the signals whose events changed.
 CREATE OR REPLACE FUNCTION tp_capital.relink_signal_event(p_event_id bigint, p_link_window interval)
 RETURNS bigint[]
@@ -227,7 +251,8 @@ BEGIN
     END IF;
     UPDATE tp_capital.signal_events SET signal_id = v_signal, linked_by = v_by
      WHERE id = p_event_id;
-    RETURN array_remove(ARRAY[v_event.signal_id, v_signal], NULL);
+    RETURN array_remove(ARRAY[v_event.signal_id, v_signal], NULL)
+        || tp_capital.relink_replies(v_event.channel_id, v_event.message_id, p_link_window);
 END
 $$;
 
@@ -261,6 +286,23 @@ BEGIN
          ORDER BY e.telegram_date, e.message_id
     LOOP
         v_touched := v_touched || tp_capital.relink_signal_event(v_event, p_link_window);
+    END LOOP;
+    RETURN v_touched;
+END
+$$;
+
+-- relink_around_signal for several signals, one after the other in id order.
+CREATE OR REPLACE FUNCTION tp_capital.relink_around_signals(p_signal_ids bigint[], p_link_window interval)
+RETURNS bigint[]
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_signal  bigint;
+    v_touched bigint[] := '{}';
+BEGIN
+    FOR v_signal IN SELECT DISTINCT s FROM unnest(p_signal_ids) AS s WHERE s IS NOT NULL ORDER BY s
+    LOOP
+        v_touched := v_touched || tp_capital.relink_around_signal(v_signal, p_link_window);
     END LOOP;
     RETURN v_touched;
 END
@@ -502,7 +544,8 @@ BEGIN
                 EXCLUDED.signal_id, EXCLUDED.linked_by, EXCLUDED.raw_text, NULL::timestamptz)
         RETURNING e.id INTO v_id;
         IF v_id IS NOT NULL THEN
-            v_touched := v_touched || v_old.signal_id || v_signal;
+            v_touched := v_touched || v_old.signal_id || v_signal
+                || tp_capital.relink_replies(v_post.channel_id, v_post.message_id, p_link_window);
             -- a follow-up that ends a signal (or no longer does) changes what later follow-ups
             -- of its asset link to
             IF tp_capital.ends_signal(v_post.event ->> 'kind', v_post.event ->> 'target')
@@ -517,12 +560,8 @@ BEGIN
 
     -- 5. Follow-ups that waited for a signal stored (or changed) now, or linked to one retired.
     IF cardinality(v_stored) > 0 OR cardinality(v_retired) > 0 THEN
-        SELECT coalesce(array_agg(t ORDER BY t), '{}') INTO v_touched
-          FROM (SELECT unnest(v_touched)
-                UNION ALL
-                SELECT unnest(tp_capital.relink_around_signal(s, p_link_window))
-                  FROM unnest(v_stored || v_retired) AS s) AS x(t);
-        v_touched := v_touched || v_stored;
+        v_touched := v_touched || v_stored
+            || tp_capital.relink_around_signals(v_stored || v_retired, p_link_window);
     END IF;
 
     -- 6. What the follow-ups add up to.
@@ -545,6 +584,8 @@ DROP FUNCTION IF EXISTS tp_capital.retire_signals_of_deleted(bigint, bigint[]);
 -- Retire the signals, follow-ups and reviews of posts deleted from the channel (explicit keys,
 -- or every deleted post when called without keys), re-link what the retired signals concerned
 -- and re-derive the signals whose follow-ups changed. Returns how many signals were retired.
+-- With keys (the queue's delete deliveries) it looks up those posts only; without, it checks the
+-- active rows of the three tables against their posts (the safety poll), as 010 did for signals.
 CREATE OR REPLACE FUNCTION tp_capital.retire_signals_of_deleted(
     p_channel_id bigint DEFAULT NULL, p_message_ids bigint[] DEFAULT NULL,
     p_link_window interval DEFAULT interval '14 days')
@@ -552,36 +593,51 @@ RETURNS integer
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_signals bigint[];
-    v_touched bigint[];
+    v_channels bigint[];
+    v_messages bigint[];
+    v_signals  bigint[];
+    v_touched  bigint[];
+    v_ended    bigint[];
 BEGIN
-    PERFORM tp_capital.lock_signal_channels(ARRAY(
-        SELECT x.channel_id
+    IF p_message_ids IS NOT NULL THEN
+        SELECT array_agg(k.channel_id), array_agg(k.message_id) INTO v_channels, v_messages
+          FROM (SELECT DISTINCT i.id FROM unnest(p_message_ids) AS i(id)) AS i
+          JOIN telegram_gateway.message_keys k
+            ON k.channel_id = p_channel_id AND k.message_id = i.id
+          JOIN telegram_gateway.messages m
+            ON m.channel_id = k.channel_id AND m.message_id = k.message_id
+           AND m.telegram_date = k.telegram_date
+         WHERE m.deleted_at IS NOT NULL;
+    ELSE
+        SELECT array_agg(x.channel_id), array_agg(x.message_id) INTO v_channels, v_messages
           FROM (SELECT s.channel_id, s.message_id FROM tp_capital.signals s
                  WHERE s.retired_at IS NULL
-                UNION ALL
+                UNION
                 SELECT e.channel_id, e.message_id FROM tp_capital.signal_events e
-                 WHERE e.retired_at IS NULL) AS x
+                 WHERE e.retired_at IS NULL
+                UNION
+                SELECT v.channel_id, v.message_id FROM tp_capital.signal_reviews v
+                 WHERE v.retired_at IS NULL) AS x
           JOIN telegram_gateway.message_keys k
             ON k.channel_id = x.channel_id AND k.message_id = x.message_id
           JOIN telegram_gateway.messages m
             ON m.channel_id = k.channel_id AND m.message_id = k.message_id
            AND m.telegram_date = k.telegram_date
          WHERE m.deleted_at IS NOT NULL
-           AND (p_channel_id IS NULL OR x.channel_id = p_channel_id)
-           AND (p_message_ids IS NULL OR x.message_id = ANY (p_message_ids))));
+           AND (p_channel_id IS NULL OR x.channel_id = p_channel_id);
+    END IF;
+    IF v_channels IS NULL THEN
+        RETURN 0;
+    END IF;
+
+    PERFORM tp_capital.lock_signal_channels(v_channels);
 
     WITH retired AS (
         UPDATE tp_capital.signals s
            SET retired_at = now()
-          FROM telegram_gateway.message_keys k
-          JOIN telegram_gateway.messages m
-            ON m.channel_id = k.channel_id AND m.message_id = k.message_id
-           AND m.telegram_date = k.telegram_date
-         WHERE s.channel_id = k.channel_id AND s.message_id = k.message_id
-           AND s.retired_at IS NULL AND m.deleted_at IS NOT NULL
-           AND (p_channel_id IS NULL OR s.channel_id = p_channel_id)
-           AND (p_message_ids IS NULL OR s.message_id = ANY (p_message_ids))
+          FROM unnest(v_channels, v_messages) AS d(channel_id, message_id)
+         WHERE s.channel_id = d.channel_id AND s.message_id = d.message_id
+           AND s.retired_at IS NULL
         RETURNING s.id
     )
     SELECT ARRAY(SELECT id FROM retired) INTO v_signals;
@@ -589,32 +645,26 @@ BEGIN
     WITH retired AS (
         UPDATE tp_capital.signal_events e
            SET retired_at = now()
-          FROM telegram_gateway.message_keys k
-          JOIN telegram_gateway.messages m
-            ON m.channel_id = k.channel_id AND m.message_id = k.message_id
-           AND m.telegram_date = k.telegram_date
-         WHERE e.channel_id = k.channel_id AND e.message_id = k.message_id
-           AND e.retired_at IS NULL AND m.deleted_at IS NOT NULL
-           AND (p_channel_id IS NULL OR e.channel_id = p_channel_id)
-           AND (p_message_ids IS NULL OR e.message_id = ANY (p_message_ids))
-        RETURNING e.signal_id
+          FROM unnest(v_channels, v_messages) AS d(channel_id, message_id)
+         WHERE e.channel_id = d.channel_id AND e.message_id = d.message_id
+           AND e.retired_at IS NULL
+        RETURNING e.signal_id, tp_capital.ends_signal(e.kind, e.target) AS ended
     )
-    SELECT ARRAY(SELECT signal_id FROM retired WHERE signal_id IS NOT NULL) INTO v_touched;
+    SELECT ARRAY(SELECT signal_id FROM retired WHERE signal_id IS NOT NULL),
+           ARRAY(SELECT signal_id FROM retired WHERE signal_id IS NOT NULL AND ended)
+      INTO v_touched, v_ended;
+
+    -- a retired end re-opens its signal to the follow-ups of its asset after it (own statement:
+    -- the re-link must see the retirement)
+    v_touched := v_touched || tp_capital.relink_around_signals(v_ended, p_link_window);
 
     UPDATE tp_capital.signal_reviews v
        SET retired_at = now()
-      FROM telegram_gateway.message_keys k
-      JOIN telegram_gateway.messages m
-        ON m.channel_id = k.channel_id AND m.message_id = k.message_id
-       AND m.telegram_date = k.telegram_date
-     WHERE v.channel_id = k.channel_id AND v.message_id = k.message_id
-       AND v.retired_at IS NULL AND m.deleted_at IS NOT NULL
-       AND (p_channel_id IS NULL OR v.channel_id = p_channel_id)
-       AND (p_message_ids IS NULL OR v.message_id = ANY (p_message_ids));
+      FROM unnest(v_channels, v_messages) AS d(channel_id, message_id)
+     WHERE v.channel_id = d.channel_id AND v.message_id = d.message_id
+       AND v.retired_at IS NULL;
 
-    SELECT v_touched || coalesce(array_agg(t), '{}') INTO v_touched
-      FROM (SELECT unnest(tp_capital.relink_around_signal(s, p_link_window))
-              FROM unnest(v_signals) AS s) AS x(t);
+    v_touched := v_touched || tp_capital.relink_around_signals(v_signals, p_link_window);
 
     PERFORM tp_capital.derive_signal_status(t)
        FROM (SELECT DISTINCT t FROM unnest(v_touched) AS t WHERE t IS NOT NULL ORDER BY t) AS d(t);

@@ -170,7 +170,11 @@ def test_edit_into_chatter_retires_the_signal(db: TestDatabase, database: Databa
     worker.drain()
     database.apply_edit(
         MessageRecord.create(
-            CHANNEL, 1, WHEN, text="Bom dia, pessoal! Hoje sem operações.", edit_date=WHEN.replace(minute=9)
+            CHANNEL,
+            1,
+            WHEN,
+            text="Bom dia, pessoal! Hoje sem operações.",
+            edit_date=WHEN.replace(minute=9),
         )
     )
     stats = worker.drain()

@@ -346,3 +346,36 @@ def test_the_sample_channel_ends_with_its_petr4_trade_closed_in_gain(
         " GROUP BY s.id",
     )
     assert trades == [(1002, "closed", Decimal("36.85"), "gain", [1007, 1019])]
+
+
+def test_deleting_the_follow_up_that_ended_a_signal_gives_it_back_its_later_follow_ups(
+    db: TestDatabase, database: Database, worker: SignalWorker
+) -> None:
+    post(db, database, 1, PETR4, at(0))
+    post(db, database, 2, PETR4.replace("36,50", "36,00"), at(1))
+    post(db, database, 3, "PETR4 stopado", at(10))
+    post(db, database, 4, "PETR4 alvo 1 atingido", at(20))
+    worker.drain()
+    assert (event_link(db, 3)[1], event_link(db, 4)[1]) == (2, 1)
+
+    database.soft_delete(CHANNEL, [3])
+    worker.poll_once()
+    assert event_link(db, 4) == ("target_hit", 2, "asset", False)
+    assert signal_state(db, 2)[0] == "target_1"
+    assert signal_state(db, 1)[0] == "open"
+
+
+def test_a_reply_chain_processed_backwards_ends_linked_to_its_signal(
+    db: TestDatabase, database: Database, worker: SignalWorker
+) -> None:
+    post(db, database, 3, "Stop na entrada", at(31), reply_to=2)
+    worker.drain()
+    post(db, database, 2, "Alvo 1 atingido ✅", at(30), reply_to=1)
+    worker.drain()
+    assert (event_link(db, 2)[1], event_link(db, 3)[1]) == (None, None)
+
+    post(db, database, 1, PETR4, at(0))
+    worker.drain()
+    assert event_link(db, 2) == ("target_hit", 1, "reply", False)
+    assert event_link(db, 3) == ("stop_moved", 1, "reply", False)
+    assert signal_state(db, 1) == ("target_1", Decimal("36.85"), None)
