@@ -6,22 +6,24 @@
 -- before, it now:
 --
 --   1. locks the messages this consumer holds, in key order (unchanged);
---   2. takes a transaction advisory lock per channel whose signals or events the batch writes,
+--   2. stores or retires their reviews and marks them: rows of these posts only;
+--   3. takes a transaction advisory lock per channel whose signals or events the batch writes,
 --      in channel order. Linking reads other posts' rows (the most recent open signal of an
 --      asset, the post a reply points to) and re-derives signals other posts made, so two
 --      pollers must not interleave on one channel: each then sees the other's committed rows.
 --      Every writer of signals and events takes these locks before writing either, and none
 --      takes a message lock after them, so they add no deadlock to the message locks;
---   3. stores or retires the signals and reviews of the batch and marks the messages;
---   4. stores or retires the events, in post order, each linked by link_signal_event(): by the
---      post it replies to (a signal, or another follow-up of one), else by channel and asset to
---      the most recent signal still open at the follow-up's time within p_link_window;
---   5. re-links the follow-ups a stored or retired signal concerns (a follow-up processed
+--   4. stores or retires the signals of the batch;
+--   5. stores or retires the follow-ups, in post order, each linked by link_signal_event(): by
+--      the post it replies to (a signal, or another follow-up of one), else by channel and
+--      asset to the most recent signal still open at the follow-up's time within
+--      p_link_window; the replies waiting for a post stored now are linked after it;
+--   6. re-links the follow-ups a stored or retired signal concerns (a follow-up processed
 --      before its signal waits unlinked, or linked to an older signal by asset, until then);
---   6. re-derives every signal whose events changed (derive_signal_status).
+--   7. re-derives every signal whose events changed (derive_signal_status).
 --
--- A batch of chatter only (no signal, event or review, nothing active at its keys) skips 2, 4,
--- 5 and 6; its cost is the three key look-ups of step 2's test.
+-- A batch of chatter only (no signal or event, nothing active at its keys) skips 3, 5, 6 and
+-- 7; its cost is the two key look-ups of step 3's test.
 --
 -- Replays are safe: every write is an upsert on (channel_id, message_id) that changes nothing
 -- when nothing differs, and the derivation writes a signal only when its result differs.
@@ -324,6 +326,7 @@ DECLARE
     v_signal  bigint;
     v_by      text;
     v_id      bigint;
+    v_marked  integer;
 BEGIN
     IF p_consumer IS NULL OR p_consumer = '' THEN
         RAISE EXCEPTION '%: consumer must be named', v_caller
@@ -388,62 +391,9 @@ BEGIN
         RETURN;
     END IF;
 
-    -- 2. The lifecycle locks of the channels whose signals or events this batch writes.
-    PERFORM tp_capital.lock_signal_channels(ARRAY(
-        SELECT o.channel_id FROM unnest(v_owned) AS o
-         WHERE o.state <> 'failed'
-           AND (o.signal IS NOT NULL OR o.event IS NOT NULL
-                OR EXISTS (SELECT 1 FROM tp_capital.signals s
-                            WHERE s.channel_id = o.channel_id AND s.message_id = o.message_id
-                              AND s.retired_at IS NULL)
-                OR EXISTS (SELECT 1 FROM tp_capital.signal_events e
-                            WHERE e.channel_id = o.channel_id AND e.message_id = o.message_id
-                              AND e.retired_at IS NULL))));
-
-    -- 3. Signals and reviews, and the marks.
+    -- 2. Reviews and the marks: rows of the posts this consumer holds, nobody else's.
     WITH owned AS (
         SELECT * FROM unnest(v_owned)
-    ), stored_signals AS (
-        INSERT INTO tp_capital.signals AS s (
-            channel_id, message_id, telegram_date, asset, signal_type, buy_min, buy_max,
-            target_1, target_2, target_final, stop, raw_text, processed_by, current_stop)
-        SELECT o.channel_id, o.message_id, o.telegram_date,
-               o.signal ->> 'asset', o.signal ->> 'signal_type',
-               (o.signal ->> 'buy_min')::numeric, (o.signal ->> 'buy_max')::numeric,
-               (o.signal ->> 'target_1')::numeric, (o.signal ->> 'target_2')::numeric,
-               (o.signal ->> 'target_final')::numeric, (o.signal ->> 'stop')::numeric,
-               coalesce(o.raw_text, ''), p_consumer, (o.signal ->> 'stop')::numeric
-          FROM owned o
-         WHERE o.signal IS NOT NULL AND o.state = 'processed'
-        ON CONFLICT ON CONSTRAINT signals_source_message_key DO UPDATE
-           SET asset = EXCLUDED.asset, signal_type = EXCLUDED.signal_type,
-               buy_min = EXCLUDED.buy_min, buy_max = EXCLUDED.buy_max,
-               target_1 = EXCLUDED.target_1, target_2 = EXCLUDED.target_2,
-               target_final = EXCLUDED.target_final, stop = EXCLUDED.stop,
-               raw_text = EXCLUDED.raw_text, processed_by = EXCLUDED.processed_by,
-               retired_at = NULL
-         WHERE (s.asset, s.signal_type, s.buy_min, s.buy_max, s.target_1, s.target_2,
-                s.target_final, s.stop, s.raw_text, s.retired_at)
-               IS DISTINCT FROM
-               (EXCLUDED.asset, EXCLUDED.signal_type, EXCLUDED.buy_min, EXCLUDED.buy_max,
-                EXCLUDED.target_1, EXCLUDED.target_2, EXCLUDED.target_final, EXCLUDED.stop,
-                EXCLUDED.raw_text, NULL::timestamptz)
-        RETURNING s.id
-    ), retired_signals AS (
-        -- A post edited into something that is not a signal retires the signal it had.
-        UPDATE tp_capital.signals s
-           SET retired_at = now()
-         WHERE s.id = ANY (ARRAY(
-                SELECT active.id
-                  FROM owned o
-                 CROSS JOIN LATERAL (
-                        -- LIMIT keeps this a look-up per result (the key is unique anyway)
-                        SELECT a.id FROM tp_capital.signals a
-                         WHERE a.channel_id = o.channel_id AND a.message_id = o.message_id
-                           AND a.retired_at IS NULL
-                         LIMIT 1) AS active
-                 WHERE o.signal IS NULL AND o.state IN ('processed', 'ignored')))
-        RETURNING s.id
     ), stored_reviews AS (
         INSERT INTO tp_capital.signal_reviews AS v (
             channel_id, message_id, telegram_date, asset, missing, raw_text, processed_by)
@@ -487,10 +437,69 @@ BEGIN
            AND m.telegram_date = o.telegram_date
         RETURNING 1
     )
+    SELECT count(*) INTO v_marked FROM marked;
+
+    -- 3. The lifecycle locks of the channels whose signals or events this batch writes.
+    PERFORM tp_capital.lock_signal_channels(ARRAY(
+        SELECT o.channel_id FROM unnest(v_owned) AS o
+         WHERE o.state <> 'failed'
+           AND (o.signal IS NOT NULL OR o.event IS NOT NULL
+                OR EXISTS (SELECT 1 FROM tp_capital.signals s
+                            WHERE s.channel_id = o.channel_id AND s.message_id = o.message_id
+                              AND s.retired_at IS NULL)
+                OR EXISTS (SELECT 1 FROM tp_capital.signal_events e
+                            WHERE e.channel_id = o.channel_id AND e.message_id = o.message_id
+                              AND e.retired_at IS NULL))));
+
+    -- 4. Signals.
+    WITH owned AS (
+        SELECT * FROM unnest(v_owned)
+    ), stored_signals AS (
+        INSERT INTO tp_capital.signals AS s (
+            channel_id, message_id, telegram_date, asset, signal_type, buy_min, buy_max,
+            target_1, target_2, target_final, stop, raw_text, processed_by, current_stop)
+        SELECT o.channel_id, o.message_id, o.telegram_date,
+               o.signal ->> 'asset', o.signal ->> 'signal_type',
+               (o.signal ->> 'buy_min')::numeric, (o.signal ->> 'buy_max')::numeric,
+               (o.signal ->> 'target_1')::numeric, (o.signal ->> 'target_2')::numeric,
+               (o.signal ->> 'target_final')::numeric, (o.signal ->> 'stop')::numeric,
+               coalesce(o.raw_text, ''), p_consumer, (o.signal ->> 'stop')::numeric
+          FROM owned o
+         WHERE o.signal IS NOT NULL AND o.state = 'processed'
+        ON CONFLICT ON CONSTRAINT signals_source_message_key DO UPDATE
+           SET asset = EXCLUDED.asset, signal_type = EXCLUDED.signal_type,
+               buy_min = EXCLUDED.buy_min, buy_max = EXCLUDED.buy_max,
+               target_1 = EXCLUDED.target_1, target_2 = EXCLUDED.target_2,
+               target_final = EXCLUDED.target_final, stop = EXCLUDED.stop,
+               raw_text = EXCLUDED.raw_text, processed_by = EXCLUDED.processed_by,
+               retired_at = NULL
+         WHERE (s.asset, s.signal_type, s.buy_min, s.buy_max, s.target_1, s.target_2,
+                s.target_final, s.stop, s.raw_text, s.retired_at)
+               IS DISTINCT FROM
+               (EXCLUDED.asset, EXCLUDED.signal_type, EXCLUDED.buy_min, EXCLUDED.buy_max,
+                EXCLUDED.target_1, EXCLUDED.target_2, EXCLUDED.target_final, EXCLUDED.stop,
+                EXCLUDED.raw_text, NULL::timestamptz)
+        RETURNING s.id
+    ), retired_signals AS (
+        -- A post edited into something that is not a signal retires the signal it had.
+        UPDATE tp_capital.signals s
+           SET retired_at = now()
+         WHERE s.id = ANY (ARRAY(
+                SELECT active.id
+                  FROM owned o
+                 CROSS JOIN LATERAL (
+                        -- LIMIT keeps this a look-up per result (the key is unique anyway)
+                        SELECT a.id FROM tp_capital.signals a
+                         WHERE a.channel_id = o.channel_id AND a.message_id = o.message_id
+                           AND a.retired_at IS NULL
+                         LIMIT 1) AS active
+                 WHERE o.signal IS NULL AND o.state IN ('processed', 'ignored')))
+        RETURNING s.id
+    )
     SELECT ARRAY(SELECT id FROM stored_signals), ARRAY(SELECT id FROM retired_signals)
       INTO v_stored, v_retired;
 
-    -- 4. Follow-ups, in post order: each is linked seeing the signals of step 3 and the
+    -- 5. Follow-ups, in post order: each is linked seeing the signals of step 4 and the
     -- follow-ups before it.
     FOR v_post IN
         SELECT * FROM unnest(v_owned) AS o
@@ -558,13 +567,13 @@ BEGIN
         v_id := NULL;
     END LOOP;
 
-    -- 5. Follow-ups that waited for a signal stored (or changed) now, or linked to one retired.
+    -- 6. Follow-ups that waited for a signal stored (or changed) now, or linked to one retired.
     IF cardinality(v_stored) > 0 OR cardinality(v_retired) > 0 THEN
         v_touched := v_touched || v_stored
             || tp_capital.relink_around_signals(v_stored || v_retired, p_link_window);
     END IF;
 
-    -- 6. What the follow-ups add up to.
+    -- 7. What the follow-ups add up to.
     PERFORM tp_capital.derive_signal_status(t)
        FROM (SELECT DISTINCT t FROM unnest(v_touched) AS t WHERE t IS NOT NULL ORDER BY t) AS d(t);
 
