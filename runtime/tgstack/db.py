@@ -88,7 +88,8 @@ class UpsertResult:
 # The columns read back into a StoredMessage, in _stored_message's order.
 MESSAGE_COLUMNS = (
     "channel_id, message_id, telegram_date, text, caption, media_type, media_refs, thread_id,"
-    " grouped_id, edit_date, source, message_type, metadata, status, processing_state"
+    " reply_to_msg_id, grouped_id, edit_date, source, message_type, metadata, status,"
+    " processing_state"
 )
 _BULK_UPSERT = "SELECT * FROM telegram_gateway.bulk_upsert_messages(%s::jsonb)"
 _FETCH_UNPROCESSED = (
@@ -676,6 +677,8 @@ def _message_json(record: MessageRecord) -> dict[str, Any]:
         data["media_refs"] = dict(record.media_refs)
     if record.thread_id is not None:
         data["thread_id"] = record.thread_id
+    if record.reply_to_msg_id is not None:
+        data["reply_to_msg_id"] = record.reply_to_msg_id
     if record.grouped_id is not None:
         data["grouped_id"] = record.grouped_id
     if record.edit_date is not None:
@@ -703,6 +706,7 @@ def _stored_message(row: tuple[Any, ...]) -> StoredMessage:
         media_type,
         media_refs,
         thread_id,
+        reply_to_msg_id,
         grouped_id,
         edit_date,
         source,
@@ -720,6 +724,7 @@ def _stored_message(row: tuple[Any, ...]) -> StoredMessage:
         media_type=media_type,
         media_refs=media_refs,
         thread_id=thread_id,
+        reply_to_msg_id=reply_to_msg_id,
         grouped_id=grouped_id,
         edit_date=_utc(edit_date),
         source=source,

@@ -141,6 +141,43 @@ def test_redis_window_is_read_first_and_db_answers_when_redis_is_down(
     cache.close()
 
 
+class RecordingWorker(SignalWorker):
+    """Keeps every message it was handed to decide."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.handed: list[StoredMessage] = []
+
+    def process(self, messages: Sequence[StoredMessage]) -> PollStats:
+        self.handed.extend(messages)
+        return super().process(messages)
+
+
+@pytest.mark.parametrize("through_redis", [True, False], ids=["redis-window", "database"])
+def test_the_poller_is_handed_a_follow_up_with_the_post_it_replies_to(
+    database: Database, redis_client: redis.Redis, through_redis: bool
+) -> None:
+    cache = MessageCache(redis_client, fallback=database) if through_redis else None
+    signal = MessageRecord.create(CHANNEL, 10, WHEN, text=SIGNAL)
+    follow_up = MessageRecord.create(
+        CHANNEL, 11, WHEN, text="Alvo 1 atingido ✅", reply_to_msg_id=10
+    )
+    store(database, [signal, follow_up], cache=cache)
+    if cache is not None:
+        window = cache.get_unprocessed(CHANNEL, 10)
+        assert {m.key.message_id: m.record.reply_to_msg_id for m in window} == {10: None, 11: 10}
+    worker = RecordingWorker(
+        database, consumer="test-1", cache=cache, channels=[CHANNEL] if cache else []
+    )
+
+    assert worker.poll_once().claimed == 2
+
+    assert {m.key.message_id: m.record.reply_to_msg_id for m in worker.handed} == {
+        10: None,
+        11: 10,
+    }
+
+
 def test_an_edit_updates_the_signal_and_a_delete_retires_it(
     db: TestDatabase, database: Database
 ) -> None:

@@ -238,6 +238,36 @@ def test_fresh_session_resolves_backfills_and_stores_live_posts_edits_and_delete
     assert gateway.stop() == 0
 
 
+def stored_replies(db: TestDatabase, channel: int) -> dict[int, int | None]:
+    """message_id -> reply_to_msg_id of the channel's stored posts."""
+    with psycopg.connect(db.app_dsn, prepare_threshold=None) as conn:
+        rows = conn.execute(
+            "SELECT message_id, reply_to_msg_id FROM telegram_gateway.messages"
+            " WHERE channel_id = %s",
+            (marked(channel),),
+        ).fetchall()
+    return dict(rows)
+
+
+def test_replies_are_stored_with_the_post_they_reply_to_from_history_and_live(
+    gateway: Gateway, control: ControlClient, channel: int, db: TestDatabase
+) -> None:
+    signal = control.post(channel, "🟢Swing Trade\nAtivo: PETR4\nCompra: 36,50")["id"]
+    from_history = control.post(channel, "Alvo 1 atingido ✅", reply_to=signal)["id"]
+    gateway.start()
+    gateway.wait_healthy()
+    wait_until(lambda: len(stored(db, channel)) == 2, WAIT, "the backfilled history")
+
+    live = control.post(channel, "Stop movido para a entrada", reply_to=signal)["id"]
+    plain = control.post(channel, "Bom dia")["id"]
+    wait_until(lambda: len(stored(db, channel)) == 4, WAIT, "the live posts")
+
+    assert stored_replies(db, channel) == {
+        signal: None, from_history: signal, live: signal, plain: None,
+    }
+    assert gateway.stop() == 0
+
+
 def test_a_dropped_connection_and_a_server_restart_lose_and_double_nothing(
     gateway: Gateway, control: ControlClient, tg_server: TelegramServerProcess,
     channel: int, db: TestDatabase,
