@@ -51,7 +51,6 @@ def worker(database: Database) -> SignalWorker:
 
 
 def post(
-    db: TestDatabase,
     database: Database,
     message_id: int,
     text: str,
@@ -60,17 +59,10 @@ def post(
     reply_to: int | None = None,
     channel: int = CHANNEL,
 ) -> None:
+    record = MessageRecord.create(channel, message_id, when, text=text, reply_to_msg_id=reply_to)
     IngestPipeline(store=database, transient_errors=(DatabaseUnavailable,)).process_batch(
-        [MessageEvent.new(MessageRecord.create(channel, message_id, when, text=text))]
+        [MessageEvent.new(record)]
     )
-    if reply_to is not None:
-        # The gateway keeps Telegram's reply_to_msg_id in this column (sql/055).
-        with psycopg.connect(db.app_dsn, autocommit=True, prepare_threshold=None) as conn:
-            conn.execute(
-                "UPDATE telegram_gateway.messages SET reply_to_msg_id = %s"
-                " WHERE channel_id = %s AND message_id = %s",
-                (reply_to, channel, message_id),
-            )
 
 
 def edit(database: Database, message_id: int, text: str, when: datetime) -> None:
@@ -110,9 +102,9 @@ def event_link(db: TestDatabase, message_id: int) -> tuple[Any, ...]:
 def test_a_reply_links_the_follow_up_to_the_signal_it_answers(
     db: TestDatabase, database: Database, worker: SignalWorker
 ) -> None:
-    post(db, database, 1, PETR4, at(0))
-    post(db, database, 2, PETR4.replace("36,50", "36,00"), at(1))  # a newer PETR4 signal
-    post(db, database, 3, "Alvo 1 atingido ✅", at(30), reply_to=1)
+    post(database, 1, PETR4, at(0))
+    post(database, 2, PETR4.replace("36,50", "36,00"), at(1))  # a newer PETR4 signal
+    post(database, 3, "Alvo 1 atingido ✅", at(30), reply_to=1)
     worker.drain()
 
     assert event_link(db, 3) == ("target_hit", 1, "reply", False)
@@ -123,9 +115,9 @@ def test_a_reply_links_the_follow_up_to_the_signal_it_answers(
 def test_a_reply_to_a_follow_up_reaches_the_same_signal(
     db: TestDatabase, database: Database, worker: SignalWorker
 ) -> None:
-    post(db, database, 1, PETR4, at(0))
-    post(db, database, 2, "Alvo 1 atingido ✅", at(30), reply_to=1)
-    post(db, database, 3, "Stop movido para a entrada", at(31), reply_to=2)
+    post(database, 1, PETR4, at(0))
+    post(database, 2, "Alvo 1 atingido ✅", at(30), reply_to=1)
+    post(database, 3, "Stop movido para a entrada", at(31), reply_to=2)
     worker.drain()
 
     assert event_link(db, 3) == ("stop_moved", 1, "reply", False)
@@ -136,12 +128,12 @@ def test_a_reply_to_a_follow_up_reaches_the_same_signal(
 def test_without_a_reply_the_most_recent_open_signal_of_the_asset_is_chosen(
     db: TestDatabase, database: Database, worker: SignalWorker
 ) -> None:
-    post(db, database, 1, PETR4, at(0))
-    post(db, database, 2, VALE3, at(1))
-    post(db, database, 3, PETR4.replace("Alvo 2: 41,00", "Alvo 2: 42,00"), at(2))
-    post(db, database, 4, "PETR4 stopado ❌", at(10))
-    post(db, database, 5, "PETR4: alvo 1 atingido!", at(20))  # the newest is stopped: the older one
-    post(db, database, 6, "VALE3 alvo 1 batido", at(21), channel=OTHER)  # another channel
+    post(database, 1, PETR4, at(0))
+    post(database, 2, VALE3, at(1))
+    post(database, 3, PETR4.replace("Alvo 2: 41,00", "Alvo 2: 42,00"), at(2))
+    post(database, 4, "PETR4 stopado ❌", at(10))
+    post(database, 5, "PETR4: alvo 1 atingido!", at(20))  # the newest is stopped: the older one
+    post(database, 6, "VALE3 alvo 1 batido", at(21), channel=OTHER)  # another channel
     worker.drain()
 
     assert event_link(db, 4) == ("stopped", 3, "asset", False)
@@ -159,8 +151,8 @@ def test_without_a_reply_the_most_recent_open_signal_of_the_asset_is_chosen(
 
 def test_a_signal_older_than_the_window_is_not_linked(db: TestDatabase, database: Database) -> None:
     worker = SignalWorker(database, consumer="lifecycle", link_window=timedelta(hours=24))
-    post(db, database, 1, PETR4, at(0))
-    post(db, database, 2, "PETR4 stopado", at(25 * 60))
+    post(database, 1, PETR4, at(0))
+    post(database, 2, "PETR4 stopado", at(25 * 60))
     worker.drain()
 
     assert event_link(db, 2) == ("stopped", None, None, False)
@@ -171,15 +163,15 @@ def test_a_signal_older_than_the_window_is_not_linked(db: TestDatabase, database
 def test_the_status_follows_the_events_in_post_order(
     db: TestDatabase, database: Database, worker: SignalWorker
 ) -> None:
-    post(db, database, 1, PETR4, at(0))
-    post(db, database, 2, "PETR4 alvo 2 atingido 🎯🎯", at(40))
-    post(db, database, 3, "PETR4 alvo 1 atingido 🎯", at(30))  # processed after, posted before
-    post(db, database, 4, "PETR4: stop ajustado para 38,20", at(41))
+    post(database, 1, PETR4, at(0))
+    post(database, 2, "PETR4 alvo 2 atingido 🎯🎯", at(40))
+    post(database, 3, "PETR4 alvo 1 atingido 🎯", at(30))  # processed after, posted before
+    post(database, 4, "PETR4: stop ajustado para 38,20", at(41))
     worker.drain()
     assert signal_state(db, 1) == ("target_2", Decimal("38.20"), None)
 
-    post(db, database, 5, "Encerramos PETR4 com lucro", at(50))
-    post(db, database, 6, "PETR4 stopado", at(60))  # after the close: kept, changes nothing
+    post(database, 5, "Encerramos PETR4 com lucro", at(50))
+    post(database, 6, "PETR4 stopado", at(60))  # after the close: kept, changes nothing
     worker.drain()
     assert signal_state(db, 1) == ("closed", Decimal("38.20"), "gain")
     events = rows(
@@ -195,13 +187,13 @@ def test_the_status_follows_the_events_in_post_order(
 def test_a_follow_up_processed_before_its_signal_is_linked_when_the_signal_arrives(
     db: TestDatabase, database: Database, worker: SignalWorker
 ) -> None:
-    post(db, database, 2, "Alvo 1 atingido ✅", at(30), reply_to=1)
-    post(db, database, 3, "PETR4 cancelado", at(31))
+    post(database, 2, "Alvo 1 atingido ✅", at(30), reply_to=1)
+    post(database, 3, "PETR4 cancelado", at(31))
     worker.drain()
     assert event_link(db, 2) == ("target_hit", None, None, False)
     assert database.unlinked_signal_events() == 0  # T0 is not in the last 24 hours
 
-    post(db, database, 1, PETR4, at(0))
+    post(database, 1, PETR4, at(0))
     worker.drain()
     assert event_link(db, 2) == ("target_hit", 1, "reply", False)
     assert event_link(db, 3) == ("cancelled", 1, "asset", False)
@@ -211,8 +203,8 @@ def test_a_follow_up_processed_before_its_signal_is_linked_when_the_signal_arriv
 def test_edits_re_derive_and_a_deleted_follow_up_is_retired(
     db: TestDatabase, database: Database, worker: SignalWorker
 ) -> None:
-    post(db, database, 1, PETR4, at(0))
-    post(db, database, 2, "PETR4 stopado", at(30))
+    post(database, 1, PETR4, at(0))
+    post(database, 2, "PETR4 stopado", at(30))
     worker.drain()
     assert signal_state(db, 1)[0] == "stopped"
 
@@ -239,8 +231,8 @@ def test_edits_re_derive_and_a_deleted_follow_up_is_retired(
 def test_an_edit_that_turns_a_follow_up_into_chatter_retires_its_event(
     db: TestDatabase, database: Database, worker: SignalWorker
 ) -> None:
-    post(db, database, 1, PETR4, at(0))
-    post(db, database, 2, "PETR4 cancelado", at(30))
+    post(database, 1, PETR4, at(0))
+    post(database, 2, "PETR4 cancelado", at(30))
     worker.drain()
     assert signal_state(db, 1)[0] == "cancelled"
 
@@ -253,7 +245,7 @@ def test_an_edit_that_turns_a_follow_up_into_chatter_retires_its_event(
 def test_a_post_that_lacks_a_price_is_kept_for_review_until_an_edit_completes_it(
     db: TestDatabase, database: Database, worker: SignalWorker
 ) -> None:
-    post(db, database, 1, "Ativo: PETR4\nEntrada: \nAlvo: 40\nStop: 36", at(0))
+    post(database, 1, "Ativo: PETR4\nEntrada: \nAlvo: 40\nStop: 36", at(0))
     stats = worker.drain()
     assert (stats.processed, stats.signals) == (1, 0)
     review = rows(db, "SELECT asset, missing, retired_at IS NULL FROM tp_capital.signal_reviews")
@@ -268,9 +260,9 @@ def test_a_post_that_lacks_a_price_is_kept_for_review_until_an_edit_completes_it
 def test_replaying_a_batch_changes_nothing(
     db: TestDatabase, database: Database, worker: SignalWorker
 ) -> None:
-    post(db, database, 1, PETR4, at(0))
-    post(db, database, 2, "PETR4 alvo 1 atingido", at(30))
-    post(db, database, 3, "Ativo: VALE3 alvo 70 stop 60", at(31))
+    post(database, 1, PETR4, at(0))
+    post(database, 2, "PETR4 alvo 1 atingido", at(30))
+    post(database, 3, "Ativo: VALE3 alvo 70 stop 60", at(31))
     worker.drain()
     query = "SELECT " + ", ".join(
         f"(SELECT array_agg(to_jsonb(t) - 'updated_at' ORDER BY id) FROM tp_capital.{table} t)"
@@ -294,9 +286,9 @@ def test_pollers_racing_on_one_channel_link_every_follow_up(
     message_id = 0
     for minute, asset in enumerate(assets * 5):
         message_id += 1
-        post(db, database, message_id, PETR4.replace("PETR4", asset), at(minute * 10))
+        post(database, message_id, PETR4.replace("PETR4", asset), at(minute * 10))
         message_id += 1
-        post(db, database, message_id, f"{asset} alvo 1 atingido ✅", at(minute * 10 + 1))
+        post(database, message_id, f"{asset} alvo 1 atingido ✅", at(minute * 10 + 1))
     errors: list[BaseException] = []
 
     def run(name: str) -> None:
@@ -335,7 +327,7 @@ def test_the_sample_channel_ends_with_its_petr4_trade_closed_in_gain(
     for line in sample.read_text(encoding="utf-8").splitlines():
         item = json.loads(line)
         when = datetime.fromisoformat(item["date"]).astimezone(UTC)
-        post(db, database, item["message_id"], item["text"], when, channel=item["channel_id"])
+        post(database, item["message_id"], item["text"], when, channel=item["channel_id"])
     worker.drain()
 
     trades = rows(
@@ -351,10 +343,10 @@ def test_the_sample_channel_ends_with_its_petr4_trade_closed_in_gain(
 def test_deleting_the_follow_up_that_ended_a_signal_gives_it_back_its_later_follow_ups(
     db: TestDatabase, database: Database, worker: SignalWorker
 ) -> None:
-    post(db, database, 1, PETR4, at(0))
-    post(db, database, 2, PETR4.replace("36,50", "36,00"), at(1))
-    post(db, database, 3, "PETR4 stopado", at(10))
-    post(db, database, 4, "PETR4 alvo 1 atingido", at(20))
+    post(database, 1, PETR4, at(0))
+    post(database, 2, PETR4.replace("36,50", "36,00"), at(1))
+    post(database, 3, "PETR4 stopado", at(10))
+    post(database, 4, "PETR4 alvo 1 atingido", at(20))
     worker.drain()
     assert (event_link(db, 3)[1], event_link(db, 4)[1]) == (2, 1)
 
@@ -368,13 +360,13 @@ def test_deleting_the_follow_up_that_ended_a_signal_gives_it_back_its_later_foll
 def test_a_reply_chain_processed_backwards_ends_linked_to_its_signal(
     db: TestDatabase, database: Database, worker: SignalWorker
 ) -> None:
-    post(db, database, 3, "Stop na entrada", at(31), reply_to=2)
+    post(database, 3, "Stop na entrada", at(31), reply_to=2)
     worker.drain()
-    post(db, database, 2, "Alvo 1 atingido ✅", at(30), reply_to=1)
+    post(database, 2, "Alvo 1 atingido ✅", at(30), reply_to=1)
     worker.drain()
     assert (event_link(db, 2)[1], event_link(db, 3)[1]) == (None, None)
 
-    post(db, database, 1, PETR4, at(0))
+    post(database, 1, PETR4, at(0))
     worker.drain()
     assert event_link(db, 2) == ("target_hit", 1, "reply", False)
     assert event_link(db, 3) == ("stop_moved", 1, "reply", False)
