@@ -83,7 +83,6 @@ CREATE TABLE IF NOT EXISTS tp_capital.signal_events (
     retired_at      timestamptz,
     CONSTRAINT signal_events_pkey PRIMARY KEY (id),
     CONSTRAINT signal_events_source_message_key UNIQUE (channel_id, message_id),
-    CONSTRAINT signal_events_link_check CHECK ((signal_id IS NULL) = (linked_by IS NULL)),
     CONSTRAINT signal_events_stop_one_check CHECK (stop IS NULL OR stop_ref IS NULL)
 );
 

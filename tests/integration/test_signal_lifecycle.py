@@ -371,3 +371,15 @@ def test_a_reply_chain_processed_backwards_ends_linked_to_its_signal(
     assert event_link(db, 2) == ("target_hit", 1, "reply", False)
     assert event_link(db, 3) == ("stop_moved", 1, "reply", False)
     assert signal_state(db, 1) == ("target_1", Decimal("36.85"), None)
+
+
+def test_deleting_a_signal_row_leaves_its_follow_ups_unlinked(
+    db: TestDatabase, database: Database, worker: SignalWorker
+) -> None:
+    """What a cleanup tool (the load test's, a restore drill) does: the rows go, nothing fails."""
+    post(database, 1, PETR4, at(0))
+    post(database, 2, "Alvo 1 atingido ✅", at(30), reply_to=1)
+    worker.drain()
+    with psycopg.connect(db.app_dsn, autocommit=True, prepare_threshold=None) as conn:
+        conn.execute("DELETE FROM tp_capital.signals")
+    assert event_link(db, 2) == ("target_hit", None, "reply", False)

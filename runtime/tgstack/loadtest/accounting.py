@@ -48,6 +48,14 @@ _SIGNALS = (
 )
 _CLEANUP = (
     (
+        _RANGES + " DELETE FROM tp_capital.signal_events e USING ranges r WHERE e.channel_id ="
+        " r.channel_id AND e.message_id BETWEEN r.first_id AND r.last_id"
+    ),
+    (
+        _RANGES + " DELETE FROM tp_capital.signal_reviews v USING ranges r WHERE v.channel_id ="
+        " r.channel_id AND v.message_id BETWEEN r.first_id AND r.last_id"
+    ),
+    (
         _RANGES + " DELETE FROM tp_capital.signals s USING ranges r WHERE s.channel_id ="
         " r.channel_id AND s.message_id BETWEEN r.first_id AND r.last_id"
     ),
