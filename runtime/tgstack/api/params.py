@@ -40,7 +40,10 @@ _ASSET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 USERNAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{3,30}[A-Za-z0-9]$"
 _USERNAME = re.compile(USERNAME_PATTERN)
 # Free text: no control characters, at least one non-space (the OpenAPI document says the same).
-VISIBLE_TEXT_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f]*\S[^\u0000-\u001f\u007f-\u009f]*$"
+# The visible character is neither a space nor a control character: a bare \S there would let
+# one control character through the schema that the parser refuses.
+_CONTROL = r"\u0000-\u001f\u007f-\u009f"
+VISIBLE_TEXT_PATTERN = rf"^[^{_CONTROL}]*[^\s{_CONTROL}][^{_CONTROL}]*$"
 _VISIBLE_TEXT = re.compile(VISIBLE_TEXT_PATTERN)
 
 Parser = Callable[[str, str], Any]
