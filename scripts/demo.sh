@@ -164,6 +164,13 @@ report() {
       ON m.channel_id = s.channel_id AND m.message_id = s.message_id
     WHERE s.channel_id = $channel")"
   IFS='|' read -r P50 P95 PMAX <<<"$latency"
+  # What the channel's follow-ups made of its signals (docs/signal-lifecycle.md).
+  lifecycle="$(psql_sandbox "SELECT coalesce(string_agg(s.status || ' ' || n, ', ' ORDER BY s.status), 'none'),
+      (SELECT count(*) FROM tp_capital.signal_events e WHERE e.channel_id = $channel AND e.retired_at IS NULL AND e.signal_id IS NOT NULL),
+      (SELECT count(*) FROM tp_capital.signal_reviews v WHERE v.channel_id = $channel AND v.retired_at IS NULL)
+    FROM (SELECT status, count(*) AS n FROM tp_capital.signals
+           WHERE channel_id = $channel AND retired_at IS NULL GROUP BY status) s")"
+  IFS='|' read -r STATUSES EVENTS REVIEWS <<<"$lifecycle"
   if [ -f "$STATE/last-converge" ]; then
     read -r c s <"$STATE/last-converge"
     converge_line="site.yml        $c changed ($s s)"
@@ -175,6 +182,7 @@ $converge_line
 messages in     $MESSAGES stored of $POSTS posts in ${SAMPLE#"$ROOT"/} (channel $channel)
 signals out     $SIGNALS TP Capital signals; posts not marked exactly once: $NOT_ONCE; unprocessed: $UNPROCESSED
 latency         post stored -> signal stored: p50 ${P50:-?} ms, p95 ${P95:-?} ms, max ${PMAX:-?} ms
+follow-ups      ${EVENTS:-0} linked to their signals; signals by status: ${STATUSES:-none}; posts to review: ${REVIEWS:-0}
 EOF
   if [ -n "${DONE_AT:-}" ] && [ -n "${POSTED_AT:-}" ]; then
     awk -v a="$POSTED_AT" -v b="$DONE_AT" -v n="$NEW" -v d="$ALREADY" 'BEGIN {
@@ -188,6 +196,7 @@ where to look (everything listens on the server's loopback; reach it with docker
   prometheus    docker exec $NAME curl -s 'http://127.0.0.1:9090/api/v1/query?query=up'
   metrics       docker exec $NAME curl -s http://127.0.0.1:4006/metrics | grep ^tgstack_gateway
   api           docker exec $NAME sh -c 'curl -s -H "Authorization: Bearer \$(sed -n "s/^TGSTACK_API_READ_TOKENS=//p" /etc/tgstack/tgstack.env)" "http://127.0.0.1:4010/v1/signals?limit=3"'
+  review        docker exec $NAME sudo -u tgstack tgstack signals review
   database      docker exec -it $NAME docker exec -it -u postgres tgstack-postgres psql -d telegram_gateway
   telegram      docker exec $NAME tgstack-telegram-test info        (the local Telegram server; --help lists its commands)
   more posts    docker exec $NAME tgstack-telegram-test post tgstack_sample 'Ativo: PETR4 Compra: 36,50 Alvo: 38,90 Stop: 34,80'

@@ -99,10 +99,11 @@ CREATE OR REPLACE TRIGGER signal_events_touch_updated_at
 -- A signal's events in post order (the derivation and GET /v1/signals/{id}/events).
 CREATE INDEX IF NOT EXISTS idx_signal_events_signal
     ON tp_capital.signal_events (signal_id, telegram_date, message_id) WHERE retired_at IS NULL;
--- Events waiting for their signal: by the post they reply to, or by asset.
-CREATE INDEX IF NOT EXISTS idx_signal_events_unlinked_reply
+-- The follow-ups replying to a post (linked again when that post's signal or follow-up is
+-- stored), and those waiting for a signal of their asset.
+CREATE INDEX IF NOT EXISTS idx_signal_events_reply
     ON tp_capital.signal_events (channel_id, reply_to_msg_id)
-    WHERE signal_id IS NULL AND retired_at IS NULL AND reply_to_msg_id IS NOT NULL;
+    WHERE retired_at IS NULL AND reply_to_msg_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS idx_signal_events_unlinked_asset
     ON tp_capital.signal_events (channel_id, asset, telegram_date)
     WHERE signal_id IS NULL AND retired_at IS NULL;

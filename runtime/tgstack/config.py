@@ -255,6 +255,15 @@ class Settings(BaseSettings):
     poller_lease_seconds: int = Field(default=60, ge=5, le=3600)
     poller_poll_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
     poller_safety_poll_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # Two weeks: a swing trade's follow-ups come days after it; a day trade's the same day,
+    # and an older signal of the asset that is still open is the one meant anyway.
+    poller_signal_link_window_hours: float = Field(
+        default=336,
+        gt=0,
+        le=8784,
+        description="how far back a follow-up that names its asset but replies to no post looks "
+        "for the signal it follows (the most recent one still open)",
+    )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"

@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -88,7 +88,8 @@ class UpsertResult:
 # The columns read back into a StoredMessage, in _stored_message's order.
 MESSAGE_COLUMNS = (
     "channel_id, message_id, telegram_date, text, caption, media_type, media_refs, thread_id,"
-    " grouped_id, edit_date, source, message_type, metadata, status, processing_state"
+    " reply_to_msg_id, grouped_id, edit_date, source, message_type, metadata, status,"
+    " processing_state"
 )
 _BULK_UPSERT = "SELECT * FROM telegram_gateway.bulk_upsert_messages(%s::jsonb)"
 _FETCH_UNPROCESSED = (
@@ -137,8 +138,17 @@ _CLAIM_BY_KEYS = (
     f"SELECT {MESSAGE_COLUMNS} FROM telegram_gateway.claim_messages_by_key"
     "(%s, %s::bigint[], %s::bigint[], %s)"
 )
-_APPLY_RESULTS = "SELECT * FROM tp_capital.apply_processing_results(%s, %s::jsonb)"
-_RETIRE_SIGNALS = "SELECT tp_capital.retire_signals_of_deleted(%s, %s::bigint[])"
+_APPLY_RESULTS = (
+    "SELECT channel_id, message_id, applied"
+    " FROM tp_capital.apply_processing_results(%s, %s::jsonb, %s::interval)"
+)
+_RETIRE_SIGNALS = "SELECT tp_capital.retire_signals_of_deleted(%s, %s::bigint[], %s::interval)"
+_UNLINKED_EVENTS = (
+    "SELECT count(*) FROM tp_capital.signal_events"
+    " WHERE signal_id IS NULL AND retired_at IS NULL AND telegram_date > now() - interval '1 day'"
+)
+# How far back a follow-up that names only its asset looks for its signal (sql/061).
+DEFAULT_LINK_WINDOW = timedelta(days=14)
 _POLLING_LAG = (
     "SELECT coalesce(extract(epoch FROM now() - min(received_at)), 0)"
     " FROM telegram_gateway.messages"
@@ -464,9 +474,14 @@ class Database:
         return [_stored_message(row) for row in rows]
 
     def apply_processing_results(
-        self, consumer: str, results: Sequence[ProcessingResult]
+        self,
+        consumer: str,
+        results: Sequence[ProcessingResult],
+        link_window: timedelta = DEFAULT_LINK_WINDOW,
     ) -> list[tuple[MessageKey, bool]]:
-        """Store signals and mark messages in one transaction, fenced by the consumer's claim.
+        """Store signals, follow-ups and reviews and mark messages in one transaction, fenced
+        by the consumer's claim; a follow-up naming only its asset is linked to the most
+        recent open signal of the last ``link_window``.
 
         Returns each result's key with whether it was applied (False: the claim was lost).
         """
@@ -474,16 +489,26 @@ class Database:
             return []
         payload = json.dumps([result.to_json() for result in results], ensure_ascii=False)
         rows = self._run(
-            "apply_processing_results", _fetch_all(_APPLY_RESULTS, (consumer, payload))
+            "apply_processing_results",
+            _fetch_all(_APPLY_RESULTS, (consumer, payload, link_window)),
         )
         return [(MessageKey(int(ch), int(mid)), bool(applied)) for ch, mid, applied in rows]
 
     def retire_signals_of_deleted(
-        self, channel_id: int | None = None, message_ids: Sequence[int] | None = None
+        self,
+        channel_id: int | None = None,
+        message_ids: Sequence[int] | None = None,
+        link_window: timedelta = DEFAULT_LINK_WINDOW,
     ) -> int:
-        """Retire signals whose post was deleted (these ids, or every deleted post)."""
-        params = (channel_id, list(message_ids) if message_ids is not None else None)
+        """Retire the signals, follow-ups and reviews whose post was deleted (these ids, or
+        every deleted post), re-deriving the signals they changed; returns the signals retired.
+        """
+        params = (channel_id, list(message_ids) if message_ids is not None else None, link_window)
         return int(self._run("retire_signals", _fetch_value(_RETIRE_SIGNALS, params)))
+
+    def unlinked_signal_events(self) -> int:
+        """Follow-ups of the last 24 hours stored without a signal to link them to."""
+        return int(self._run("unlinked_events", _fetch_value(_UNLINKED_EVENTS, ())) or 0)
 
     def polling_lag_seconds(self) -> float:
         """Seconds since the oldest message still pending was received (0 when none is)."""
@@ -652,6 +677,8 @@ def _message_json(record: MessageRecord) -> dict[str, Any]:
         data["media_refs"] = dict(record.media_refs)
     if record.thread_id is not None:
         data["thread_id"] = record.thread_id
+    if record.reply_to_msg_id is not None:
+        data["reply_to_msg_id"] = record.reply_to_msg_id
     if record.grouped_id is not None:
         data["grouped_id"] = record.grouped_id
     if record.edit_date is not None:
@@ -679,6 +706,7 @@ def _stored_message(row: tuple[Any, ...]) -> StoredMessage:
         media_type,
         media_refs,
         thread_id,
+        reply_to_msg_id,
         grouped_id,
         edit_date,
         source,
@@ -696,6 +724,7 @@ def _stored_message(row: tuple[Any, ...]) -> StoredMessage:
         media_type=media_type,
         media_refs=media_refs,
         thread_id=thread_id,
+        reply_to_msg_id=reply_to_msg_id,
         grouped_id=grouped_id,
         edit_date=_utc(edit_date),
         source=source,

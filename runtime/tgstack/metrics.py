@@ -165,6 +165,16 @@ POLLER_MESSAGES = Counter(
     ["result"],
 )
 POLLER_SIGNALS = Counter("tgstack_poller_signals_total", "Signals stored or updated.")
+POLLER_POSTS_CLASSIFIED = Counter(
+    "tgstack_poller_posts_classified_total",
+    "Posts the poller finished, by what they are: signal, a follow-up kind (target_hit,"
+    " stop_moved, stopped, closed, cancelled), needs_review or chatter.",
+    ["kind"],
+)
+POLLER_EVENTS_UNLINKED = Gauge(
+    "tgstack_poller_signal_events_unlinked",
+    "Follow-ups of the last 24 hours stored without a signal to link them to, as last seen.",
+)
 POLLER_SIGNALS_RETIRED = Counter(
     "tgstack_poller_signals_retired_total", "Signals retired because their post was deleted."
 )

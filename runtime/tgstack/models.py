@@ -65,6 +65,13 @@ def validate_message_id(value: object, *, field_name: str = "message_id") -> int
     return value
 
 
+def validate_reply_to(value: object) -> int | None:
+    """The id of the post replied to: None, or a message id (InvalidMessage otherwise)."""
+    if value is None:
+        return None
+    return validate_message_id(value, field_name="reply_to_msg_id")
+
+
 def validate_telegram_date(value: object, *, field_name: str = "date") -> datetime:
     if not isinstance(value, datetime):
         raise InvalidMessage(f"{field_name} must be a datetime, got {value!r}")
@@ -103,6 +110,9 @@ class MessageRecord:
     media_type: str | None = None
     media_refs: Mapping[str, Any] | None = None
     thread_id: int | None = None
+    # The post of the same channel this one replies to (Telegram's reply_to.reply_to_msg_id);
+    # None when it is not a reply. A follow-up links to its signal by it (issue 16).
+    reply_to_msg_id: int | None = None
     grouped_id: int | None = None
     edit_date: datetime | None = None
     source: str = "user_client"
@@ -136,6 +146,7 @@ class MessageRecord:
             if edit_date is None
             else validate_telegram_date(edit_date, field_name="edit_date"),
             metadata=metadata,
+            reply_to_msg_id=validate_reply_to(fields.pop("reply_to_msg_id", None)),
             **fields,
         )
 
@@ -161,6 +172,7 @@ class MessageRecord:
             "media_type": self.media_type,
             "media_refs": dict(self.media_refs) if self.media_refs is not None else None,
             "thread_id": self.thread_id,
+            "reply_to_msg_id": self.reply_to_msg_id,
             "grouped_id": self.grouped_id,
             "edit_date": self.edit_date.isoformat() if self.edit_date else None,
             "source": self.source,
@@ -180,6 +192,7 @@ class MessageRecord:
             media_type=data.get("media_type"),
             media_refs=data.get("media_refs"),
             thread_id=data.get("thread_id"),
+            reply_to_msg_id=validate_reply_to(data.get("reply_to_msg_id")),
             grouped_id=data.get("grouped_id"),
             edit_date=datetime.fromisoformat(edit_date) if edit_date else None,
             source=data.get("source", "user_client"),

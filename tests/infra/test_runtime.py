@@ -346,6 +346,18 @@ def test_test_server_sample_posted_over_the_wire_ends_as_signals_exactly_once(ro
 
     retry(all_signals, timeout=120)
 
+    # Its PETR4 trade is followed up: a partial at target 1 moving the stop to the entry, then
+    # closed with a profit; both follow-ups name the asset and link to the signal.
+    lifecycle = psql(
+        root,
+        settings,
+        "SELECT s.status, s.current_stop, s.result, count(e.id)"
+        " FROM tp_capital.signals s JOIN tp_capital.signal_events e ON e.signal_id = s.id"
+        f" WHERE s.channel_id = {channel} AND s.message_id BETWEEN {ids.start} AND {ids.stop - 1}"
+        " GROUP BY s.id",
+    )
+    assert [tuple(row) for row in lifecycle] == [("closed", "36.85", "gain", "2")]
+
     # The gateway restarted and its connection dropped: it catches up, and stores none twice.
     assert root.run("systemctl restart tgstack-gateway@main").rc == 0
     _test_server(root, "drop")

@@ -28,6 +28,7 @@ from tests.integration.test_api_support import (
     store_messages,
     walk,
 )
+from tgstack.api.openapi import document
 from tgstack.db import Database
 from tgstack.models import MessageKey
 
@@ -246,6 +247,26 @@ def test_one_message_and_404(api: Api, db: TestDatabase) -> None:
     assert body["telegram_date"] == "2024-05-01T12:05:00Z"
     error = _error(api.get(f"/v1/messages/{CHANNEL_A}/43"), 404)
     assert error["code"] == "not_found"
+
+
+def test_a_message_shows_the_post_it_replies_to_as_its_schema_says(
+    api: Api, db: TestDatabase
+) -> None:
+    store_messages(
+        db.app_dsn,
+        [
+            message(CHANNEL_A, 42, 5, "🟢Swing Trade\nAtivo: PETR4"),
+            message(CHANNEL_A, 43, 6, "Alvo 1 atingido ✅", reply_to_msg_id=42),
+        ],
+    )
+    reply = api.get(f"/v1/messages/{CHANNEL_A}/43").json
+    listed = api.get(f"/v1/messages?channel_id={CHANNEL_A}").json["data"]
+
+    assert reply["reply_to_msg_id"] == 42
+    assert {m["message_id"]: m["reply_to_msg_id"] for m in listed} == {42: None, 43: 42}
+    message_schema = document()["components"]["schemas"]["Message"]
+    assert message_schema["properties"]["reply_to_msg_id"]["type"] == ["integer", "null"]
+    assert set(reply) == set(message_schema["properties"])
 
 
 @pytest.mark.parametrize(

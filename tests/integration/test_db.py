@@ -114,6 +114,7 @@ def test_fetch_unprocessed_reads_back_every_field_oldest_first(database: Databas
         media_type="photo",
         media_refs={"photo_id": 42},
         thread_id=9,
+        reply_to_msg_id=1,
         grouped_id=77,
         edit_date=edited,
         source="bot",
@@ -128,6 +129,33 @@ def test_fetch_unprocessed_reads_back_every_field_oldest_first(database: Databas
     assert second.record == media
     assert second.record.telegram_date.tzinfo == UTC
     assert (second.status, second.processing_state) == ("received", "pending")
+
+
+def test_a_reply_keeps_reply_to_msg_id_in_the_row_and_in_every_read_of_it(
+    db: Any, database: Database
+) -> None:
+    signal, plain = record(1, minutes_ago=10), record(3, minutes_ago=6)
+    reply = record(2, minutes_ago=8, text="Alvo 1 atingido ✅", reply_to_msg_id=1)
+    database.bulk_upsert([signal, reply, plain])
+
+    with psycopg.connect(db.app_dsn, prepare_threshold=None) as conn:
+        stored = conn.execute(
+            "SELECT message_id, reply_to_msg_id FROM telegram_gateway.messages"
+            " WHERE channel_id = %s ORDER BY message_id",
+            (CH,),
+        ).fetchall()
+    assert stored == [(1, None), (2, 1), (3, None)]
+
+    def replies(messages: list[MessageRecord]) -> dict[int, int | None]:
+        return {m.message_id: m.reply_to_msg_id for m in messages}
+
+    expected = {1: None, 2: 1, 3: None}
+    assert replies([m.record for m in database.fetch_unprocessed(CH, 10)]) == expected
+    assert replies(database.fetch_unpublished(10, min_age_seconds=0)) == expected
+    by_key = database.claim_by_keys("poller-a", [reply.key])
+    assert [m.record for m in by_key] == [reply]
+    claimed = database.claim_unprocessed("poller-b", limit=10)
+    assert replies([m.record for m in claimed]) == {1: None, 3: None}
 
 
 def test_metadata_comes_back_exactly_even_with_numbers_beyond_64_bits(database: Database) -> None:

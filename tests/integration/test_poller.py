@@ -33,7 +33,7 @@ from tgstack.models import MessageKey, MessageRecord, StoredMessage
 from tgstack.poller.consumer import QueueConsumer
 from tgstack.poller.worker import PollStats, SignalWorker
 from tgstack.queue import DEAD_LETTER_QUEUE, MessagePublisher, consumer_queue_name
-from tgstack.signals import parse_signal
+from tgstack.signals import classify, parse_signal
 
 CHANNEL = -1001649127710
 WHEN = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
@@ -89,12 +89,14 @@ def test_poll_path_stores_each_signal_once_and_marks_each_post_once(
     first = worker.drain()
     again = worker.drain()
     signals = expected_signals(records)
+    chatter = sum(1 for r in records if classify(r.body).kind == "chatter")
     assert first.claimed == 400
-    assert (first.processed, first.ignored, first.signals) == (signals, 400 - signals, signals)
+    # signals, follow-ups and posts to review are processed; chatter is ignored
+    assert (first.processed, first.ignored, first.signals) == (400 - chatter, chatter, signals)
     assert again.claimed == 0
     assert counts(db.app_dsn) == {
-        "processed": signals,
-        "ignored": 400 - signals,
+        "processed": 400 - chatter,
+        "ignored": chatter,
         "signals": signals,
         "not_marked_once": 0,
     }
@@ -139,6 +141,43 @@ def test_redis_window_is_read_first_and_db_answers_when_redis_is_down(
     cache.close()
 
 
+class RecordingWorker(SignalWorker):
+    """Keeps every message it was handed to decide."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.handed: list[StoredMessage] = []
+
+    def process(self, messages: Sequence[StoredMessage]) -> PollStats:
+        self.handed.extend(messages)
+        return super().process(messages)
+
+
+@pytest.mark.parametrize("through_redis", [True, False], ids=["redis-window", "database"])
+def test_the_poller_is_handed_a_follow_up_with_the_post_it_replies_to(
+    database: Database, redis_client: redis.Redis, through_redis: bool
+) -> None:
+    cache = MessageCache(redis_client, fallback=database) if through_redis else None
+    signal = MessageRecord.create(CHANNEL, 10, WHEN, text=SIGNAL)
+    follow_up = MessageRecord.create(
+        CHANNEL, 11, WHEN, text="Alvo 1 atingido ✅", reply_to_msg_id=10
+    )
+    store(database, [signal, follow_up], cache=cache)
+    if cache is not None:
+        window = cache.get_unprocessed(CHANNEL, 10)
+        assert {m.key.message_id: m.record.reply_to_msg_id for m in window} == {10: None, 11: 10}
+    worker = RecordingWorker(
+        database, consumer="test-1", cache=cache, channels=[CHANNEL] if cache else []
+    )
+
+    assert worker.poll_once().claimed == 2
+
+    assert {m.key.message_id: m.record.reply_to_msg_id for m in worker.handed} == {
+        10: None,
+        11: 10,
+    }
+
+
 def test_an_edit_updates_the_signal_and_a_delete_retires_it(
     db: TestDatabase, database: Database
 ) -> None:
@@ -168,7 +207,11 @@ def test_edit_into_chatter_retires_the_signal(db: TestDatabase, database: Databa
     worker.drain()
     database.apply_edit(
         MessageRecord.create(
-            CHANNEL, 1, WHEN, text="cancelado, sem operação", edit_date=WHEN.replace(minute=9)
+            CHANNEL,
+            1,
+            WHEN,
+            text="Bom dia, pessoal! Hoje sem operações.",
+            edit_date=WHEN.replace(minute=9),
         )
     )
     stats = worker.drain()

@@ -120,3 +120,38 @@ def test_post_file_with_kept_ids_seeds_the_files_history_once(
     assert [(m["id"], m["date"], m["text"]) for m in history] == [
         (1001, 1793621220, "first"), (1005, 1793621640, "second")]
     assert after["id"] == 1006
+
+
+def test_post_and_post_file_make_replies_to_posts_of_the_same_channel(
+    tg_server: TelegramServerProcess, tmp_path: Path
+) -> None:
+    where = ("--state-dir", str(tg_server.state_dir))
+    cli("ensure-channel", "Sample", "--id", "1649127710", "--username", "sample", *where)
+    lines = [
+        {"channel_id": -1001649127710, "message_id": 1001, "date": "2026-11-02T09:07:00-03:00",
+         "text": "signal"},
+        {"channel_id": -1001649127710, "message_id": 1002, "date": "2026-11-02T09:14:00-03:00",
+         "text": "Alvo 1 atingido", "reply_to_msg_id": 1001},
+    ]
+    replay_file = tmp_path / "replies.jsonl"
+    replay_file.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    unknown = tmp_path / "unknown.jsonl"
+    unknown.write_text(json.dumps(lines[1] | {"reply_to_msg_id": 999}) + "\n")
+
+    kept = json.loads(cli("post-file", "sample", str(replay_file), "--keep-ids", *where).stdout)
+    renumbered = json.loads(cli("post-file", "sample", str(replay_file), *where).stdout)
+    one = json.loads(cli("post", "sample", "Alvo 2 atingido", "--reply-to", "1001",
+                         *where).stdout)
+    refused = cli("post-file", "sample", str(unknown), *where)
+    history = json.loads(cli("messages", "sample", *where).stdout)
+
+    assert (kept["posted"], renumbered["posted"]) == (2, 2)
+    assert one["reply_to"] == 1001
+    assert [(m["id"], m["text"], m["reply_to"]) for m in history] == [
+        (1001, "signal", None), (1002, "Alvo 1 atingido", 1001),
+        (1003, "signal", None), (1004, "Alvo 1 atingido", 1003),  # the file's 1001 is now 1003
+        (1005, "Alvo 2 atingido", 1001),
+    ]
+    assert refused.returncode == 1
+    assert "line 1: reply_to_msg_id 999 is not the message_id of an earlier post" in (
+        refused.stderr)

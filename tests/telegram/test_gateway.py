@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ import psycopg
 import pytest
 
 from tests.conftest import TestDatabase
+from tgstack.db import Database
 from tgstack.localstack import free_port, wait_until
+from tgstack.poller.worker import SignalWorker
 from tgstack_testing.telegram.control import ControlClient
 
 from .conftest import PHONE, TEST_CODE, TelegramServerProcess
@@ -122,19 +125,23 @@ def gateway_env(
     any TGSTACK_ setting, plus the given ``settings`` (name without the TGSTACK_ prefix)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("TGSTACK_")}
     home.mkdir(parents=True, exist_ok=True)
-    return base | {
-        "TGSTACK_DATABASE_URL": dsn,
-        "TGSTACK_CHANNELS": ",".join(str(marked(c)) for c in channels),
-        "TGSTACK_TELEGRAM_API_ID": "12345",
-        "TGSTACK_TELEGRAM_API_HASH": "0123456789abcdef0123456789abcdef",
-        "TGSTACK_TELEGRAM_SESSION": str(home / "session" / "gateway"),
-        "TGSTACK_TELEGRAM_SERVER": f"127.0.0.1:{tg_server.port}",
-        "TGSTACK_TELEGRAM_SERVER_DC": str(tg_server.dc_id),
-        "TGSTACK_TELEGRAM_SERVER_RSA_KEY": str(tg_server.state_dir / "server_public.pem"),
-        "TGSTACK_GATEWAY_SOURCE": "telethon",
-        "TGSTACK_GATEWAY_PORT": str(free_port()),
-        "TGSTACK_GATEWAY_BATCH_DELAY_MS": "0",
-    } | {f"TGSTACK_{name.upper()}": value for name, value in settings.items()}
+    return (
+        base
+        | {
+            "TGSTACK_DATABASE_URL": dsn,
+            "TGSTACK_CHANNELS": ",".join(str(marked(c)) for c in channels),
+            "TGSTACK_TELEGRAM_API_ID": "12345",
+            "TGSTACK_TELEGRAM_API_HASH": "0123456789abcdef0123456789abcdef",
+            "TGSTACK_TELEGRAM_SESSION": str(home / "session" / "gateway"),
+            "TGSTACK_TELEGRAM_SERVER": f"127.0.0.1:{tg_server.port}",
+            "TGSTACK_TELEGRAM_SERVER_DC": str(tg_server.dc_id),
+            "TGSTACK_TELEGRAM_SERVER_RSA_KEY": str(tg_server.state_dir / "server_public.pem"),
+            "TGSTACK_GATEWAY_SOURCE": "telethon",
+            "TGSTACK_GATEWAY_PORT": str(free_port()),
+            "TGSTACK_GATEWAY_BATCH_DELAY_MS": "0",
+        }
+        | {f"TGSTACK_{name.upper()}": value for name, value in settings.items()}
+    )
 
 
 @pytest.fixture
@@ -225,9 +232,11 @@ def test_fresh_session_resolves_backfills_and_stores_live_posts_edits_and_delete
     control.edit(channel, live[1], "live 1, edited")
     control.delete(channel, [live[2]])
     wait_until(
-        lambda: (rows := stored(db, channel)).get(live[1], ("",))[0] == "live 1, edited"
-        and rows.get(live[2], (None, False))[1]
-        and len(rows) == 8,
+        lambda: (
+            (rows := stored(db, channel)).get(live[1], ("",))[0] == "live 1, edited"
+            and rows.get(live[2], (None, False))[1]
+            and len(rows) == 8
+        ),
         WAIT,
         "live posts, the edit and the deletion",
     )
@@ -236,6 +245,73 @@ def test_fresh_session_resolves_backfills_and_stores_live_posts_edits_and_delete
     assert all(count == 1 for _, _, count in rows.values())
     assert rows[live[0]] == ("live 0", False, 1)
     assert gateway.stop() == 0
+
+
+def stored_replies(db: TestDatabase, channel: int) -> dict[int, int | None]:
+    """message_id -> reply_to_msg_id of the channel's stored posts."""
+    with psycopg.connect(db.app_dsn, prepare_threshold=None) as conn:
+        rows = conn.execute(
+            "SELECT message_id, reply_to_msg_id FROM telegram_gateway.messages"
+            " WHERE channel_id = %s",
+            (marked(channel),),
+        ).fetchall()
+    return dict(rows)
+
+
+def test_replies_are_stored_with_the_post_they_reply_to_from_history_and_live(
+    gateway: Gateway, control: ControlClient, channel: int, db: TestDatabase
+) -> None:
+    signal = control.post(channel, "🟢Swing Trade\nAtivo: PETR4\nCompra: 36,50")["id"]
+    from_history = control.post(channel, "Alvo 1 atingido ✅", reply_to=signal)["id"]
+    gateway.start()
+    gateway.wait_healthy()
+    wait_until(lambda: len(stored(db, channel)) == 2, WAIT, "the backfilled history")
+
+    live = control.post(channel, "Stop movido para a entrada", reply_to=signal)["id"]
+    plain = control.post(channel, "Bom dia")["id"]
+    wait_until(lambda: len(stored(db, channel)) == 4, WAIT, "the live posts")
+
+    assert stored_replies(db, channel) == {
+        signal: None,
+        from_history: signal,
+        live: signal,
+        plain: None,
+    }
+    assert gateway.stop() == 0
+
+
+def test_follow_ups_posted_as_replies_reach_their_signal_through_the_real_gateway(
+    gateway: Gateway, control: ControlClient, channel: int, db: TestDatabase
+) -> None:
+    """Telegram's reply header, kept by the gateway, is what the poller links by: the reply
+    goes to the older PETR4 signal although a newer one is open (linking by asset would
+    choose that one)."""
+    first = control.post(channel, "Ativo: PETR4\nCompra: 36,50\nAlvo 1: 39,00\nStop: 34,80")["id"]
+    newer = control.post(channel, "Ativo: PETR4\nCompra: 37,10\nAlvo 1: 39,50\nStop: 35,20")["id"]
+    gateway.start()
+    gateway.wait_healthy()
+    hit = control.post(channel, "Alvo 1 atingido ✅", reply_to=first)["id"]
+    moved = control.post(channel, "Stop na entrada", reply_to=hit)["id"]
+    wait_until(lambda: len(stored(db, channel)) == 4, WAIT, "the signals and their follow-ups")
+    assert gateway.stop() == 0
+
+    with Database(db.app_dsn, max_size=2) as database:
+        SignalWorker(database, consumer="wire").drain()
+    with psycopg.connect(db.app_dsn, prepare_threshold=None) as conn:
+        links = conn.execute(
+            "SELECT e.message_id, s.message_id, e.linked_by FROM tp_capital.signal_events e"
+            " JOIN tp_capital.signals s ON s.id = e.signal_id WHERE e.channel_id = %s",
+            (marked(channel),),
+        ).fetchall()
+        states = conn.execute(
+            "SELECT message_id, status, current_stop FROM tp_capital.signals WHERE channel_id = %s",
+            (marked(channel),),
+        ).fetchall()
+    assert sorted(links) == [(hit, first, "reply"), (moved, first, "reply")]
+    assert sorted(states) == [
+        (first, "target_1", Decimal("36.50")),
+        (newer, "open", Decimal("35.20")),
+    ]
 
 
 def test_a_dropped_connection_and_a_server_restart_lose_and_double_nothing(

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 from telethon import TelegramClient, events
+from telethon.tl import types
 
-from tgstack_testing.telegram.control import ControlClient
+from tgstack_testing.telegram.control import ControlClient, ControlError
 
 from .conftest import PHONE, ClientFactory
 
@@ -155,3 +156,43 @@ async def test_only_members_receive_a_channels_posts(
     await asyncio.sleep(0.3)
 
     assert outsider.items == []
+
+
+async def test_a_reply_carries_its_reply_header_live_by_id_and_in_the_history(
+    make_client: ClientFactory, control: ControlClient
+) -> None:
+    client, _, channel = await listening(make_client, control)
+    live: list[Any] = []
+    arrived = asyncio.Event()
+
+    async def on_new(event: Any) -> None:
+        live.append(event.message)
+        arrived.set()
+
+    client.add_event_handler(on_new, events.NewMessage())
+    reply = control.post(channel, "Alvo 1 atingido ✅", reply_to=1)
+    await asyncio.wait_for(arrived.wait(), WAIT)
+    peer = await client.get_input_entity(channel)
+    by_id = await client.get_messages(peer, ids=[1, reply["id"]])  # channels.getMessages
+    history = await client.get_messages(peer, limit=10)  # messages.getHistory
+
+    def header(message: Any) -> tuple[type, int] | None:
+        return None if message.reply_to is None else (
+            type(message.reply_to), message.reply_to.reply_to_msg_id)
+
+    replied = (types.MessageReplyHeader, 1)
+    assert reply["reply_to"] == 1
+    assert [(m.id, header(m)) for m in live] == [(reply["id"], replied)]
+    assert [(m.id, header(m)) for m in by_id] == [(1, None), (reply["id"], replied)]
+    assert [(m.id, header(m)) for m in history] == [(reply["id"], replied), (1, None)]
+
+
+def test_a_reply_to_a_post_the_channel_does_not_have_is_refused(control: ControlClient) -> None:
+    channel = control.create_channel("Signals", "signals", [PHONE])
+    control.post(channel["id"], "seed")
+    control.delete(channel["id"], [1])
+
+    for missing in (1, 2):
+        with pytest.raises(ControlError, match=f"has no message {missing} to reply to"):
+            control.post(channel["id"], "orphan", reply_to=missing)
+    assert control.channel(channel["id"])["last_msg_id"] == 1  # nothing was posted

@@ -22,6 +22,8 @@ from tgstack.gateway.backpressure import (
     BackfillMarks,
     EventSpill,
     Overflow,
+    event_from_line,
+    event_to_line,
 )
 from tgstack.gateway.events import MessageEvent
 from tgstack.gateway.pipeline import BatchingWorker, BatchStats, StoreUnavailable
@@ -45,6 +47,17 @@ def edit(channel: int, message_id: int, text: str = "edited") -> MessageEvent:
 
 def delete(channel: int, message_id: int) -> MessageEvent:
     return MessageEvent.delete(channel, (message_id,))
+
+
+def test_a_spilled_line_keeps_the_post_a_message_replies_to() -> None:
+    record = MessageRecord.create(
+        CHANNELS[0], 8, WHEN, text="Alvo 1 atingido ✅", edit_date=WHEN, reply_to_msg_id=5
+    )
+    line = event_to_line(MessageEvent.edit(record))
+    back = event_from_line(line)
+    assert back.record is not None
+    assert back.record.reply_to_msg_id == 5
+    assert back.record == record
 
 
 class Pipeline:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -90,12 +91,40 @@ def test_dict_round_trip_preserves_every_field() -> None:
         media_type="photo",
         media_refs={"photo_id": 1},
         thread_id=3,
+        reply_to_msg_id=41,
         grouped_id=99,
         edit_date=NOW + timedelta(minutes=1),
         source="replay",
         metadata={"k": "v"},
     )
     assert MessageRecord.from_dict(record.to_dict()) == record
+
+
+def test_reply_to_msg_id_survives_the_dict_and_json_round_trip() -> None:
+    record = MessageRecord.create(CHANNEL, 42, NOW, text="Alvo 1 atingido ✅", reply_to_msg_id=7)
+    data = json.loads(json.dumps(record.to_dict()))
+    assert data["reply_to_msg_id"] == 7
+    assert MessageRecord.from_dict(data).reply_to_msg_id == 7
+    assert MessageRecord.from_dict(data) == record
+
+
+def test_a_post_that_replies_to_nothing_has_reply_to_msg_id_none() -> None:
+    record = MessageRecord.create(CHANNEL, 42, NOW, text="Bom dia")
+    assert record.reply_to_msg_id is None
+    assert record.to_dict()["reply_to_msg_id"] is None
+    older_body = {k: v for k, v in record.to_dict().items() if k != "reply_to_msg_id"}
+    assert MessageRecord.from_dict(older_body).reply_to_msg_id is None  # bodies before issue 16
+
+
+@pytest.mark.parametrize("value", [0, -3, MESSAGE_ID_MAX + 1, True, "7", 7.0, [7]])
+def test_a_reply_to_msg_id_that_is_no_message_id_is_rejected_naming_the_field(
+    value: object,
+) -> None:
+    with pytest.raises(InvalidMessage, match=r"^reply_to_msg_id must be"):
+        MessageRecord.create(CHANNEL, 42, NOW, reply_to_msg_id=value)
+    data = MessageRecord.create(CHANNEL, 42, NOW).to_dict() | {"reply_to_msg_id": value}
+    with pytest.raises(InvalidMessage, match=r"^reply_to_msg_id must be"):
+        MessageRecord.from_dict(data)
 
 
 def test_body_prefers_text_then_caption() -> None:

@@ -48,6 +48,17 @@ def test_edit_and_delete_events() -> None:
     assert (delete.kind, delete.channel_id, delete.message_ids) == ("delete", CHANNEL, (3,))
 
 
+def test_a_line_with_reply_to_msg_id_is_a_reply() -> None:
+    reply = parse_line(line(message_id=11, reply_to_msg_id=10, text="Alvo 1 atingido ✅"), 1)
+    plain = parse_line(line(), 2)
+    assert isinstance(reply, MessageEvent)
+    assert isinstance(plain, MessageEvent)
+    assert reply.record is not None
+    assert plain.record is not None
+    assert reply.record.reply_to_msg_id == 10
+    assert plain.record.reply_to_msg_id is None
+
+
 @pytest.mark.parametrize(
     ("text", "reason"),
     [
@@ -66,6 +77,8 @@ def test_edit_and_delete_events() -> None:
         (line(text=5), "text must be a string"),
         (line(grouped_id="g"), "grouped_id must be an integer"),
         (line(edit_date="soon"), "edit_date is not ISO 8601"),
+        (line(reply_to_msg_id="9"), "reply_to_msg_id must be an integer"),
+        (line(reply_to_msg_id=0), "reply_to_msg_id must be between 1 and"),
     ],
 )
 def test_bad_line_is_rejected_with_its_number_and_reason(text: str, reason: str) -> None:

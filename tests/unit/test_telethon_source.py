@@ -67,6 +67,51 @@ def test_media_post_text_is_stored_as_caption() -> None:
     assert record.grouped_id == 1234
 
 
+def test_a_reply_keeps_the_id_of_the_post_it_replies_to() -> None:
+    reply = message(9, "Alvo 1 atingido ✅", reply_to=types.MessageReplyHeader(reply_to_msg_id=5))
+    record = record_from_message(reply)
+    assert record.reply_to_msg_id == 5
+    assert record.thread_id is None
+    assert record_from_message(message(10, "no reply")).reply_to_msg_id is None
+
+
+def test_a_post_only_in_a_forum_topic_is_in_the_topic_and_replies_to_nothing() -> None:
+    in_topic = types.MessageReplyHeader(forum_topic=True, reply_to_msg_id=100)
+    record = record_from_message(message(120, "in the topic", reply_to=in_topic))
+    assert record.thread_id == 100
+    assert record.reply_to_msg_id is None
+
+
+def test_a_reply_in_a_forum_topic_keeps_the_topic_and_the_post_replied_to() -> None:
+    header = types.MessageReplyHeader(forum_topic=True, reply_to_msg_id=115, reply_to_top_id=100)
+    record = record_from_message(message(121, "Alvo 1 atingido ✅", reply_to=header))
+    assert record.thread_id == 100
+    assert record.reply_to_msg_id == 115
+
+
+def test_a_reply_to_a_post_of_another_chat_is_not_kept_as_a_reply() -> None:
+    elsewhere = types.MessageReplyHeader(
+        reply_to_msg_id=5, reply_to_peer_id=types.PeerChannel(BARE + 1)
+    )
+    here = types.MessageReplyHeader(reply_to_msg_id=5, reply_to_peer_id=types.PeerChannel(BARE))
+    assert record_from_message(message(9, "quote", reply_to=elsewhere)).reply_to_msg_id is None
+    assert record_from_message(message(9, "quote", reply_to=here)).reply_to_msg_id == 5
+
+
+def test_a_reply_to_a_story_or_a_header_without_a_post_id_is_no_reply() -> None:
+    story = types.MessageReplyStoryHeader(peer=types.PeerChannel(BARE), story_id=3)
+    quoted = types.MessageReplyHeader(reply_from=types.MessageFwdHeader(date=WHEN))
+    assert record_from_message(message(9, "story", reply_to=story)).reply_to_msg_id is None
+    assert record_from_message(message(9, "quote", reply_to=quoted)).reply_to_msg_id is None
+
+
+def test_a_reply_header_with_an_id_out_of_range_loses_the_reply_not_the_post() -> None:
+    broken = types.MessageReplyHeader(reply_to_msg_id=0)
+    record = record_from_message(message(9, "Alvo 1 atingido ✅", reply_to=broken))
+    assert (record.message_id, record.text) == (9, "Alvo 1 atingido ✅")
+    assert record.reply_to_msg_id is None
+
+
 def test_live_events_reach_the_sink_as_new_edit_delete() -> None:
     fake = FakeTelegram([])
     source, received = source_for(fake)

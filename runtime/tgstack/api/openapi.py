@@ -121,6 +121,11 @@ SCHEMAS: dict[str, Any] = {
             "message_id": MESSAGE_ID_SCHEMA,
             "telegram_date": DATE_TIME_SCHEMA,
             "thread_id": _INT_OR_NULL,
+            "reply_to_msg_id": {
+                **_INT_OR_NULL,
+                "description": "The post of the same channel this one replies to; null when "
+                "it is not a reply.",
+            },
             "grouped_id": _INT_OR_NULL,
             "source": {"type": "string"},
             "message_type": {"type": "string"},

@@ -43,9 +43,10 @@ Row = dict[str, Any]
 Connection = psycopg.Connection[DictRow]
 
 MESSAGE_FIELDS = (
-    "channel_id, message_id, telegram_date, thread_id, grouped_id, source, message_type,"
-    " text, caption, media_type, media_refs, edit_date, edit_count, status, processing_state,"
-    " processed_at, last_error, received_at, published_at, deleted_at, metadata"
+    "channel_id, message_id, telegram_date, thread_id, reply_to_msg_id, grouped_id, source,"
+    " message_type, text, caption, media_type, media_refs, edit_date, edit_count, status,"
+    " processing_state, processed_at, last_error, received_at, published_at, deleted_at,"
+    " metadata"
 )
 # The publish status and time come from the outbox unless the row carries legacy ones
 # (sql/050_publish_outbox.sql): the gateway records confirmations there, not on the row.

@@ -2,7 +2,8 @@
 
 Fields: ``event`` (``new`` by default, ``edit``, ``delete``), ``channel_id`` (marked integer),
 ``message_id`` (positive integer), ``date`` (ISO 8601 with offset; not needed for ``delete``),
-``text``, and optional ``caption``, ``media_type``, ``edit_date``, ``grouped_id``.
+``text``, and optional ``caption``, ``media_type``, ``edit_date``, ``grouped_id``,
+``reply_to_msg_id`` (the id of the post of the same channel this one replies to).
 A bad line is reported with its number and reason and skipped; it never stops the run.
 """
 
@@ -29,6 +30,7 @@ KNOWN_FIELDS = frozenset(
         "media_type",
         "edit_date",
         "grouped_id",
+        "reply_to_msg_id",
     }
 )
 
@@ -105,6 +107,7 @@ def event_from_json(data: object, *, source: str = "replay") -> MessageEvent:
         media_type=_optional_text(data, "media_type"),
         edit_date=_timestamp(data, "edit_date", required=False),
         grouped_id=grouped_id,
+        reply_to_msg_id=data.get("reply_to_msg_id"),
         source=source,
     )
     return MessageEvent.edit(record) if kind == "edit" else MessageEvent.new(record)

@@ -52,7 +52,7 @@ from tgstack.gateway.watermark import (
     initial_floor,
     plan_fetches,
 )
-from tgstack.models import MessageRecord
+from tgstack.models import MESSAGE_ID_MAX, MessageRecord
 
 log = logging.getLogger("tgstack.gateway.telethon")
 
@@ -124,15 +124,41 @@ def _media_type(media: object) -> tuple[str | None, dict[str, Any] | None]:
     return name or "unknown", None
 
 
+def _thread_and_reply(message: types.Message, channel_id: int) -> tuple[int | None, int | None]:
+    """The forum topic a post is in (``thread_id``) and the post of this channel it replies to
+    (``reply_to_msg_id``), from its MessageReplyHeader.
+
+    In a forum topic every post carries a header: one only *in* the topic has
+    ``reply_to_msg_id`` = the topic's first post and no ``reply_to_top_id``; a reply within
+    the topic has ``reply_to_top_id`` = the topic and ``reply_to_msg_id`` = the post replied
+    to. A reply to a post of another chat (``reply_to_peer_id`` names it) is no reply to a post
+    of this channel; neither is a reply to a story (MessageReplyStoryHeader) or an id outside
+    Telegram's range.
+    """
+    reply_to = getattr(message, "reply_to", None)
+    if not isinstance(reply_to, types.MessageReplyHeader):
+        return None, None
+    replied = reply_to.reply_to_msg_id
+    thread_id = None
+    if reply_to.forum_topic:
+        thread_id = reply_to.reply_to_top_id or replied
+        if reply_to.reply_to_top_id is None:
+            replied = None  # only in the topic
+    if reply_to.reply_to_peer_id is not None and (
+        utils.get_peer_id(reply_to.reply_to_peer_id) != channel_id
+    ):
+        replied = None
+    if not isinstance(replied, int) or not 1 <= replied <= MESSAGE_ID_MAX:
+        replied = None
+    return thread_id, replied
+
+
 def record_from_message(message: types.Message, *, source: str = "user_client") -> MessageRecord:
     """Map a Telethon message to our record. A media post's text is stored as its caption."""
     channel_id = utils.get_peer_id(message.peer_id)
     media_type, media_refs = _media_type(message.media)
     raw = message.message or None
-    thread_id = None
-    reply_to = getattr(message, "reply_to", None)
-    if reply_to is not None and getattr(reply_to, "forum_topic", False):
-        thread_id = reply_to.reply_to_top_id or reply_to.reply_to_msg_id
+    thread_id, reply_to_msg_id = _thread_and_reply(message, channel_id)
     return MessageRecord.create(
         channel_id,
         message.id,
@@ -142,6 +168,7 @@ def record_from_message(message: types.Message, *, source: str = "user_client") 
         media_type=media_type,
         media_refs=media_refs,
         thread_id=thread_id,
+        reply_to_msg_id=reply_to_msg_id,
         grouped_id=message.grouped_id,
         edit_date=message.edit_date,
         source=source,

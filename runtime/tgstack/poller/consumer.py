@@ -269,7 +269,9 @@ class QueueConsumer:
             if delivery.event == "delete":
                 key = delivery.keys[0]
                 retired = self.worker.store.retire_signals_of_deleted(
-                    key.channel_id, [k.message_id for k in delivery.keys]
+                    key.channel_id,
+                    [k.message_id for k in delivery.keys],
+                    link_window=self.worker.link_window,
                 )
                 metrics.POLLER_SIGNALS_RETIRED.inc(retired)
         return stats
@@ -341,7 +343,9 @@ class QueueConsumer:
             claimed = self.worker.claim_keys(list(delivery.keys))
             results = [failed(m.key, error) for m in claimed]
             if results:
-                self.worker.store.apply_processing_results(self.worker.consumer, results)
+                self.worker.store.apply_processing_results(
+                    self.worker.consumer, results, self.worker.link_window
+                )
         except Exception as exc:
             log.warning("could not mark a dead-lettered message failed", extra={"error": str(exc)})
 

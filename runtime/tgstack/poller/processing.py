@@ -1,4 +1,18 @@
-"""What to do with one message: a pure decision, no I/O."""
+"""What to do with one message: a pure decision, no I/O.
+
+Every post is classified (``tgstack.signals.classify``) and ends as one result for
+``tp_capital.apply_processing_results`` (sql/061):
+
+* a **signal** — processed, with the signal's fields;
+* a **follow-up** (target_hit, stop_moved, stopped, closed, cancelled) — processed, with the
+  event; the database links it to its signal and re-derives the signal's status;
+* **needs_review** (signal labels and a ticker, but incomplete) — processed, with a review row,
+  so it is listed rather than silently dropped;
+* **chatter** — ignored.
+
+Whatever a post was before, the result replaces it: an edit that makes a signal chatter
+retires the signal, an edit that completes a review retires the review.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +21,14 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from tgstack.models import MessageKey, StoredMessage
-from tgstack.signals import Signal, parse_signal
+from tgstack.signals import Classification, Kind, Signal, classify
 
 ResultState = Literal["processed", "ignored", "failed"]
+EVENT_KINDS = frozenset({"target_hit", "stop_moved", "stopped", "closed", "cancelled"})
+
+
+def _exact(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +37,12 @@ class ProcessingResult:
     state: ResultState
     signal: Signal | None = None
     error: str | None = None
+    classification: Classification | None = None
+
+    @property
+    def kind(self) -> Kind | None:
+        """The post's kind, or None for a failure."""
+        return None if self.classification is None else self.classification.kind
 
     def to_json(self) -> dict[str, Any]:
         """The form tp_capital.apply_processing_results takes; prices as exact strings."""
@@ -42,15 +67,37 @@ class ProcessingResult:
             "state": self.state,
             "error": self.error,
             "signal": signal,
+            "event": self._event_json(),
+            "review": self._review_json(),
         }
+
+    def _event_json(self) -> dict[str, Any] | None:
+        found = self.classification
+        if self.state != "processed" or found is None or found.kind not in EVENT_KINDS:
+            return None
+        stop = found.stop
+        return {
+            "kind": found.kind,
+            "asset": found.asset,
+            "target": None if found.target is None else str(found.target),
+            "stop": _exact(stop) if isinstance(stop, Decimal) else None,
+            "stop_ref": stop if isinstance(stop, str) else None,
+            "result": found.result,
+        }
+
+    def _review_json(self) -> dict[str, Any] | None:
+        found = self.classification
+        if self.state != "processed" or found is None or found.kind != "needs_review":
+            return None
+        return {"asset": found.asset, "missing": list(found.missing)}
 
 
 def decide(message: StoredMessage) -> ProcessingResult:
-    """A signal post is processed with its signal; anything else is ignored."""
-    signal = parse_signal(message.record.body)
-    if signal is None:
-        return ProcessingResult(message.key, "ignored")
-    return ProcessingResult(message.key, "processed", signal)
+    """Signals, follow-ups and posts to review are processed; chatter is ignored."""
+    found = classify(message.record.body)
+    if found.kind == "chatter":
+        return ProcessingResult(message.key, "ignored", classification=found)
+    return ProcessingResult(message.key, "processed", found.signal, classification=found)
 
 
 def failed(key: MessageKey, error: str) -> ProcessingResult:

@@ -15,6 +15,7 @@ import signal
 import socket
 import threading
 from dataclasses import asdict
+from datetime import timedelta
 from typing import Any, Literal
 
 from tgstack.cache import MessageCache
@@ -62,6 +63,7 @@ class PollerService:
                 channels=settings.channels,
                 batch_size=settings.poller_batch_size,
                 lease_seconds=settings.poller_lease_seconds,
+                link_window=timedelta(hours=settings.poller_signal_link_window_hours),
             )
             # The queue and the poll loop claim under names of their own: a claim is renewed
             # by the same name (a redelivery), so one shared name let the safety poll take a

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Protocol
 
 from tgstack import metrics
@@ -35,13 +36,17 @@ class PollerStore(Protocol):
         self, consumer: str, keys: Sequence[MessageKey], lease_seconds: int = ...
     ) -> list[StoredMessage]: ...
     def apply_processing_results(
-        self, consumer: str, results: Sequence[ProcessingResult]
+        self, consumer: str, results: Sequence[ProcessingResult], link_window: timedelta = ...
     ) -> list[tuple[MessageKey, bool]]: ...
     def release_expired_claims(self, max_attempts: int = ...) -> int: ...
     def retire_signals_of_deleted(
-        self, channel_id: int | None = ..., message_ids: Sequence[int] | None = ...
+        self,
+        channel_id: int | None = ...,
+        message_ids: Sequence[int] | None = ...,
+        link_window: timedelta = ...,
     ) -> int: ...
     def polling_lag_seconds(self) -> float: ...
+    def unlinked_signal_events(self) -> int: ...
 
 
 class RecentWindow(Protocol):
@@ -77,6 +82,7 @@ class SignalWorker:
         batch_size: int = 100,
         lease_seconds: int = 60,
         max_attempts: int = 3,
+        link_window: timedelta = timedelta(days=14),
     ) -> None:
         self.store = store
         self.consumer = consumer
@@ -85,6 +91,7 @@ class SignalWorker:
         self.batch_size = batch_size
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
+        self.link_window = link_window
 
     def process(self, messages: Sequence[StoredMessage]) -> PollStats:
         """Decide each claimed message and apply the results in one transaction."""
@@ -92,7 +99,9 @@ class SignalWorker:
         if not messages:
             return stats
         results = [decide(message) for message in messages]
-        outcome = dict(self.store.apply_processing_results(self.consumer, results))
+        outcome = dict(
+            self.store.apply_processing_results(self.consumer, results, self.link_window)
+        )
         done: dict[int, list[int]] = {}
         for result in results:
             if not outcome.get(result.key, False):
@@ -101,6 +110,8 @@ class SignalWorker:
             setattr(stats, result.state, getattr(stats, result.state) + 1)
             if result.signal is not None:
                 stats.signals += 1
+            if result.kind is not None:
+                metrics.POLLER_POSTS_CLASSIFIED.labels(result.kind).inc()
             done.setdefault(result.key.channel_id, []).append(result.key.message_id)
         if self.cache is not None and done:
             self.cache.mark_processed_many(done)  # one Redis round trip for every channel
@@ -127,10 +138,11 @@ class SignalWorker:
             )
         metrics.POLLER_POLL_SECONDS.observe(time.perf_counter() - started)
         stats = self.process(claimed)
-        retired = self.store.retire_signals_of_deleted()
+        retired = self.store.retire_signals_of_deleted(link_window=self.link_window)
         if retired:
             metrics.POLLER_SIGNALS_RETIRED.inc(retired)
         metrics.POLLER_LAG_SECONDS.set(self.store.polling_lag_seconds())
+        metrics.POLLER_EVENTS_UNLINKED.set(self.store.unlinked_signal_events())
         return stats
 
     def drain(self, deadline: float | None = None) -> PollStats:

@@ -108,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     command.add_argument("--username")
     command.add_argument("--member", action="append", default=[], help="phone or user id")
     command = control("post-file", "post the text of each line of a JSONL file (the replay "
-                      "format: docs/replay-format.md), in order; - reads stdin")
+                      "format: docs/replay-format.md), in order, a line with reply_to_msg_id "
+                      "as a reply to that post of the file; - reads stdin")
     command.add_argument("channel", type=_channel, help="channel id or username")
     command.add_argument("file", type=argparse.FileType("r", encoding="utf-8"))
     command.add_argument("--keep-ids", action="store_true",
@@ -119,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     command.add_argument("text", help="the text; with --count, {n} is the post number")
     command.add_argument("--count", type=int)
     command.add_argument("--rate", type=float, default=0.0)
+    command.add_argument("--reply-to", type=int, help="post as a reply to this message id")
     command = control("edit", "edit a message")
     command.add_argument("channel", type=_channel)
     command.add_argument("id", type=int)
@@ -149,15 +151,37 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _reply_to(record: dict[str, Any], number: int, posted: dict[int, int] | None) -> int | None:
+    """The id a line's post replies to: its ``reply_to_msg_id`` as is (`posted` None: the file's
+    ids are the channel's), else the id the channel gave the earlier line with that
+    ``message_id`` (`posted`: the file's id -> the channel's)."""
+    wanted = record.get("reply_to_msg_id")
+    if wanted is None:
+        return None
+    if isinstance(wanted, bool) or not isinstance(wanted, int):
+        raise ControlError(f"line {number}: reply_to_msg_id must be an integer, got {wanted!r}")
+    if posted is None:
+        return wanted
+    if wanted not in posted:
+        raise ControlError(
+            f"line {number}: reply_to_msg_id {wanted} is not the message_id of an earlier post "
+            "of the file (without --keep-ids the channel numbers the posts)"
+        )
+    return posted[wanted]
+
+
 def _post_file(
     client: ControlClient, channel: str | int, lines: TextIO, *, keep_ids: bool = False
 ) -> dict[str, Any]:
     """Each line's ``text`` (or ``caption``) posted as a new message; edit and delete lines and
     blank lines are skipped. Telegram gives the ids (the channel's next ones), unless
     `keep_ids`: then each post takes the line's ``message_id`` and ``date``, and lines at or
-    below the channel's last id are already there."""
+    below the channel's last id are already there. A line with ``reply_to_msg_id`` is posted as
+    a reply: to that post of the channel with `keep_ids`, else to the post of the earlier line
+    with that ``message_id``."""
     last_id = int(client.channel(channel)["last_msg_id"]) if keep_ids else 0
     ids: list[int] = []
+    posted: dict[int, int] = {}  # the file's message_id -> the post's id in the channel
     skipped = present = 0
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -172,8 +196,11 @@ def _post_file(
             skipped += 1
             continue
         text = str(record.get("text") or record.get("caption") or "")
+        reply_to = _reply_to(record, number, None if keep_ids else posted)
         if not keep_ids:
-            ids.append(int(client.post(channel, text)["id"]))
+            ids.append(int(client.post(channel, text, reply_to=reply_to)["id"]))
+            if isinstance(record.get("message_id"), int):
+                posted[record["message_id"]] = ids[-1]
             continue
         try:
             message_id = int(record["message_id"])
@@ -183,7 +210,7 @@ def _post_file(
         if message_id <= last_id:
             present += 1
             continue
-        ids.append(int(client.post(channel, text, date, message_id)["id"]))
+        ids.append(int(client.post(channel, text, date, message_id, reply_to)["id"]))
         last_id = message_id
     return {"posted": len(ids), "first_id": ids[0] if ids else None,
             "last_id": ids[-1] if ids else None, "skipped": skipped, "already_there": present}
@@ -209,9 +236,11 @@ def _run_control(args: argparse.Namespace) -> Any:
             case "post-file":
                 return _post_file(client, args.channel, args.file, keep_ids=args.keep_ids)
             case "post" if args.count:
+                if args.reply_to is not None:
+                    raise ControlError("--reply-to posts one message: leave out --count")
                 return client.post_many(args.channel, args.count, args.rate, args.text)
             case "post":
-                return client.post(args.channel, args.text)
+                return client.post(args.channel, args.text, reply_to=args.reply_to)
             case "edit":
                 return client.edit(args.channel, args.id, args.text)
             case "delete":

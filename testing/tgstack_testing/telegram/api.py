@@ -189,6 +189,8 @@ class Api:
             message=post.text,
             post=True,
             edit_date=post.edit_date,
+            reply_to=None if post.reply_to is None
+            else tl.MessageReplyHeader(reply_to_msg_id=post.reply_to),
         )
 
     def dialog(self, channel: Channel) -> tl.Dialog:

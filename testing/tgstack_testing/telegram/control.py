@@ -98,11 +98,12 @@ class ControlHandler:
                 "last_msg_id": channel.last_msg_id, "changed": changed}
 
     async def post(self, channel: str | int, text: str, date: int | None = None,
-                   id: int | None = None) -> dict[str, Any]:
+                   id: int | None = None, reply_to: int | None = None) -> dict[str, Any]:
+        """One post; with `reply_to`, a reply to that post of the same channel."""
         target = self.world.channel_by_ref(channel)
-        post, event = self.world.post(target.id, text, date, id)
+        post, event = self.world.post(target.id, text, date, id, reply_to)
         self.server.publish(target, event)
-        return {"id": post.id, "pts": event.pts, "date": post.date}
+        return {"id": post.id, "pts": event.pts, "date": post.date, "reply_to": post.reply_to}
 
     async def post_many(self, channel: str | int, count: int, rate: float = 0.0,
                         text: str = "post {n}") -> dict[str, Any]:
@@ -283,8 +284,9 @@ class ControlClient:
                                  members=members or [], id=id))
 
     def post(self, channel: str | int, text: str, date: int | None = None,
-             id: int | None = None) -> dict[str, Any]:
-        return dict(self.request("post", channel=channel, text=text, date=date, id=id))
+             id: int | None = None, reply_to: int | None = None) -> dict[str, Any]:
+        return dict(self.request("post", channel=channel, text=text, date=date, id=id,
+                                 reply_to=reply_to))
 
     def post_many(self, channel: str | int, count: int, rate: float = 0.0,
                   text: str = "post {n}") -> dict[str, Any]:

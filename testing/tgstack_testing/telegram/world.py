@@ -43,6 +43,7 @@ class Post:
     date: int
     text: str
     edit_date: int | None = None
+    reply_to: int | None = None  # the post of the same channel this one replies to
 
 
 @dataclass
@@ -214,11 +215,23 @@ class World:
         return event
 
     def post(
-        self, channel_id: int, text: str, date: int | None = None, message_id: int | None = None
+        self,
+        channel_id: int,
+        text: str,
+        date: int | None = None,
+        message_id: int | None = None,
+        reply_to: int | None = None,
     ) -> tuple[Post, Event]:
         """A new post with the next id, or with `message_id` when that is above every id the
-        channel has had (seeding a history with known ids; ids still only grow)."""
+        channel has had (seeding a history with known ids; ids still only grow). With
+        `reply_to`, the post replies to that post of the channel, which must still be there
+        (Telegram refuses a reply to a missing message)."""
         channel = self.channel(channel_id)
+        if reply_to is not None and (
+            isinstance(reply_to, bool) or not isinstance(reply_to, int)
+            or reply_to not in channel.posts
+        ):
+            raise WorldError(f"channel {channel_id} has no message {reply_to!r} to reply to")
         if message_id is None:
             channel.last_msg_id += 1
         elif message_id <= channel.last_msg_id:
@@ -227,7 +240,7 @@ class World:
             )
         else:
             channel.last_msg_id = message_id
-        post = Post(channel.last_msg_id, date or int(time.time()), text)
+        post = Post(channel.last_msg_id, date or int(time.time()), text, reply_to=reply_to)
         channel.posts[post.id] = post
         return post, self._event(channel, "new", [post.id])
 
