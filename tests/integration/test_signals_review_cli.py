@@ -4,6 +4,8 @@ commands connect): the open reviews, newest first, as a table or JSON lines."""
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -14,6 +16,17 @@ from tgstack import cli
 from tgstack.localstack import free_port
 
 LONG = "🟢𝐒𝐰𝐢𝐧𝐠 𝐓𝐫𝐚𝐝𝐞 PETR4 " + "muito texto " * 10
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_restored() -> Iterator[None]:
+    """cli.main points the root logger at the test's captured stderr, closed once the test
+    ends; later tests' threads (an API server) would log into it."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture
