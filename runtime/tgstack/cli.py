@@ -166,6 +166,30 @@ def cmd_signals_classify(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_signals_review(args: argparse.Namespace, settings: Settings) -> int:
+    from tgstack import signals_review
+
+    found = signals_review.open_reviews(
+        settings.require_database_url(), limit=args.limit, channel_id=args.channel
+    )
+    if not found.reviews:
+        print(signals_review.EMPTY, file=sys.stderr if args.json else sys.stdout)
+        return EXIT_OK
+    if args.json:
+        for review in found.reviews:
+            print(json.dumps(review.to_json_dict(), ensure_ascii=False))
+    else:
+        for line in signals_review.table(found.reviews):
+            print(line)
+    if found.more:
+        print(
+            f"(the newest {len(found.reviews)} shown; more need review: raise --limit"
+            " or narrow with --channel, or page through GET /v1/signals/review)",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
 def cmd_login(args: argparse.Namespace, settings: Settings) -> int:
     from telethon import errors
 
@@ -225,6 +249,15 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
+
+
+def _channel_id(text: str) -> int:
+    from tgstack.models import InvalidMessage, validate_channel_id
+
+    try:
+        return validate_channel_id(text, field_name="ID")
+    except InvalidMessage as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("ID ")) from None
 
 
 def _port(text: str) -> int:
@@ -382,6 +415,27 @@ def _add_signals_parser(
         help=explain_help + ' (prints {"classification": …, "matches": […]})',
     )
     classify.set_defaults(handler=cmd_signals_classify)
+    review = signals_commands.add_parser(
+        "review",
+        help="list the posts that look like a signal but could not be read (no price), "
+        "newest first, from the database (as GET /v1/signals/review)",
+    )
+    review.add_argument(
+        "--limit", type=_positive_int, default=50, help="at most this many (default 50)"
+    )
+    review.add_argument(
+        "--channel",
+        type=_channel_id,
+        metavar="ID",
+        help="only this channel (marked id, e.g. -1001649127710)",
+    )
+    review.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per line (id, channel_id, message_id, telegram_date, asset, "
+        "missing, raw_text) instead of a table",
+    )
+    review.set_defaults(handler=cmd_signals_review)
 
 
 def _fail(message: str, code: int) -> int:

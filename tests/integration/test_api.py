@@ -106,6 +106,8 @@ def test_openapi_document_describes_every_endpoint(api: Api) -> None:
         ("/v1/channels/{channel_id}", "delete"),
         ("/v1/signals", "get"),
         ("/v1/signals/{channel_id}/{message_id}", "get"),
+        ("/v1/signals/{id}/events", "get"),
+        ("/v1/signals/review", "get"),
     }
     listing = document["paths"]["/v1/messages"]["get"]
     assert {p["name"] for p in listing["parameters"]} == {
@@ -121,6 +123,13 @@ def test_openapi_document_describes_every_endpoint(api: Api) -> None:
     }
     assert {"200", "400", "401", "429", "503"} <= set(listing["responses"])
     assert listing["security"] == [{"bearerAuth": []}]
+    signals = document["paths"]["/v1/signals"]["get"]
+    assert "status" in {p["name"] for p in signals["parameters"]}
+    events = document["paths"]["/v1/signals/{id}/events"]["get"]
+    assert {p["name"] for p in events["parameters"]} == {"id", "include_retired", "cursor", "limit"}
+    assert {"200", "400", "404"} <= set(events["responses"])
+    signal = document["components"]["schemas"]["Signal"]["properties"]
+    assert {"id", "status", "current_stop", "result", "status_changed_at"} <= set(signal)
     create = document["paths"]["/v1/channels"]["post"]
     assert {"201", "400", "401", "403", "409", "413", "415"} <= set(create["responses"])
 

@@ -158,13 +158,19 @@ def insert_signal(
     buy_min: str = "27.50",
     buy_max: str = "28.00",
     retired: bool = False,
-) -> None:
+    status: str = "open",
+    current_stop: str | None = None,
+    result: str | None = None,
+    status_changed_at: datetime | None = None,
+) -> int:
+    """Store a signal row as the poller would; its id."""
     with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
-        conn.execute(
+        row = conn.execute(
             "INSERT INTO tp_capital.signals (channel_id, message_id, telegram_date, asset,"
-            " signal_type, buy_min, buy_max, target_1, stop, raw_text, retired_at)"
+            " signal_type, buy_min, buy_max, target_1, stop, raw_text, retired_at,"
+            " status, current_stop, result, status_changed_at)"
             " VALUES (%s, %s, %s, %s, 'Swing Trade', %s, %s, 30.10, 26.00, %s,"
-            " CASE WHEN %s THEN now() END)",
+            " CASE WHEN %s THEN now() END, %s, %s, %s, %s) RETURNING id",
             (
                 channel_id,
                 message_id,
@@ -174,8 +180,83 @@ def insert_signal(
                 buy_max,
                 f"Ativo: {asset}\nCompra: {buy_min} a {buy_max}",
                 retired,
+                status,
+                current_stop,
+                result,
+                status_changed_at,
             ),
-        )
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def insert_event(
+    dsn: str,
+    signal_id: int | None,
+    channel_id: int,
+    message_id: int,
+    kind: str,
+    *,
+    telegram_date: datetime,
+    asset: str | None = "PETR4",
+    linked_by: str | None = "reply",
+    retired: bool = False,
+    **fields: Any,
+) -> int:
+    """Store a follow-up post (tp_capital.signal_events) as the poller would; its id.
+    ``fields``: target, stop, stop_ref, result, reply_to_msg_id, raw_text."""
+    columns = {
+        "signal_id": signal_id,
+        "channel_id": channel_id,
+        "message_id": message_id,
+        "kind": kind,
+        "telegram_date": telegram_date,
+        "asset": asset,
+        "linked_by": linked_by if signal_id is not None else None,
+        "raw_text": f"{asset} {kind}",
+        **fields,
+    }
+    names = ", ".join(columns)
+    values = ", ".join(["%s"] * len(columns))
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
+        row = conn.execute(
+            f"INSERT INTO tp_capital.signal_events ({names}, retired_at)"
+            f" VALUES ({values}, CASE WHEN %s THEN now() END) RETURNING id",
+            (*columns.values(), retired),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def insert_review(
+    dsn: str,
+    channel_id: int,
+    message_id: int,
+    *,
+    telegram_date: datetime,
+    asset: str | None = "PETR4",
+    missing: tuple[str, ...] = ("entry",),
+    raw_text: str | None = None,
+    retired: bool = False,
+) -> int:
+    """Store a post that needs review (tp_capital.signal_reviews) as the poller would; its id."""
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
+        row = conn.execute(
+            "INSERT INTO tp_capital.signal_reviews (channel_id, message_id, telegram_date, asset,"
+            " missing, raw_text, retired_at) VALUES (%s, %s, %s, %s, %s, %s,"
+            " CASE WHEN %s THEN now() END) RETURNING id",
+            (
+                channel_id,
+                message_id,
+                telegram_date,
+                asset,
+                list(missing),
+                raw_text if raw_text is not None else f"🟢Swing Trade\nAtivo: {asset}\nAlvo: 30",
+                retired,
+            ),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def walk(api: Api, path: str) -> list[dict[str, Any]]:

@@ -4,6 +4,9 @@ A cursor is ``base64url(JSON [version, kind, *key])`` without padding. Kinds:
 
 * ``m`` — messages, key (telegram_date, channel_id, message_id), newest first;
 * ``s`` — signals, key (signal date, channel_id, message_id), newest first;
+* ``e`` — one signal's events, key (telegram_date, channel_id, message_id), in post order
+  (oldest first, by telegram_date, message_id, channel_id);
+* ``r`` — posts that need review, key (telegram_date, channel_id, message_id), newest first;
 * ``c`` — channels, key (channel_id,), ascending.
 
 Clients must treat cursors as opaque; the kind stops a cursor of one list from being used on
@@ -23,7 +26,8 @@ from tgstack.models import InvalidMessage, validate_channel_id, validate_message
 VERSION = 1
 MAX_LENGTH = 512
 
-CursorKind = Literal["m", "s", "c"]
+DatedKind = Literal["m", "s", "e", "r"]
+CursorKind = Literal["m", "s", "e", "r", "c"]
 DatedKey = tuple[datetime, int, int]
 
 
@@ -31,8 +35,8 @@ class CursorError(ValueError):
     """Not a cursor this API issued for this list."""
 
 
-def encode_dated(kind: Literal["m", "s"], when: datetime, channel_id: int, message_id: int) -> str:
-    """The cursor after (when, channel_id, message_id) in a newest-first list."""
+def encode_dated(kind: DatedKind, when: datetime, channel_id: int, message_id: int) -> str:
+    """The cursor after (when, channel_id, message_id) in a dated list."""
     stamp = when.astimezone(UTC).isoformat()
     return _encode([VERSION, kind, stamp, channel_id, message_id])
 
@@ -41,7 +45,7 @@ def encode_channel(channel_id: int) -> str:
     return _encode([VERSION, "c", channel_id])
 
 
-def decode_dated(kind: Literal["m", "s"], cursor: str) -> DatedKey:
+def decode_dated(kind: DatedKind, cursor: str) -> DatedKey:
     items = _decode(cursor, kind, 5)
     stamp, channel_id, message_id = items[2], items[3], items[4]
     if not isinstance(stamp, str):

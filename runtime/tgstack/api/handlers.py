@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
@@ -21,7 +21,9 @@ from tgstack.api.cache import ResponseCache
 from tgstack.api.errors import ApiError, bad_parameter, not_found
 from tgstack.api.queries import (
     ApiStore,
+    EventQuery,
     MessageQuery,
+    ReviewQuery,
     Row,
     SignalQuery,
     StoreConflict,
@@ -172,6 +174,7 @@ class Handlers:
         query = SignalQuery(
             channel_id=params.get("channel_id"),
             asset=params.get("asset"),
+            status=params.get("status"),
             since=params.get("since"),
             until=params.get("until"),
             include_retired=params.get("include_retired", False),
@@ -188,6 +191,32 @@ class Handlers:
             raise not_found(f"no signal for message {message} in channel {channel}")
         return Answer(200, _signal(row))
 
+    def list_signal_events(self, call: Call) -> Answer:
+        params = call.params
+        query = EventQuery(
+            signal_id=params["id"],
+            include_retired=params.get("include_retired", False),
+            after=_dated_cursor("e", params),
+            limit=params.get("limit", p.DEFAULT_LIMIT),
+        )
+        rows = self._store.list_signal_events(query)
+        if rows is None:
+            raise not_found(f"no signal with id {query.signal_id}")
+        return Answer(200, _page(rows, query.limit, _event, _event_cursor))
+
+    def list_signal_reviews(self, call: Call) -> Answer:
+        params = call.params
+        _check_range(params)
+        query = ReviewQuery(
+            channel_id=params.get("channel_id"),
+            since=params.get("since"),
+            until=params.get("until"),
+            after=_dated_cursor("r", params),
+            limit=params.get("limit", p.DEFAULT_LIMIT),
+        )
+        rows = self._store.list_signal_reviews(query)
+        return Answer(200, _page(rows, query.limit, _review, _review_cursor))
+
 
 # Shaping ----------------------------------------------------------------------------------------
 
@@ -198,7 +227,7 @@ def _check_range(params: dict[str, Any]) -> None:
         raise bad_parameter("until", "must be later than since")
 
 
-def _dated_cursor(kind: Literal["m", "s"], params: dict[str, Any]) -> cursors.DatedKey | None:
+def _dated_cursor(kind: cursors.DatedKind, params: dict[str, Any]) -> cursors.DatedKey | None:
     if "cursor" not in params:
         return None
     try:
@@ -242,3 +271,19 @@ def _signal(row: Row) -> dict[str, Any]:
 
 def _signal_cursor(row: Row) -> str:
     return cursors.encode_dated("s", row["signal_date"], row["channel_id"], row["message_id"])
+
+
+def _event(row: Row) -> dict[str, Any]:
+    return dict(row)
+
+
+def _event_cursor(row: Row) -> str:
+    return cursors.encode_dated("e", row["telegram_date"], row["channel_id"], row["message_id"])
+
+
+def _review(row: Row) -> dict[str, Any]:
+    return dict(row)
+
+
+def _review_cursor(row: Row) -> str:
+    return cursors.encode_dated("r", row["telegram_date"], row["channel_id"], row["message_id"])

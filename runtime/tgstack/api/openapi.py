@@ -26,6 +26,17 @@ _STRING_OR_NULL: dict[str, Any] = {"type": ["string", "null"]}
 _DATE_OR_NULL: dict[str, Any] = {"type": ["string", "null"], "format": "date-time"}
 _INT_OR_NULL: dict[str, Any] = {"type": ["integer", "null"]}
 _PRICE: dict[str, Any] = {"type": ["number", "null"], "exclusiveMinimum": 0}
+_RESULT: dict[str, Any] = {
+    "type": ["string", "null"],
+    "enum": ["gain", "loss", "breakeven", None],
+}
+# What the database allows (sql/060_signal_events.sql), unbounded N included.
+_STATUS: dict[str, Any] = {
+    "type": "string",
+    "pattern": "^(open|target_[1-9][0-9]*|stopped|closed|cancelled)$",
+    "description": "open, target_N (the highest target reached), stopped, closed or cancelled, "
+    "derived from the signal's active events in post order.",
+}
 
 _ERROR_TEXT = {
     400: "A parameter or the body is invalid; error.field names it.",
@@ -197,13 +208,81 @@ SCHEMAS: dict[str, Any] = {
             "target_final": _PRICE,
             "stop": _PRICE,
             "raw_text": {"type": "string"},
+            "status": _STATUS,
+            "current_stop": {
+                **_PRICE,
+                "description": "The stop after the signal's events: its own until one moves it.",
+            },
+            "result": _RESULT,
+            "status_changed_at": {
+                **_DATE_OR_NULL,
+                "description": "When status last changed (null: open since it was stored).",
+            },
             "created_at": DATE_TIME_SCHEMA,
             "updated_at": DATE_TIME_SCHEMA,
             "retired_at": _DATE_OR_NULL,
         },
-        "A trading signal parsed from a channel post (prices are JSON numbers).",
+        "A trading signal parsed from a channel post (prices are JSON numbers) and where its "
+        "follow-up posts took it.",
     ),
     "SignalPage": _page("Signal"),
+    "SignalEvent": _object(
+        {
+            "id": {"type": "integer", "minimum": 1},
+            "channel_id": CHANNEL_ID_SCHEMA,
+            "message_id": MESSAGE_ID_SCHEMA,
+            "telegram_date": DATE_TIME_SCHEMA,
+            "kind": {
+                "type": "string",
+                "enum": ["target_hit", "stop_moved", "stopped", "closed", "cancelled"],
+            },
+            "asset": _STRING_OR_NULL,
+            "target": {
+                "type": ["string", "null"],
+                "pattern": "^([1-9][0-9]*|final)$",
+                "description": "target_hit: 1, 2, … or final; null when the post did not say.",
+            },
+            "stop": {**_PRICE, "description": "stop_moved: the new stop, when a price."},
+            "stop_ref": {
+                "type": ["string", "null"],
+                "pattern": "^(entry|target_([1-9][0-9]*|final))$",
+                "description": "stop_moved: entry or target_N, when the stop moved to one.",
+            },
+            "result": _RESULT,
+            "linked_by": {
+                "type": "string",
+                "enum": ["reply", "asset"],
+                "description": "reply: the post replies to the signal or one of its events; "
+                "asset: the channel's most recent open signal of that asset.",
+            },
+            "raw_text": {"type": "string"},
+            "retired_at": {
+                **_DATE_OR_NULL,
+                "description": "Set when the post was deleted or edited into something else; "
+                "such events count no more (listed with include_retired=true).",
+            },
+        },
+        "A follow-up post of a signal: a target reached, the stop moved, stopped out, closed "
+        "or cancelled.",
+    ),
+    "SignalEventPage": _page("SignalEvent"),
+    "SignalReview": _object(
+        {
+            "id": {"type": "integer", "minimum": 1},
+            "channel_id": CHANNEL_ID_SCHEMA,
+            "message_id": MESSAGE_ID_SCHEMA,
+            "telegram_date": DATE_TIME_SCHEMA,
+            "asset": _STRING_OR_NULL,
+            "missing": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "What a signal lacks, e.g. entry.",
+            },
+            "raw_text": {"type": "string"},
+        },
+        "A post with signal labels and a ticker that could not be read as a signal.",
+    ),
+    "SignalReviewPage": _page("SignalReview"),
     "Health": _object(
         {
             "status": {"type": "string", "enum": ["ok", "degraded", "down"]},
@@ -314,10 +393,14 @@ def document() -> dict[str, Any]:
             "title": "tgstack Gateway API",
             "version": __version__,
             "description": (
-                "Read API over Telegram channel messages, channels and TP Capital signals. "
+                "Read API over Telegram channel messages, channels and TP Capital signals "
+                "(with their follow-up events and the posts that need review). "
                 "Authenticate with Authorization: Bearer <token>; write operations need an "
                 'admin token. Errors are JSON: {"error": {"code", "message", "field"}}. '
-                "Lists are newest first (channels: by id) with opaque cursors. GET answers are "
+                "Lists are newest first (channels: by id; a signal's events: in post order) "
+                "with opaque cursors. Where two path templates fit a path, a literal segment "
+                "wins over a parameter: /v1/signals/{id}/events and /v1/signals/review are "
+                "never read as /v1/signals/{channel_id}/{message_id}. GET answers are "
                 "cached in Redis for up to 30 s and invalidated by every write made through "
                 "this API."
             ),

@@ -36,11 +36,20 @@ _DATE_TIME = re.compile(
     r"(?P<fraction>\.[0-9]{1,9})?(?P<offset>[Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
 _ASSET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+_SIGNAL_ID = re.compile(r"[1-9][0-9]{0,18}")
+SIGNAL_ID_MAX = 2**63 - 1  # tp_capital.signals.id is a bigint identity
+# A signal's status filter: a status of tp_capital.signals (sql/060_signal_events.sql), or
+# ``target`` for any target_N.
+SIGNAL_STATUS_PATTERN = r"^(open|target|target_[1-9][0-9]{0,5}|stopped|closed|cancelled)$"
+_SIGNAL_STATUS = re.compile(SIGNAL_STATUS_PATTERN)
 # Telegram usernames: 5-32 characters, a letter first, letters, digits and underscores.
 USERNAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{3,30}[A-Za-z0-9]$"
 _USERNAME = re.compile(USERNAME_PATTERN)
 # Free text: no control characters, at least one non-space (the OpenAPI document says the same).
-VISIBLE_TEXT_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f]*\S[^\u0000-\u001f\u007f-\u009f]*$"
+# The visible character is neither a space nor a control character: a bare \S there would let
+# one control character through the schema that the parser refuses.
+_CONTROL = r"\u0000-\u001f\u007f-\u009f"
+VISIBLE_TEXT_PATTERN = rf"^[^{_CONTROL}]*[^\s{_CONTROL}][^{_CONTROL}]*$"
 _VISIBLE_TEXT = re.compile(VISIBLE_TEXT_PATTERN)
 
 Parser = Callable[[str, str], Any]
@@ -125,6 +134,27 @@ def asset(name: str, raw: str) -> str:
             name, f"must be a ticker of 1-32 letters, digits, '.', '_' or '-', got {raw[:40]!r}"
         )
     return raw.upper()
+
+
+def signal_id(name: str, raw: str) -> int:
+    """A signal's ``id`` (a positive bigint, as GET /v1/signals lists it)."""
+    if not _SIGNAL_ID.fullmatch(raw) or int(raw) > SIGNAL_ID_MAX:
+        raise bad_parameter(
+            name, f"must be a signal's id (a positive integer, as listed), got {raw[:40]!r}"
+        )
+    return int(raw)
+
+
+def signal_status(name: str, raw: str) -> str:
+    """One signal status: open, stopped, closed, cancelled, a target_N (the highest target
+    reached), or ``target`` for any target_N."""
+    if not _SIGNAL_STATUS.fullmatch(raw):
+        raise bad_parameter(
+            name,
+            "must be one of open, target (any target reached), target_N (e.g. target_2), "
+            f"stopped, closed, cancelled; got {raw[:40]!r}",
+        )
+    return raw
 
 
 def cursor(name: str, raw: str) -> str:

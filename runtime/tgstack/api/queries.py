@@ -77,8 +77,20 @@ _SIGNAL_DATE = "coalesce(s.telegram_date, s.created_at)"
 _SIGNAL_SELECT = (
     "SELECT s.id, s.channel_id, s.message_id, s.telegram_date, s.asset, s.signal_type,"
     " s.buy_min, s.buy_max, s.target_1, s.target_2, s.target_final, s.stop, s.raw_text,"
+    " s.status, s.current_stop, s.result, s.status_changed_at,"
     f" s.created_at, s.updated_at, s.retired_at, {_SIGNAL_DATE} AS signal_date"
     " FROM tp_capital.signals s"
+)
+ANY_TARGET = "target"
+"""The status filter's value for any target_N."""
+_EVENT_SELECT = (
+    "SELECT e.id, e.channel_id, e.message_id, e.telegram_date, e.kind, e.asset, e.target,"
+    " e.stop, e.stop_ref, e.result, e.linked_by, e.raw_text, e.retired_at"
+    " FROM tp_capital.signal_events e"
+)
+_REVIEW_SELECT = (
+    "SELECT r.id, r.channel_id, r.message_id, r.telegram_date, r.asset, r.missing, r.raw_text"
+    " FROM tp_capital.signal_reviews r"
 )
 
 
@@ -119,9 +131,27 @@ class MessageQuery:
 class SignalQuery:
     channel_id: int | None = None
     asset: str | None = None
+    status: str | None = None  # a status, or "target" for any target_N
     since: datetime | None = None
     until: datetime | None = None
     include_retired: bool = False
+    after: tuple[datetime, int, int] | None = None
+    limit: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class EventQuery:
+    signal_id: int
+    include_retired: bool = False
+    after: tuple[datetime, int, int] | None = None  # (telegram_date, channel_id, message_id)
+    limit: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewQuery:
+    channel_id: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None
     after: tuple[datetime, int, int] | None = None
     limit: int = 50
 
@@ -293,37 +323,22 @@ class ApiStore:
     # Signals --------------------------------------------------------------------------------
 
     def list_signals(self, query: SignalQuery) -> list[Row]:
-        where: list[str] = []
-        params: dict[str, Any] = {"limit": query.limit + 1}
-        if query.channel_id is not None:
-            where.append("s.channel_id = %(channel_id)s")
-            params["channel_id"] = query.channel_id
-        if query.asset is not None:
-            where.append("s.asset = %(asset)s")
-            params["asset"] = query.asset
-        if query.since is not None:
-            where.append(f"{_SIGNAL_DATE} >= %(since)s")
-            params["since"] = query.since
-        if query.until is not None:
-            where.append(f"{_SIGNAL_DATE} < %(until)s")
-            params["until"] = query.until
-        if not query.include_retired:
-            where.append("s.retired_at IS NULL")
-        if query.after is not None:
-            where.append(
-                f"({_SIGNAL_DATE}, s.channel_id, s.message_id) < (%(a_date)s, %(a_ch)s, %(a_id)s)"
-            )
-            params["a_date"], params["a_ch"], params["a_id"] = query.after
-        sql = (
-            f"{_SIGNAL_SELECT}{_where(where)}"
-            f" ORDER BY {_SIGNAL_DATE} DESC, s.channel_id DESC, s.message_id DESC"
-            " LIMIT %(limit)s"
-        )
-        return self._run("list_signals", _all(sql, params))
+        return self._run("list_signals", _all(*signals_statement(query)))
 
     def get_signal(self, channel_id: int, message_id: int) -> Row | None:
         sql = f"{_SIGNAL_SELECT} WHERE s.channel_id = %s AND s.message_id = %s"
         return self._run("get_signal", _one(sql, (channel_id, message_id)))
+
+    def list_signal_events(self, query: EventQuery) -> list[Row] | None:
+        """The signal's events in post order, or None when no signal has that id (a retired
+        signal keeps its events)."""
+        rows = self._run("list_signal_events", _all(*signal_events_statement(query)))
+        if not rows:
+            return None
+        return [row for row in rows if row["id"] is not None]
+
+    def list_signal_reviews(self, query: ReviewQuery) -> list[Row]:
+        return self._run("list_signal_reviews", _all(*signal_reviews_statement(query)))
 
     # The one place that talks to the pool -----------------------------------------------------
 
@@ -457,6 +472,100 @@ def _shut_down(conn: Connection) -> None:
         fd = conn.pgconn.socket
         with socket.socket(fileno=os.dup(fd)) as sock:
             sock.shutdown(socket.SHUT_RDWR)
+
+
+# The signal lists' statements (module level: tests EXPLAIN them) ----------------------------------
+
+
+def signals_statement(query: SignalQuery) -> tuple[str, dict[str, Any]]:
+    """GET /v1/signals: newest first by (signal date, channel_id, message_id)."""
+    where: list[str] = []
+    params: dict[str, Any] = {"limit": query.limit + 1}
+    if query.channel_id is not None:
+        where.append("s.channel_id = %(channel_id)s")
+        params["channel_id"] = query.channel_id
+    if query.asset is not None:
+        where.append("s.asset = %(asset)s")
+        params["asset"] = query.asset
+    if query.status == ANY_TARGET:
+        where.append("s.status LIKE 'target\\_%%'")  # '_' escaped: LIKE's wildcard
+    elif query.status is not None:
+        # idx_signals_status_date (sql/060) when retired signals are left out
+        where.append("s.status = %(status)s")
+        params["status"] = query.status
+    if query.since is not None:
+        where.append(f"{_SIGNAL_DATE} >= %(since)s")
+        params["since"] = query.since
+    if query.until is not None:
+        where.append(f"{_SIGNAL_DATE} < %(until)s")
+        params["until"] = query.until
+    if not query.include_retired:
+        where.append("s.retired_at IS NULL")
+    if query.after is not None:
+        # The date bound repeats the row comparison's first column: what an index whose later
+        # columns run the other way (idx_signals_status_date) seeks by; it also keeps the
+        # planner's estimate of a deep page right.
+        where.append(
+            f"{_SIGNAL_DATE} <= %(a_date)s AND"
+            f" ({_SIGNAL_DATE}, s.channel_id, s.message_id) < (%(a_date)s, %(a_ch)s, %(a_id)s)"
+        )
+        params["a_date"], params["a_ch"], params["a_id"] = query.after
+    sql = (
+        f"{_SIGNAL_SELECT}{_where(where)}"
+        f" ORDER BY {_SIGNAL_DATE} DESC, s.channel_id DESC, s.message_id DESC"
+        " LIMIT %(limit)s"
+    )
+    return sql, params
+
+
+def signal_events_statement(query: EventQuery) -> tuple[str, dict[str, Any]]:
+    """GET /v1/signals/{id}/events in one statement: the signal's row joined to at most
+    ``limit + 1`` of its events in post order (telegram_date, message_id, channel_id). No row:
+    no such signal; one row of NULLs: a signal without events."""
+    conditions = ["e.signal_id = s.id"]
+    params: dict[str, Any] = {"id": query.signal_id, "limit": query.limit + 1}
+    if not query.include_retired:
+        conditions.append("e.retired_at IS NULL")  # idx_signal_events_signal
+    if query.after is not None:
+        conditions.append(
+            "e.telegram_date >= %(a_date)s AND"
+            " (e.telegram_date, e.message_id, e.channel_id) > (%(a_date)s, %(a_id)s, %(a_ch)s)"
+        )
+        params["a_date"], params["a_ch"], params["a_id"] = query.after
+    sql = (
+        f"SELECT ev.* FROM tp_capital.signals s LEFT JOIN LATERAL ({_EVENT_SELECT}"
+        f" WHERE {' AND '.join(conditions)}"
+        " ORDER BY e.telegram_date, e.message_id, e.channel_id LIMIT %(limit)s) ev ON true"
+        " WHERE s.id = %(id)s ORDER BY ev.telegram_date, ev.message_id, ev.channel_id"
+    )
+    return sql, params
+
+
+def signal_reviews_statement(query: ReviewQuery) -> tuple[str, dict[str, Any]]:
+    """GET /v1/signals/review and `tgstack signals review`: open reviews (retired_at IS NULL,
+    idx_signal_reviews_open), newest first by (telegram_date, channel_id, message_id)."""
+    where = ["r.retired_at IS NULL"]
+    params: dict[str, Any] = {"limit": query.limit + 1}
+    if query.channel_id is not None:
+        where.append("r.channel_id = %(channel_id)s")
+        params["channel_id"] = query.channel_id
+    if query.since is not None:
+        where.append("r.telegram_date >= %(since)s")
+        params["since"] = query.since
+    if query.until is not None:
+        where.append("r.telegram_date < %(until)s")
+        params["until"] = query.until
+    if query.after is not None:
+        where.append(
+            "r.telegram_date <= %(a_date)s AND"
+            " (r.telegram_date, r.channel_id, r.message_id) < (%(a_date)s, %(a_ch)s, %(a_id)s)"
+        )
+        params["a_date"], params["a_ch"], params["a_id"] = query.after
+    sql = (
+        f"{_REVIEW_SELECT}{_where(where)}"
+        " ORDER BY r.telegram_date DESC, r.channel_id DESC, r.message_id DESC LIMIT %(limit)s"
+    )
+    return sql, params
 
 
 def _where(conditions: Sequence[str]) -> str:

@@ -2,6 +2,13 @@
 
 The application dispatches with it and the OpenAPI document is generated from it, so the two
 cannot drift apart. A handler is named by string (a method of ``handlers.Handlers``).
+
+Templates may overlap: ``/v1/signals/{id}/events`` also fits ``/v1/signals/{channel_id}/
+{message_id}`` (with message_id ``events``). ``match`` resolves that the way OpenAPI asks
+(concrete before templated): of the templates that fit a path, the one with a literal segment
+where the others have a parameter, leftmost first, wins; the path's methods are those of that
+template only. Two templates that fit the same paths with literals in the same places would be
+ambiguous; a unit test keeps the table free of them.
 """
 
 from __future__ import annotations
@@ -31,6 +38,18 @@ CHANNEL_ID_SCHEMA: dict[str, Any] = {
 }
 MESSAGE_ID_SCHEMA: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": MESSAGE_ID_MAX}
 DATE_TIME_SCHEMA: dict[str, Any] = {"type": "string", "format": "date-time"}
+SIGNAL_ID_SCHEMA: dict[str, Any] = {
+    "type": "integer",
+    "minimum": 1,
+    "maximum": p.SIGNAL_ID_MAX,
+    "description": "A signal's id, as GET /v1/signals lists it.",
+}
+SIGNAL_STATUS_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "pattern": p.SIGNAL_STATUS_PATTERN,
+    "description": "open, target_N (the highest target reached), stopped, closed or cancelled; "
+    "as a filter also target: any target_N.",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +87,11 @@ class Route:
         regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", self.template)
         object.__setattr__(self, "pattern", re.compile(f"^{regex}$"))
 
+    @property
+    def specificity(self) -> tuple[bool, ...]:
+        """Per path segment, True for a literal: the larger tuple wins where templates overlap."""
+        return tuple(not segment.startswith("{") for segment in self.template.split("/"))
+
     def param(self, name: str, where: Where) -> Param | None:
         for param in self.params:
             if param.name == name and param.where == where:
@@ -101,6 +125,12 @@ _SINCE = Param(
 _UNTIL = Param(
     "until", "query", p.timestamp, DATE_TIME_SCHEMA, "Posted before (ISO 8601 with offset)."
 )
+
+
+def _include_retired(description: str) -> Param:
+    return Param(
+        "include_retired", "query", p.boolean, {"type": "boolean", "default": False}, description
+    )
 
 
 def _choice_list(values: tuple[str, ...]) -> dict[str, Any]:
@@ -303,15 +333,17 @@ ROUTES: tuple[Route, ...] = (
                 {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$"},
                 "Ticker (case-insensitive), e.g. PETR4.",
             ),
+            Param(
+                "status",
+                "query",
+                p.signal_status,
+                SIGNAL_STATUS_SCHEMA,
+                "Only signals in this status: open, stopped, closed, cancelled, target_N, or "
+                "target for any target_N.",
+            ),
             _SINCE,
             _UNTIL,
-            Param(
-                "include_retired",
-                "query",
-                p.boolean,
-                {"type": "boolean", "default": False},
-                "Also list signals whose post was deleted.",
-            ),
+            _include_retired("Also list signals whose post was deleted."),
             _CURSOR,
             _LIMIT,
         ),
@@ -332,6 +364,37 @@ ROUTES: tuple[Route, ...] = (
         errors=(400, *_COMMON, 404),
         cached=True,
     ),
+    Route(
+        "GET",
+        "/v1/signals/{id}/events",
+        "listSignalEvents",
+        "A signal's follow-up posts, in post order",
+        "signals",
+        "read",
+        "list_signal_events",
+        params=(
+            Param("id", "path", p.signal_id, SIGNAL_ID_SCHEMA, "The signal's id."),
+            _include_retired("Also list events whose post was deleted or edited away."),
+            _CURSOR,
+            _LIMIT,
+        ),
+        response="SignalEventPage",
+        errors=(400, *_COMMON, 404),
+        cached=True,
+    ),
+    Route(
+        "GET",
+        "/v1/signals/review",
+        "listSignalReviews",
+        "Posts that look like a signal but could not be read, newest first",
+        "signals",
+        "read",
+        "list_signal_reviews",
+        params=(_QUERY_CHANNEL, _SINCE, _UNTIL, _CURSOR, _LIMIT),
+        response="SignalReviewPage",
+        errors=(400, *_COMMON),
+        cached=True,
+    ),
 )
 
 
@@ -345,20 +408,24 @@ class Match:
 
 def match(method: str, path: str) -> Match | None:
     """The route for (method, path); ``Match(route=None)`` for a known path with another
-    method; None for an unknown path."""
+    method; None for an unknown path. Where templates overlap, the most specific one decides
+    (``Route.specificity``)."""
+    fitting = [route for route in ROUTES if route.pattern.match(path)]
+    if not fitting:
+        return None
+    best = max(route.specificity for route in fitting)
     allowed: list[str] = []
     template = ""
     found: tuple[Route, dict[str, str]] | None = None
-    for route in ROUTES:
-        hit = route.pattern.match(path)
-        if hit is None:
+    for route in fitting:
+        if route.specificity != best:
             continue
         allowed.append(route.method)
         template = route.template
         if route.method == method or (method == "HEAD" and route.method == "GET"):
+            hit = route.pattern.match(path)
+            assert hit is not None
             found = (route, hit.groupdict())
-    if not allowed:
-        return None
     if "GET" in allowed:
         allowed.append("HEAD")
     if found is None:
