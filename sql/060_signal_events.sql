@@ -95,9 +95,10 @@ CREATE OR REPLACE TRIGGER signal_events_touch_updated_at
     BEFORE UPDATE ON tp_capital.signal_events
     FOR EACH ROW EXECUTE FUNCTION tgstack_meta.touch_updated_at();
 
--- A signal's events in post order (the derivation and GET /v1/signals/{id}/events).
+-- A signal's events in post order (the derivation and GET /v1/signals/{id}/events, which can
+-- list the retired ones too).
 CREATE INDEX IF NOT EXISTS idx_signal_events_signal
-    ON tp_capital.signal_events (signal_id, telegram_date, message_id) WHERE retired_at IS NULL;
+    ON tp_capital.signal_events (signal_id, telegram_date, message_id);
 -- The follow-ups replying to a post (linked again when that post's signal or follow-up is
 -- stored), and those waiting for a signal of their asset.
 CREATE INDEX IF NOT EXISTS idx_signal_events_reply
