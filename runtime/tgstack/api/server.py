@@ -97,7 +97,15 @@ class ApiServer:
     # Inside the event loop --------------------------------------------------------------------
 
     def _in_loop(self, thunk: Any) -> None:
-        self._server.trigger.pull_trigger(thunk)
+        if self._stopped.is_set():
+            return  # the loop has ended: nothing left in it to stop or close
+        try:
+            self._server.trigger.pull_trigger(thunk)
+        except OSError:
+            # The trigger was closed under us (seen once, in a test's teardown right after a
+            # 400): the loop can no longer be woken, so do its step from here; it is shutdown.
+            log.warning("api_trigger_closed", extra={"step": getattr(thunk, "__name__", "?")})
+            thunk()
 
     def _stop_accepting(self) -> None:
         wasyncore.dispatcher.close(self._server)  # the listening socket only
