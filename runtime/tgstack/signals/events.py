@@ -41,6 +41,7 @@ moved to a price carries exactly the price the post wrote.
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 from tgstack.signals.lexicon import (
@@ -98,6 +99,10 @@ _REACH_BACK = 7
 _REACH_AHEAD = 4
 _MOVES_TO = frozenset({"para", "pra", "to", "→", ">"})  # a stop "para 37,50" was moved there
 _NOW = frozenset({"agora", "now"})
+# "zeramos antes do alvo": closed short of the target, which says nothing of the result.
+_SHORT_OF = frozenset({"antes", "before", "sem", "without"})
+# A signed result: "+4,2%", "-150 pts" (the sign glued to the number, not a dash before it).
+_SIGNED = re.compile(r"(?<![\w.,%)])([+-])\d+(?:[.,]\d+)*\s?(?:%|pts\b|pontos\b|pt\b)")
 
 PRECEDENCE: tuple[EventKind, ...] = ("cancelled", "stopped", "closed", "target_hit", "stop_moved")
 
@@ -255,16 +260,30 @@ def _verbless_move(s: Scan, ref: int) -> tuple[StopLevel | None, int]:
 
 
 def _result(s: Scan, at: int) -> Result | None:
-    """gain / loss / breakeven, as the event's sentence (else the post) states it."""
+    """gain / loss / breakeven, as the event's sentence (else the post) states it: a word
+    (``com lucro``, ``at a loss``, ``no 0x0``), else a target in the closing sentence
+    (``encerrado no alvo final`` is a gain), else the one sign of the post's signed
+    percentages or points (``+4,2%``, ``-150 pts``)."""
     start, end = s.sentence_of(at)
-    for first, last in ((start, end), (0, len(s.flags))):
-        for f in s.flags[first:last]:
+    flags = s.flags
+    for first, last in ((start, end), (0, len(flags))):
+        for f in flags[first:last]:
             if f & GAIN:
                 return "gain"
             if f & LOSS:
                 return "loss"
             if f & BREAKEVEN:
                 return "breakeven"
+        if first == start and any(
+            flags[k] & TARGET_L
+            and not flags[k] & _NOT_SUBJECT
+            and not any(s.low(b) in _SHORT_OF for b in range(max(start, k - 3), k))
+            for k in range(start, end)
+        ):
+            return "gain"
+    signs = {match[0] for match in _SIGNED.findall(s.text)}
+    if len(signs) == 1:
+        return "gain" if "+" in signs else "loss"
     return None
 
 

@@ -175,8 +175,8 @@ _WORDS: dict[int, Iterable[str]] = {
         "operação operacao posição posicao trade position sinal signal call ordem order"
         " recomendação recomendacao montagem compra entrada entry setup"
     ),
-    GAIN: _w("gain gains lucro profit positivo"),
-    LOSS: _w("loss prejuízo prejuizo negativo perda"),
+    GAIN: _w("gain gains ganho ganhos lucro lucros profit positivo positiva positive"),
+    LOSS: _w("loss prejuízo prejuizo negativo negativa negative perda perdas"),
     COND: _w("se caso ao quando if when once"),
     FINAL: _w("final geral máximo maximo max máx último ultimo last"),
     ORDINAL: list(ORDINALS),
