@@ -234,7 +234,8 @@ def _destination(s: Scan, ref: int) -> tuple[StopLevel | None, int]:
 
 
 def _verbless_move(s: Scan, ref: int) -> tuple[StopLevel | None, int]:
-    """``stop na entrada``, ``stop no 0x0``, ``SL to BE``, ``stop para 37,50``, ``SL: BE``:
+    """``stop na entrada``, ``stop no 0x0``, ``SL to BE``, ``stop para 37,50``, ``SL: BE``,
+    ``stop in breakeven``, ``stop 0x0``, ``SL @ entry``:
     the level and its position."""
     flags, tokens, n = s.flags, s.tokens, len(s.tokens)
     k = ref + 1
@@ -242,6 +243,8 @@ def _verbless_move(s: Scan, ref: int) -> tuple[StopLevel | None, int]:
     while k < n and flags[k] & (JOIN | AUX | ARTICLE) and not flags[k] & DEST:
         now = now or tokens[k].lower() in _NOW
         k += 1
+    if k < n and flags[k] & BREAKEVEN:
+        return "entry", k  # "stop in breakeven", "stop 0x0", "SL BE"
     if k >= n or not flags[k] & (DEST | COLON):
         return None, ref
     moves_to = now or tokens[k].lower() in _MOVES_TO

@@ -195,7 +195,7 @@ _SYMBOLS: dict[int, str] = {
     CHECK: "✅✔☑",
     TARGET_L | SYMBOL_L: "🎯",
     STOP_L | SYMBOL_L: "🛑⛔",
-    DEST: "→>",
+    DEST: "→>@",
 }
 
 # Several-word terms: first word → (the words after it, the term's roles, the term's value).
