@@ -7,14 +7,30 @@ is its signal, or None. The decision, in order:
 2. A post with asset and entry price is a **signal** — unless it also *reports* an event
    (``alvo 1 atingido``, ``stopado``): a follow-up that repeats the signal's prices is still a
    follow-up. Instructions inside a signal (``após o alvo 1, mover o stop para a entrada``) are
-   its plan, not events.
+   its plan, not events. Without an entry label, a ticker opening its line with a price or a
+   range right after it (``PETR4 37,50/38,00 alvo 40 stop 36``, ``#PETR4 37,50 🎯 40``) is the
+   entry when the post labels a target or a stop — not when a signed change follows the price
+   (``VALE3 62,10 (+1,5%)``: a quote).
 3. Otherwise a post with an event is that **follow-up**: the first of cancelled, stopped,
    closed, target_hit, stop_moved that it reports (``alvo 2 atingido, stop na entrada`` is a
    target_hit that also carries the new stop).
 4. Otherwise a post that carries signal labels and an asset but cannot be completed (no entry
    price, say) **needs review**: an asset with an entry label, or with two of target, stop and
-   type; or an entry price with a target or stop but no asset.
+   type; a direction word with its ticker (``Compra PETR4``, ``PETR4 compra``, ``Buy VALE3``)
+   and a labelled target or stop, or a word saying the price comes later or is the market's
+   (``aguardando preço``, ``a mercado``, ``TBA``); or an entry price with a target or stop but
+   no asset.
 5. Anything else is **chatter** — including posts that name tickers and prices.
+
+**The channel's own call, or someone else's?** A post that *reports* a call — an attribution
+(``segundo o BTG``, ``according to``, ``analistas``), a rating action (``eleva``, ``corta``,
+``reitera``, ``recomenda``, ``upgrades``), ``recomendação``, ``preço-alvo``/``price target``,
+``cobertura``, or a research house by name (``XP``, ``Itaú BBA``, ``UBS``, ``Goldman``,
+``Morgan Stanley``) — is news: it never needs review, its ticker and price are never an
+unlabelled entry, and a signal written as prose (``compra de PETR4 em 36,50``, no ``Label:``)
+in it is no signal. A channel's template (``Ativo: … Compra: 36,50``) stays a signal whatever
+else the post says, and a negated word is a disclaimer, not a source (``não é recomendação de
+investimento``); a name with its own ticker is the company (``BTG Pactual (BPAC11)``).
 
 Invariant: ``classify`` never raises on any text and always returns exactly one kind.
 """
@@ -24,11 +40,42 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from tgstack.signals.events import Event, find_events, summarise
-from tgstack.signals.lexicon import EVENT_WORDS, STOP_L
+from tgstack.signals.lexicon import ARTICLE, EVENT_WORDS, REPORTED, STOP_L, SUPPRESS, TICKER_ANY
 from tgstack.signals.model import Classification, Signal
-from tgstack.signals.scanner import Fields, Scan, read_fields, scan
+from tgstack.signals.scanner import Fields, Scan, read_fields, scan, ticker_entry
 
 CHATTER = Classification("chatter")
+_TARGET_OR_STOP = frozenset({"target", "stop"})
+# "não é recomendação de investimento", "not a recommendation": a disclaimer, not a source
+_NEGATIONS = frozenset({"não", "nao", "not", "no", "nem", "nenhuma", "nenhum", "sem"})
+
+
+def _reported(s: Scan) -> bool:
+    """Does the post report someone else's call — a source, a rating action, a price target?
+
+    ``segundo o BTG``, ``de acordo com``/``according to``, ``analistas``, ``eleva``/``corta``/
+    ``reitera``/``recomenda``/``upgrades``, ``recomendação``, ``preço-alvo``/``price target``,
+    ``cobertura``, and research houses by name (``XP``, ``Itaú BBA``, ``UBS``, ``Goldman``).
+    Not ``segundo alvo`` (an ordinal), not a word negated just before it (``não é
+    recomendação``), not a name followed by its own ticker (``BTG Pactual (BPAC11)``)."""
+    if not s.union & (REPORTED | SUPPRESS):
+        return False
+    flags, tokens, n = s.flags, s.tokens, len(s.tokens)
+    for k, f in enumerate(flags):
+        if f & SUPPRESS:
+            return True
+        if not f & REPORTED:
+            continue
+        if tokens[k].lower() == "segundo" and not (k + 1 < n and flags[k + 1] & ARTICLE):
+            continue
+        if any(tokens[b].lower() in _NEGATIONS for b in range(max(0, k - 3), k)):
+            continue
+        if any(
+            tokens[b] == "(" and flags[b + 1] & TICKER_ANY for b in range(k + 1, min(k + 4, n - 1))
+        ):
+            continue
+        return True
+    return False
 
 
 def _asset(s: Scan, fields: Fields) -> str | None:
@@ -68,15 +115,32 @@ def _signal(asset: str | None, fields: Fields) -> Signal | None:
     )
 
 
-def _needs_review(asset: str | None, fields: Fields) -> Classification | None:
+def _needs_review(s: Scan, asset: str | None, fields: Fields) -> Classification | None:
     labelled = fields.labelled
+    found = None
     if asset is not None:
         weight = len(labelled & {"entry", "target", "stop"}) + (fields.signal_type is not None)
-        if "entry" in labelled or weight >= 2:
-            return Classification("needs_review", asset, missing=("entry",))
-    elif fields.entries and labelled & {"target", "stop"}:
-        return Classification("needs_review", None, missing=("asset",))
-    return None
+        called = fields.entry_ticker is not None and bool(
+            labelled & _TARGET_OR_STOP or fields.awaiting
+        )
+        if "entry" in labelled or weight >= 2 or called:
+            found = Classification("needs_review", asset, missing=("entry",))
+    elif fields.entries and labelled & _TARGET_OR_STOP:
+        found = Classification("needs_review", None, missing=("asset",))
+    return None if found is None or _reported(s) else found
+
+
+def _unlabelled_entry(s: Scan, fields: Fields) -> Signal | None:
+    """``PETR4 37,50/38,00 alvo 40 stop 36``: a ticker opening its line with a price or range
+    right after it is the entry when the post labels a target or a stop and reports no one
+    else's call."""
+    found = ticker_entry(s)
+    if found is None or _reported(s):
+        return None
+    at, low, high, end = found
+    fields.entries.append((low, high))
+    fields.matches.append(("entry", at, end, (low, high)))
+    return _signal(fields.asset or s.tokens[at].upper(), fields)
 
 
 class Analysis(NamedTuple):
@@ -96,6 +160,11 @@ def analyse(text: str | None) -> Analysis:
     fields = read_fields(s)
     asset = _asset(s, fields)
     signal = _signal(asset, fields)
+    if signal is not None and not fields.entry_formal and _reported(s):
+        signal = None  # "Segundo o BTG, compra de PETR4 em 36,50": news, not a call
+    elif signal is None and not fields.entries and fields.labelled & _TARGET_OR_STOP and s.tickers:
+        signal = _unlabelled_entry(s, fields)
+        asset = signal.asset if signal is not None else asset
     # Without an event word only verbless stop moves are possible, and those are instructions:
     # a complete signal with none is a signal whatever its stop line says.
     words = s.union & EVENT_WORDS
@@ -108,7 +177,7 @@ def analyse(text: str | None) -> Analysis:
         return Analysis(found, s, fields, events)
     if signal is not None:
         return Analysis(Classification("signal", signal.asset, signal), s, fields, events)
-    return Analysis(_needs_review(asset, fields) or CHATTER, s, fields, events)
+    return Analysis(_needs_review(s, asset, fields) or CHATTER, s, fields, events)
 
 
 def classify(text: str | None) -> Classification:

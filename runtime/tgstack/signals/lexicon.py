@@ -64,6 +64,8 @@ FIRST_PERSON = 1 << 42  # "we", "nós": the channel speaking of its own trade
 BREAKEVEN = 1 << 43  # the stop at the entry price: "breakeven", "0x0", "BE"
 AUX = 1 << 44  # "foi", "was", "hoje", "now": skipped when pairing an event with its subject
 SYMBOL_L = 1 << 45  # an emoji label (🎯, 🛑): a price right after it; never an event subject
+WAIT = 1 << 46  # the price comes later, or is the market's: "aguardando", "a definir", "TBA"
+REPORTED = 1 << 47  # someone else's call: a source or a rating action ("segundo", "eleva", "UBS")
 
 LABELS = ASSET_L | ENTRY_L | TARGET_L | STOP_L
 EVENT_WORDS = HIT | MOVE | CLOSE | CANCEL | STOPPED | STOPPED_W | CHECK | GAIN | LOSS
@@ -109,7 +111,7 @@ def _w(words: str) -> list[str]:
 _WORDS: dict[int, Iterable[str]] = {
     ASSET_L: _w("ativo papel ticker asset ação acao symbol símbolo simbolo"),
     ASSET_L | WEAK_L: _w("stock par pair código codigo"),
-    ENTRY_L: _w("compra comprar entrada buy entry"),
+    ENTRY_L: _w("compra comprar entrada buy entry long"),
     TARGET_L: _w("alvo target tp objetivo"),
     TARGET_L | PLURAL: _w("alvos targets tps objetivos"),
     TARGET_L | WEAK_L: ["gain"],
@@ -184,6 +186,22 @@ _WORDS: dict[int, Iterable[str]] = {
     DEST: _w("para pra to na no em at"),
     ARTICLE: _w("o a os as um uma the essa esta nossa nosso sua seu in on for by of our"),
     FIRST_PERSON: _w("we nós"),
+    WAIT: _w(
+        "aguardando aguarde aguardem aguardar aguardamos esperando espere esperem definir"
+        " breve mercado waiting wait tba tbd soon market later"
+    ),
+    # Reported calls: an attribution, a rating action, a research house (the names of brokers
+    # and foreign banks that are not themselves the B3 stocks channels trade). "segundo" is an
+    # ordinal too ("segundo alvo"): the classifier reads it as a source before an article only.
+    REPORTED: _w(
+        "segundo conforme according eleva elevou elevam elevaram corta cortou cortam rebaixa"
+        " rebaixou reitera reiterou reiteram recomenda recomendam recomendou recomendação"
+        " recomendacao recomendações recomendacoes cobertura analistas raises cuts lowers upgrades"
+        " upgraded downgrades downgraded reiterates reiterated initiates coverage recommends"
+        " recommendation analysts overweight underweight outperform underperform rating"
+        " btg xp bba bbi safra genial goldman sachs morgan stanley jpmorgan ubs citi"
+        " citigroup bofa merrill barclays hsbc nomura suisse"
+    ),
 }
 
 _SYMBOLS: dict[int, str] = {

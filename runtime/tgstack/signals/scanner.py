@@ -53,6 +53,7 @@ from tgstack.signals.lexicon import (
     PHRASE,
     PHRASES,
     PUNCT,
+    REPORTED,
     SENT,
     SIGNAL_TYPES,
     STOP_L,
@@ -63,6 +64,7 @@ from tgstack.signals.lexicon import (
     TYPE_L,
     TYPE_P,
     TYPE_W,
+    WAIT,
     WEAK_L,
     WORD,
 )
@@ -251,7 +253,7 @@ _TYPE_BRACKETS = frozenset("(#[")
 _TARGET_OR_ENTRY = TARGET_L | ENTRY_L
 _TICKER_LABELS = ENTRY_L | ASSET_L  # a ticker may stand between these labels and their value
 _INDEX_MARKS = frozenset("-#")
-_MARKED = LABELS | TYPE_L | TICKER | TYPE_P | TYPE_W | EVENT_WORDS | PHRASE
+_MARKED = LABELS | TYPE_L | TICKER | TYPE_P | TYPE_W | EVENT_WORDS | PHRASE | REPORTED
 
 
 def scan(text: str) -> Scan:
@@ -295,7 +297,11 @@ class Fields:
     """The labelled fields of a post as the scanner read them (any may be missing)."""
 
     asset: str | None = None
-    entry_ticker: str | None = None  # a ticker written between the entry label and its price
+    # a ticker written with the entry label: after it ("Compra PETR4 36,50") or just before
+    # it ("PETR4 compra 36,50")
+    entry_ticker: str | None = None
+    entry_formal: bool = False  # an entry price read after "Label:" (a template, not prose)
+    awaiting: bool = False  # an entry label without a price says the price comes later
     signal_type: str | None = None
     entries: list[tuple[Decimal, Decimal]] = field(default_factory=list)
     targets: dict[int, Decimal] = field(default_factory=dict)
@@ -469,9 +475,13 @@ def read_fields(s: Scan) -> Fields:
         if f & ENTRY_L:
             if formal or price is not None:
                 labelled.add("entry")
+            if ticker is None:
+                ticker = _ticker_before(s, i)
             if ticker is not None and out.entry_ticker is None:
                 out.entry_ticker = tokens[ticker].upper()
                 matches.append(("asset", ticker, ticker, out.entry_ticker))
+            if price is None and not out.awaiting:
+                out.awaiting = _says_later(s, i)
             numbered = isinstance(index, int)
             if price is None or (out.entries and not (numbered and indexed_entries)):
                 continue  # the first entry, or every numbered one ("Entrada 2: 35,80")
@@ -483,6 +493,7 @@ def read_fields(s: Scan) -> Fields:
                     end = k
                     low, high = (price, other) if price <= other else (other, price)
             indexed_entries = indexed_entries or numbered
+            out.entry_formal = out.entry_formal or formal
             out.entries.append((low, high))
             matches.append(("entry", i, end, (low, high)))
         elif f & TARGET_L:
@@ -514,6 +525,60 @@ def read_fields(s: Scan) -> Fields:
         at, out.signal_type = s.types[0]
         matches.append(("signal_type", at, at, out.signal_type))
     return out
+
+
+def _ticker_before(s: Scan, i: int) -> int | None:
+    """The ticker just before the entry label at ``i`` (``PETR4 compra``, ``#VALE3 — Buy``)."""
+    k = i - 1
+    if k >= 0 and s.flags[k] & PUNCT and not s.flags[k] & _HARD_STOP:
+        k -= 1  # "PETR4: compra", "PETR4 — compra"
+    return k if k >= 0 and s.flags[k] & TICKER_ANY else None
+
+
+def _says_later(s: Scan, i: int) -> bool:
+    """The sentence of the entry label at ``i`` says its price comes later or is the
+    market's: ``aguardando preço``, ``a definir``, ``a mercado``, ``TBA``."""
+    start, end = s.sentence_of(i)
+    return any(s.flags[k] & WAIT for k in range(start, end))
+
+
+def ticker_entry(s: Scan) -> tuple[int, Decimal, Decimal, int] | None:
+    """A ticker that opens its line (after symbols: ``#PETR4``, ``$VALE3``, a bullet) followed
+    directly by a price or a range, with no entry label: ``PETR4 37,50/38,00 alvo 40``.
+    (ticker position, low, high, last token of the price); the caller decides whether the
+    post's other labels make it an entry."""
+    flags, tokens, n = s.flags, s.tokens, len(s.tokens)
+    for t in s.tickers:
+        k = t - 1
+        while k >= 0 and flags[k] & PUNCT and not flags[k] & (NL | _HARD_STOP):
+            k -= 1
+        if k >= 0 and not flags[k] & NL:
+            continue
+        j = t + 1  # "PETR4 37,50", "PETR4: 37,50", "PETR4 @ 37.50", "PETR4 a R$ 37,50"
+        while j < n and j <= t + 3 and flags[j] & (FILL | COLON) and not flags[j] & (NUM | NL):
+            j += 1
+        price = price_at(s, j)
+        if price is None:
+            continue
+        low = high = price
+        end = j
+        if (k2 := _second_end(s, j)) is not None and (second := price_at(s, k2)):
+            other = _range_end(tokens[j], price, tokens[k2], second)
+            if other is not None:
+                end = k2
+                low, high = (price, other) if price <= other else (other, price)
+        if _quoted_change(s, end + 1):
+            continue  # "VALE3 62,10 (+1,5%)": a quote and the day's change, not an entry
+        return t, low, high, end
+    return None
+
+
+def _quoted_change(s: Scan, k: int) -> bool:
+    """A signed percentage at ``k`` (``+1,5%``, ``(-0,8%)``): a price's change on the day."""
+    tokens, n = s.tokens, len(s.tokens)
+    if k < n and tokens[k] == "(":
+        k += 1
+    return k + 2 < n and tokens[k] in "+-" and bool(s.flags[k + 1] & NUM) and tokens[k + 2] == "%"
 
 
 def _more_prices(s: Scan, j: int) -> list[tuple[Decimal, int]]:
