@@ -25,6 +25,7 @@ from tgstack.signals import (
 )
 from tgstack.signals.lexicon import LEXICON, PHRASES
 from tgstack.signals.normalise import normalise
+from tgstack.signals.scanner import scan
 from tgstack.signals.tickers import ticker_shape
 
 D = Decimal
@@ -353,11 +354,18 @@ def test_b3_ticker_shapes(word: str, shape: str | None) -> None:
     assert ticker_shape(word) == shape
 
 
-@pytest.mark.parametrize("ticker", ["PETRJ290", "BBASK45", "VALEX65W2", "WINFUT", "WDOFUT"])
+@pytest.mark.parametrize(
+    "ticker", ["PETRJ290", "BBASK45", "VALEX65W2", "WINFUT", "WDOFUT", "WIN", "WDO"]
+)
 def test_every_ticker_shape_is_read_without_a_label(ticker: str) -> None:
     signal = parse_signal(f"{ticker} compra 1,05 alvo 1,45 stop 0,80")
     assert signal is not None
     assert signal.asset == ticker
+
+
+def test_the_current_contract_without_its_month_is_a_ticker_in_capitals_only() -> None:
+    assert classify("WIN compra 125.300 alvo 125.800 stop 125.100").asset == "WIN"
+    assert scan("we win some, WIN and Win, wdo WDO").tickers == [4, 9]
 
 
 # --- follow-ups ------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ AUX = 1 << 44  # "foi", "was", "hoje", "now": skipped when pairing an event with
 SYMBOL_L = 1 << 45  # an emoji label (🎯, 🛑): a price right after it; never an event subject
 WAIT = 1 << 46  # the price comes later, or is the market's: "aguardando", "a definir", "TBA"
 REPORTED = 1 << 47  # someone else's call: a source or a rating action ("segundo", "eleva", "UBS")
+UNIT = 1 << 48  # a price's unit after it ("125.300 pts", "37,50 reais"): a label may follow
 
 LABELS = ASSET_L | ENTRY_L | TARGET_L | STOP_L
 EVENT_WORDS = HIT | MOVE | CLOSE | CANCEL | STOPPED | STOPPED_W | CHECK | GAIN | LOSS
@@ -186,6 +187,7 @@ _WORDS: dict[int, Iterable[str]] = {
     DEST: _w("para pra to na no em at"),
     ARTICLE: _w("o a os as um uma the essa esta nossa nosso sua seu in on for by of our"),
     FIRST_PERSON: _w("we nós"),
+    UNIT: _w("pts pt pontos points reais"),
     WAIT: _w(
         "aguardando aguarde aguardem aguardar aguardamos esperando espere esperem definir"
         " breve mercado waiting wait tba tbd soon market later"

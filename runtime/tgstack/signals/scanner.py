@@ -64,13 +64,14 @@ from tgstack.signals.lexicon import (
     TYPE_L,
     TYPE_P,
     TYPE_W,
+    UNIT,
     WAIT,
     WEAK_L,
     WORD,
 )
 from tgstack.signals.normalise import normalise
 from tgstack.signals.prices import number_token_price
-from tgstack.signals.tickers import is_ticker
+from tgstack.signals.tickers import GENERIC_FUTURES, is_ticker
 
 TOKEN = re.compile(
     r"\d+(?:[.,]\d+)*(?:[^\W\d_]\w*)?"  # a number (1.250,50), with letters glued: 1º, 0x0, 10h
@@ -101,7 +102,9 @@ _GENERIC_ASSET = re.compile(r"[a-z][a-z0-9]{1,11}")
 _SKIP_BEFORE_VALUE = FILL | COLON
 _HARD_STOP = SENT | LIST | CHECK
 # What may come just before a word for it to stand where a label stands.
-_LABEL_PRECEDERS = NL | PUNCT | NUM | TICKER_ANY | LABELS | TYPE_L | TYPE_P | TYPE_W | LINK | JOIN
+_LABEL_PRECEDERS = (
+    NL | PUNCT | NUM | UNIT | TICKER_ANY | LABELS | TYPE_L | TYPE_P | TYPE_W | LINK | JOIN
+)
 BOUNDARY = NL | SENT
 _MAX_SKIPPED = 6
 _BREAKEVEN_ABBREVIATION = "BE"  # in capitals only: "be" is a verb
@@ -159,6 +162,8 @@ def token_flags(token: str) -> int:
     if low.isalpha():
         if _undated_future(low):
             flags |= TICKER_ANY | (TICKER if token.isupper() else 0)
+        elif token in GENERIC_FUTURES:
+            flags |= TICKER_ANY | TICKER
         return flags
     match = _INDEXED.fullmatch(low)
     if match:
