@@ -224,10 +224,18 @@ PHRASES: dict[str, tuple[tuple[tuple[str, ...], int, str], ...]] = {
         (("loss",), STOP_L, "stop loss"),
         (("gain",), TARGET_L, "stop gain"),
         (("target",), STOP_L, "stop target"),
+        (("targets",), STOP_L, "stop target"),  # Cornix: "Stop Targets:\n1) 36000"
     ),
     "take": (
+        (("profit", "targets"), TARGET_L | PLURAL, "take profit"),  # Cornix
         (("profit",), TARGET_L, "take profit"),
         (("profits",), TARGET_L | PLURAL, "take profit"),
+    ),
+    # Cornix reports where the entry orders filled on average: a level, not an entry to buy at
+    "average": (
+        (("entry", "price"), BREAKEVEN, "average entry price"),
+        (("entry",), BREAKEVEN, "average entry price"),
+        (("price",), BREAKEVEN, "average entry price"),
     ),
     "preço": (
         (("de", "entrada"), ENTRY_L | ENTRY_REF, "preço de entrada"),
@@ -254,6 +262,7 @@ PHRASES: dict[str, tuple[tuple[tuple[str, ...], int, str], ...]] = {
         (("price",), ENTRY_L, "buy price"),
     ),
     "entry": (
+        (("targets",), ENTRY_L | ENTRY_REF, "entry targets"),  # Cornix: "Entry Targets:\n1) …"
         (("zone",), ENTRY_L | ENTRY_REF, "entry zone"),
         (("range",), ENTRY_L | ENTRY_REF, "entry range"),
         (("price",), ENTRY_L | ENTRY_REF, "entry price"),

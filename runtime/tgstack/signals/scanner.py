@@ -476,6 +476,11 @@ def read_fields(s: Scan) -> Fields:
         if f & ASSET_L:
             _read_asset(s, out, i, j, ticker)
             continue
+        if index is None and j < n and tokens[j] == "1" and (items := _list_items(s, j)):
+            _read_items(out, i, f, items, formal=formal)
+            if f & ENTRY_L:
+                indexed_entries = True
+            continue
         price = price_at(s, j) if j < n and flags[j] & NUM else None
         if f & ENTRY_L:
             if formal or price is not None:
@@ -530,6 +535,73 @@ def read_fields(s: Scan) -> Fields:
         at, out.signal_type = s.types[0]
         matches.append(("signal_type", at, at, out.signal_type))
     return out
+
+
+# After an item's number: "1) 39.00", "1. 39.00". Without a mark only first on its line
+# ("1️⃣ 39,00": the keycap folds away).
+_ITEM_MARKS = frozenset(").")
+
+
+def _item(s: Scan, j: int, number: int) -> tuple[Decimal, int] | None:
+    """The price of list item ``number`` starting at ``j`` and its position, or None."""
+    tokens, flags, n = s.tokens, s.flags, len(s.tokens)
+    if j >= n or tokens[j] != str(number):
+        return None
+    k = j + 1
+    if k < n and tokens[k] in _ITEM_MARKS:
+        k += 1
+    elif j > 0 and not flags[j - 1] & NL:
+        return None
+    price = price_at(s, k)
+    return None if price is None else (price, k)
+
+
+def _list_items(s: Scan, j: int) -> list[tuple[int, Decimal, int]]:
+    """A numbered list starting at ``j`` with item 1, one item a line or several on one:
+    ``Take-Profit Targets:\n1) 39.00\n2) 40.00``, ``Alvos: 1) 39 2) 40``. (number, price,
+    price position) for each item, in order; empty when ``j`` starts no such list."""
+    flags, n = s.flags, len(s.tokens)
+    items: list[tuple[int, Decimal, int]] = []
+    number = 1
+    while (found := _item(s, j, number)) is not None:
+        price, k = found
+        items.append((number, price, k))
+        number += 1
+        j = k + 1
+        while j < n and flags[j] & PUNCT and not flags[j] & NL:
+            j += 1  # "1) 39 | 2) 40", "1) 39 (+2.6%)" stops at the "+2.6"
+        if j < n and _item(s, j, number) is None:
+            line_end = j
+            while line_end < n and line_end < k + 8 and not flags[line_end] & NL:
+                line_end += 1
+            j = line_end + 1
+    return items
+
+
+def _read_items(
+    out: Fields, i: int, f: int, items: list[tuple[int, Decimal, int]], *, formal: bool
+) -> None:
+    """The fields of a numbered list after the label at ``i``: every item a target, an entry
+    (the range they span) or — the first — the stop."""
+    if f & TARGET_L:
+        out.labelled.add("target")
+        for number, price, at in items:
+            if number not in out.targets:
+                out.targets[number] = price
+                out.matches.append(("target", i, at, (number, price)))
+    elif f & ENTRY_L:
+        out.labelled.add("entry")
+        if out.entries:
+            return
+        out.entry_formal = out.entry_formal or formal
+        for _, price, at in items:
+            out.entries.append((price, price))
+            out.matches.append(("entry", i, at, (price, price)))
+    elif f & STOP_L:
+        out.labelled.add("stop")
+        if out.stop is None:
+            _, out.stop, at = items[0]
+            out.matches.append(("stop", i, at, out.stop))
 
 
 def _ticker_before(s: Scan, i: int) -> int | None:
