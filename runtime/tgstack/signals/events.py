@@ -163,6 +163,34 @@ def _alone(s: Scan, at: int) -> bool:
     return not any(_content(s.flags[k]) for k in range(start, end) if k != at)
 
 
+_CLAUSE_MARKS = frozenset(",—–")
+_OF_A_TRADE = HIT | ENTRY_L | TRADE | TICKER_ANY
+
+
+def _alone_in_clause(s: Scan, at: int) -> bool:
+    """The event word is the only word of its clause, and another clause of its sentence
+    speaks of the trade — the entry, a trigger, the ticker: ``Não acionou, cancelado.``,
+    ``Entry not triggered — cancelled`` (not ``Evento de amanhã, cancelado``)."""
+    start, end = s.sentence_of(at)
+    tokens, flags = s.tokens, s.flags
+    first, last = start, end
+    for k in range(at - 1, start - 1, -1):
+        if tokens[k] in _CLAUSE_MARKS:
+            first = k
+            break
+        if _content(flags[k]):
+            return False
+    for k in range(at + 1, end):
+        if tokens[k] in _CLAUSE_MARKS:
+            last = k
+            break
+        if _content(flags[k]):
+            return False
+    return any(
+        flags[k] & _OF_A_TRADE for k in (*range(start, first), *range(last, end)) if k != at
+    )
+
+
 def _conditional(s: Scan, at: int, directive: bool) -> bool:
     """Is the event word inside a condition: ``se …``, ``quando …``, ``if …``, ``once …``?
 
@@ -377,7 +405,7 @@ def find_events(s: Scan) -> list[Event]:
                 events.append(Event("closed", at, directive, None, result=result))
         elif f & CANCEL:
             ref = _search(s, at, TRADE | TICKER_ANY | ENTRY_L, gap=0)
-            if ref is not None or _alone(s, at):
+            if ref is not None or _alone(s, at) or _alone_in_clause(s, at):
                 events.append(Event("cancelled", at, directive, ref))
     for ref in s.labels:
         if ref in moved or not _is_stop(flags[ref]) or s.in_question(ref):

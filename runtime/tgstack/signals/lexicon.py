@@ -131,9 +131,9 @@ _WORDS: dict[int, Iterable[str]] = {
     HIT: _w(
         "atingido atingida atingidos atingidas atingiu atingimos batido batida batidos"
         " batidas bateu batemos alcançado alcançada alcançados alcançou alcançamos alcancado"
-        " alcancada alcancou acionado acionada executado executada realizado realizada"
-        " tocou chegou chegamos pegou hit hits reached achieved done touched triggered"
-        " filled smashed"
+        " alcancada alcancou acionado acionada acionou acionaram executado executada realizado"
+        " realizada tocou chegou chegamos pegou hit hits reached achieved done touched"
+        " triggered filled smashed"
     ),
     # "realizem parcial no alvo 1", "parcial no alvo 1", "saída no alvo 2", "saída no stop"
     HIT | DIRECTIVE: _w("realizar realize realizem parcial saída saida"),
