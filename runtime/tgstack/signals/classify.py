@@ -13,7 +13,13 @@ is its signal, or None. The decision, in order:
    (``VALE3 62,10 (+1,5%)``: a quote).
 3. Otherwise a post with an event is that **follow-up**: the first of cancelled, stopped,
    closed, target_hit, stop_moved that it reports (``alvo 2 atingido, stop na entrada`` is a
-   target_hit that also carries the new stop).
+   target_hit that also carries the new stop). Its asset is the labelled one, else the ticker
+   nearest its event on the event's line (``VALE3 segue firme. PETR4 stopou.`` is PETR4),
+   else the post's first. A follow-up has no ticker at all when it replies to its signal
+   (``Alvo 1 ✅``): the poller links it by ``reply_to_msg_id``. **Summaries** are chatter: when
+   the events of a post are said of two or more different tickers (``PETR4 ✅ alvo 1`` and
+   ``ITUB4 ❌ stop`` on two lines, ``PETR4, VALE3 e ITUB4 no gain``), it reports the day, not
+   one trade, and no single signal can take it.
 4. Otherwise a post that carries signal labels and an asset but cannot be completed (no entry
    price, say) **needs review**: an asset with an entry label, or with two of target, stop and
    type; a direction word with its ticker (``Compra PETR4``, ``PETR4 compra``, ``Buy VALE3``)
@@ -40,7 +46,19 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from tgstack.signals.events import Event, find_events, summarise
-from tgstack.signals.lexicon import ARTICLE, EVENT_WORDS, REPORTED, STOP_L, SUPPRESS, TICKER_ANY
+from tgstack.signals.lexicon import (
+    ARTICLE,
+    EVENT_WORDS,
+    LINK,
+    LIST,
+    NL,
+    PUNCT,
+    REPORTED,
+    SENT,
+    STOP_L,
+    SUPPRESS,
+    TICKER_ANY,
+)
 from tgstack.signals.model import Classification, Signal
 from tgstack.signals.scanner import Fields, Scan, read_fields, scan, ticker_entry
 
@@ -143,6 +161,33 @@ def _unlabelled_entry(s: Scan, fields: Fields) -> Signal | None:
     return _signal(fields.asset or s.tokens[at].upper(), fields)
 
 
+def _event_tickers(s: Scan, at: int) -> set[str]:
+    """The ticker the event word at ``at`` is said of: the nearest on its line (before on a
+    tie) — with the tickers listed beside it (``PETR4, VALE3 e ITUB4 no gain``, ``#PETR4
+    #VALE3``), which make the event one of several trades."""
+    flags, tokens, n = s.flags, s.tokens, len(s.flags)
+    start = at
+    while start > 0 and not flags[start - 1] & NL:
+        start -= 1
+    end = at + 1
+    while end < n and not flags[end] & NL:
+        end += 1
+    on_line = [t for t in s.tickers if start <= t < end]
+    if not on_line:
+        return set()
+    nearest = min(on_line, key=lambda t: (abs(t - at), t > at))
+    named = {tokens[nearest].upper()}
+    for step in (-1, 1):
+        k = nearest + step
+        while start <= k < end and (flags[k] & (PUNCT | LINK | LIST) or k in on_line):
+            if flags[k] & SENT:
+                break
+            if k in on_line:
+                named.add(tokens[k].upper())
+            k += step
+    return named
+
+
 class Analysis(NamedTuple):
     """``classify``'s answer with what it was decided on (``--explain`` shows it)."""
 
@@ -171,6 +216,12 @@ def analyse(text: str | None) -> Analysis:
     events = find_events(s) if words or (signal is None and s.union & STOP_L) else []
     if events and (signal is None or not all(e.directive for e in events)):
         event = summarise(events)
+        if fields.asset is None and len(s.tickers) > 1:
+            named = {name for e in events for name in _event_tickers(s, e.at)}
+            if len(named) > 1:  # "PETR4 ✅ alvo 1 / ITUB4 ❌ stop": a summary of the day
+                return Analysis(CHATTER, s, fields, events)
+            if named:
+                asset = named.pop()
         found = Classification(
             event.kind, asset, target=event.target, stop=event.stop, result=event.result
         )

@@ -132,7 +132,8 @@ _WORDS: dict[int, Iterable[str]] = {
         "atingido atingida atingidos atingidas atingiu atingimos batido batida batidos"
         " batidas bateu batemos alcançado alcançada alcançados alcançou alcançamos alcancado"
         " alcancada alcancou acionado acionada acionou acionaram executado executada realizado"
-        " realizada tocou chegou chegamos pegou hit hits reached achieved done touched"
+        " realizada atingiram bateram alcançaram alcancaram tocou chegou chegamos pegou hit"
+        " hits reached achieved done touched"
         " triggered filled smashed"
     ),
     # "realizem parcial no alvo 1", "parcial no alvo 1", "saída no alvo 2", "saída no stop"
