@@ -165,9 +165,10 @@ def _alone(s: Scan, at: int) -> bool:
 
 _CLAUSE_MARKS = frozenset(",—–")
 _OF_A_TRADE = HIT | ENTRY_L | TRADE | TICKER_ANY
+_CROSSES = frozenset("❌✖✗❎🔴")  # a stop ticked off as lost
 
 
-def _alone_in_clause(s: Scan, at: int) -> bool:
+def _alone_in_clause(s: Scan, at: int, *, of_a_trade: bool = True) -> bool:
     """The event word is the only word of its clause, and another clause of its sentence
     speaks of the trade — the entry, a trigger, the ticker: ``Não acionou, cancelado.``,
     ``Entry not triggered — cancelled`` (not ``Evento de amanhã, cancelado``)."""
@@ -186,7 +187,7 @@ def _alone_in_clause(s: Scan, at: int) -> bool:
             break
         if _content(flags[k]):
             return False
-    return any(
+    return not of_a_trade or any(
         flags[k] & _OF_A_TRADE for k in (*range(start, first), *range(last, end)) if k != at
     )
 
@@ -413,8 +414,15 @@ def find_events(s: Scan) -> list[Event]:
         level, until = _verbless_move(s, ref)
         if level is not None and not _conditional(s, ref, True):
             events.append(Event("stop_moved", ref, True, ref, until, stop=level))
-        elif not (ref + 1 < len(flags) and flags[ref + 1] & (COLON | NUM)) and _alone(s, ref):
-            # "CYREW296 stop", "Stop ❌": the stop, and nothing else said of it
+        elif not (ref + 1 < len(flags) and flags[ref + 1] & (COLON | NUM)) and (
+            _alone(s, ref)
+            or (
+                ref + 1 < len(flags)
+                and s.tokens[ref + 1] in _CROSSES
+                and _alone_in_clause(s, ref, of_a_trade=False)
+            )
+        ):
+            # "CYREW296 stop", "Stop ❌", "…, VALE3 SL ❌, …": the stop, and nothing else said of it
             events.append(Event("stopped", ref, True, ref))
     return events
 

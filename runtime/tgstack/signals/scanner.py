@@ -107,6 +107,7 @@ _LABEL_PRECEDERS = (
 )
 BOUNDARY = NL | SENT
 _MAX_SKIPPED = 6
+_NOW = frozenset({"agora", "now", "já", "ja"})
 _BREAKEVEN_ABBREVIATION = "BE"  # in capitals only: "be" is a verb
 _PERCENT = "%"
 # An entry range is narrow. A second end outside _RANGE times the first is not a range end
@@ -406,6 +407,8 @@ def _skip_to_value(s: Scan, j: int, *, ticker_ok: bool, formal: bool) -> tuple[i
         symbol = f & PUNCT and (not f & _HARD_STOP or char == "|") and char not in ")]"
         if f & (_SKIP_BEFORE_VALUE | JOIN) or symbol:
             pass
+        elif ticker_ok and char.lower() in _NOW:
+            pass  # "Buy ITUB4 now @ 32.40", "Compra agora 37,50"
         elif ticker_ok and f & TICKER_ANY and ticker is None:
             ticker = j
         elif f & NL and formal and not crossed_line:
@@ -631,8 +634,10 @@ def ticker_entry(s: Scan) -> tuple[int, Decimal, Decimal, int] | None:
             k -= 1
         if k >= 0 and not flags[k] & NL:
             continue
-        j = t + 1  # "PETR4 37,50", "PETR4: 37,50", "PETR4 @ 37.50", "PETR4 a R$ 37,50"
-        while j < n and j <= t + 3 and flags[j] & (FILL | COLON) and not flags[j] & (NUM | NL):
+        j = t + 1  # "PETR4 37,50", "PETR4: 37,50", "PETR4 @ 37.50", "PETR4 | R$ 37,50"
+        while j < n and j <= t + 3 and not flags[j] & (NUM | NL | SENT | CHECK):
+            if not flags[j] & (FILL | COLON | PUNCT):
+                break
             j += 1
         price = price_at(s, j)
         if price is None:
