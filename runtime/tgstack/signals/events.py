@@ -291,6 +291,17 @@ def _verbless_move(s: Scan, ref: int) -> tuple[StopLevel | None, int]:
     return None, ref
 
 
+def _crossed_off(s: Scan, ref: int) -> int | None:
+    """``Stop: 36 ❌``, ``SL 36 ❌``: the position of the cross after the stop's price."""
+    flags, tokens, n = s.flags, s.tokens, len(s.tokens)
+    k = ref + 1
+    while k < n and flags[k] & (COLON | JOIN):
+        k += 1
+    if k + 1 < n and flags[k] & NUM and tokens[k + 1] in _CROSSES:
+        return k + 1
+    return None
+
+
 def _result(s: Scan, at: int) -> Result | None:
     """gain / loss / breakeven, as the event's sentence (else the post) states it: a word
     (``com lucro``, ``at a loss``, ``no 0x0``), else a target in the closing sentence
@@ -410,6 +421,10 @@ def find_events(s: Scan) -> list[Event]:
                 events.append(Event("cancelled", at, directive, ref))
     for ref in s.labels:
         if ref in moved or not _is_stop(flags[ref]) or s.in_question(ref):
+            continue
+        if (crossed := _crossed_off(s, ref)) is not None:
+            # "Stop: 36 ❌": the stop at its price, crossed off
+            events.append(Event("stopped", ref, True, ref, crossed))
             continue
         level, until = _verbless_move(s, ref)
         if level is not None and not _conditional(s, ref, True):

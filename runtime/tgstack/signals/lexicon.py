@@ -125,6 +125,9 @@ _WORDS: dict[int, Iterable[str]] = {
         "de em entre na no a à at acima abaixo above below from of is preço preco price partir"
         " zona zone região regiao área area around próximo proximo perto torno near aprox"
         " approx approximately até ate up to do da the r us brl usd reais between"
+        # a label's qualifier: "Stop técnico: 36", "Alvo sugerido: 40", "Stop móvel em 38"
+        " técnico tecnico inicial sugerido sugerida projetado projetada móvel movel gráfico"
+        " grafico"
     ),
     CONN: _w("a à até ate e to and ou or ao"),
     LIST: _w("e and"),
@@ -133,7 +136,7 @@ _WORDS: dict[int, Iterable[str]] = {
         " batidas bateu batemos alcançado alcançada alcançados alcançou alcançamos alcancado"
         " alcancada alcancou acionado acionada acionou acionaram executado executada realizado"
         " realizada atingiram bateram alcançaram alcancaram tocou chegou chegamos pegou hit"
-        " hits reached achieved done touched"
+        " hits reached achieved done touched levou levei levaram tomou tomei tomamos tomaram"
         " triggered filled smashed"
     ),
     # "realizem parcial no alvo 1", "parcial no alvo 1", "saída no alvo 2", "saída no stop"
@@ -147,7 +150,7 @@ _WORDS: dict[int, Iterable[str]] = {
     MOVE | DIRECTIVE: _w(
         "mover movam move mova subir suba subam ajustar ajuste ajustem alterar altere"
         " trail raise levar leve levem colocar coloque coloquem reposicionar atualizar"
-        " update adjust puxar puxe passar"
+        " update adjust puxar puxe passar móvel movel"
     ),
     CLOSE: _w(
         "encerrado encerrada encerrados encerradas encerramos fechado fechada fechados"
@@ -174,6 +177,7 @@ _WORDS: dict[int, Iterable[str]] = {
     AUX: _w(
         "foi foram fomos é está esta era será vai vão was were is are has have had been got"
         " getting já ja hoje agora ontem now today just finally finalmente aqui here"
+        " manualmente manually"
     ),
     TRADE: _w(
         "operação operacao posição posicao trade position sinal signal call ordem order"

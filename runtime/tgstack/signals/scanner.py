@@ -411,8 +411,10 @@ def _skip_to_value(s: Scan, j: int, *, ticker_ok: bool, formal: bool) -> tuple[i
             pass  # "Buy ITUB4 now @ 32.40", "Compra agora 37,50"
         elif ticker_ok and f & TICKER_ANY and ticker is None:
             ticker = j
-        elif f & NL and formal and not crossed_line:
-            crossed_line = True  # "Compra:" with the price on the next line
+        elif f & NL and (formal or skipped == 0) and not crossed_line:
+            # "Compra:" with the price on the next line, or a label ending its line
+            # ("#PETR4 — COMPRA\n💵 37,50")
+            crossed_line = True
         else:
             break
         j += 1
