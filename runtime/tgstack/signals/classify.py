@@ -34,9 +34,12 @@ is its signal, or None. The decision, in order:
 ``cobertura``, or a research house by name (``XP``, ``Itaú BBA``, ``UBS``, ``Goldman``,
 ``Morgan Stanley``) — is news: it never needs review, its ticker and price are never an
 unlabelled entry, and a signal written as prose (``compra de PETR4 em 36,50``, no ``Label:``)
-in it is no signal. A channel's template (``Ativo: … Compra: 36,50``) stays a signal whatever
-else the post says, and a negated word is a disclaimer, not a source (``não é recomendação de
-investimento``); a name with its own ticker is the company (``BTG Pactual (BPAC11)``).
+in it is no signal. So is a post that *recalls* an open trade (``seguimos posicionados em
+PETR4 (entrada 36,50), alvo 40``, ``continua``, ``mantemos``, ``lembrete``, ``still open``),
+and a chart's target (``alvo técnico``, ``alvo gráfico``) is analysis, like ``preço-alvo``.
+A channel's template (``Ativo: … Compra: 36,50``) stays a signal whatever else the post says,
+and a negated word is a disclaimer, not a source (``não é recomendação de investimento``); a
+name with its own ticker is the company (``BTG Pactual (BPAC11)``).
 
 Invariant: ``classify`` never raises on any text and always returns exactly one kind.
 """
@@ -53,6 +56,7 @@ from tgstack.signals.lexicon import (
     LIST,
     NL,
     PUNCT,
+    REMINDER,
     REPORTED,
     SENT,
     STOP_L,
@@ -69,20 +73,21 @@ _NEGATIONS = frozenset({"não", "nao", "not", "no", "nem", "nenhuma", "nenhum", 
 
 
 def _reported(s: Scan) -> bool:
-    """Does the post report someone else's call — a source, a rating action, a price target?
+    """Does the post report someone else's call — a source, a rating action, a price target —
+    or recall an open one (``seguimos``, ``continua``, ``mantemos``, ``lembrete``, ``still``)?
 
     ``segundo o BTG``, ``de acordo com``/``according to``, ``analistas``, ``eleva``/``corta``/
     ``reitera``/``recomenda``/``upgrades``, ``recomendação``, ``preço-alvo``/``price target``,
     ``cobertura``, and research houses by name (``XP``, ``Itaú BBA``, ``UBS``, ``Goldman``).
     Not ``segundo alvo`` (an ordinal), not a word negated just before it (``não é
     recomendação``), not a name followed by its own ticker (``BTG Pactual (BPAC11)``)."""
-    if not s.union & (REPORTED | SUPPRESS):
+    if not s.union & (REPORTED | SUPPRESS | REMINDER):
         return False
     flags, tokens, n = s.flags, s.tokens, len(s.tokens)
     for k, f in enumerate(flags):
         if f & SUPPRESS:
             return True
-        if not f & REPORTED:
+        if not f & (REPORTED | REMINDER):
             continue
         if tokens[k].lower() == "segundo" and not (k + 1 < n and flags[k + 1] & ARTICLE):
             continue

@@ -67,6 +67,7 @@ SYMBOL_L = 1 << 45  # an emoji label (🎯, 🛑): a price right after it; never
 WAIT = 1 << 46  # the price comes later, or is the market's: "aguardando", "a definir", "TBA"
 REPORTED = 1 << 47  # someone else's call: a source or a rating action ("segundo", "eleva", "UBS")
 UNIT = 1 << 48  # a price's unit after it ("125.300 pts", "37,50 reais"): a label may follow
+REMINDER = 1 << 49  # an open trade recalled, not a new call ("seguimos", "continua", "still")
 
 LABELS = ASSET_L | ENTRY_L | TARGET_L | STOP_L
 EVENT_WORDS = HIT | MOVE | CLOSE | CANCEL | STOPPED | STOPPED_W | CHECK | GAIN | LOSS
@@ -125,9 +126,8 @@ _WORDS: dict[int, Iterable[str]] = {
         "de em entre na no a à at acima abaixo above below from of is preço preco price partir"
         " zona zone região regiao área area around próximo proximo perto torno near aprox"
         " approx approximately até ate up to do da the r us brl usd reais between"
-        # a label's qualifier: "Stop técnico: 36", "Alvo sugerido: 40", "Stop móvel em 38"
-        " técnico tecnico inicial sugerido sugerida projetado projetada móvel movel gráfico"
-        " grafico"
+        # a label's qualifier: "Alvo sugerido: 40", "Stop inicial: 36", "Stop móvel em 38"
+        " inicial sugerido sugerida móvel movel"
     ),
     CONN: _w("a à até ate e to and ou or ao"),
     LIST: _w("e and"),
@@ -193,6 +193,10 @@ _WORDS: dict[int, Iterable[str]] = {
     ARTICLE: _w("o a os as um uma the essa esta nossa nosso sua seu in on for by of our"),
     FIRST_PERSON: _w("we nós"),
     UNIT: _w("pts pt pontos points reais"),
+    REMINDER: _w(
+        "lembrete relembrando reminder still continua continuam seguimos mantemos mantendo"
+        " permanecemos"
+    ),
     WAIT: _w(
         "aguardando aguarde aguardem aguardar aguardamos esperando espere esperem definir"
         " breve mercado waiting wait tba tbd soon market later"
@@ -230,6 +234,15 @@ PHRASES: dict[str, tuple[tuple[tuple[str, ...], int, str], ...]] = {
         (("gain",), TARGET_L, "stop gain"),
         (("target",), STOP_L, "stop target"),
         (("targets",), STOP_L, "stop target"),  # Cornix: "Stop Targets:\n1) 36000"
+        (("técnico",), STOP_L, "stop técnico"),
+        (("tecnico",), STOP_L, "stop técnico"),
+    ),
+    # a chart's target is analysis, like "preço-alvo": "alvo técnico em 40", "alvo gráfico"
+    "alvo": (
+        (("técnico",), SUPPRESS, "alvo técnico"),
+        (("tecnico",), SUPPRESS, "alvo técnico"),
+        (("gráfico",), SUPPRESS, "alvo gráfico"),
+        (("grafico",), SUPPRESS, "alvo gráfico"),
     ),
     "take": (
         (("profit", "targets"), TARGET_L | PLURAL, "take profit"),  # Cornix

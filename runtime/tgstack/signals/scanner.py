@@ -53,6 +53,7 @@ from tgstack.signals.lexicon import (
     PHRASE,
     PHRASES,
     PUNCT,
+    REMINDER,
     REPORTED,
     SENT,
     SIGNAL_TYPES,
@@ -259,7 +260,7 @@ _TYPE_BRACKETS = frozenset("(#[")
 _TARGET_OR_ENTRY = TARGET_L | ENTRY_L
 _TICKER_LABELS = ENTRY_L | ASSET_L  # a ticker may stand between these labels and their value
 _INDEX_MARKS = frozenset("-#")
-_MARKED = LABELS | TYPE_L | TICKER | TYPE_P | TYPE_W | EVENT_WORDS | PHRASE | REPORTED
+_MARKED = LABELS | TYPE_L | TICKER | TYPE_P | TYPE_W | EVENT_WORDS | PHRASE | REPORTED | REMINDER
 
 
 def scan(text: str) -> Scan:
@@ -610,11 +611,18 @@ def _read_items(
 
 
 def _ticker_before(s: Scan, i: int) -> int | None:
-    """The ticker just before the entry label at ``i`` (``PETR4 compra``, ``#VALE3 — Buy``)."""
+    """The ticker just before the entry label at ``i`` that opens its line (``PETR4 compra``,
+    ``#VALE3 — Buy``; not ``Gráfico de PETR4: entrada do canal …``)."""
+    flags = s.flags
     k = i - 1
-    if k >= 0 and s.flags[k] & PUNCT and not s.flags[k] & _HARD_STOP:
+    if k >= 0 and flags[k] & PUNCT and not flags[k] & _HARD_STOP:
         k -= 1  # "PETR4: compra", "PETR4 — compra"
-    return k if k >= 0 and s.flags[k] & TICKER_ANY else None
+    if k < 0 or not flags[k] & TICKER_ANY:
+        return None
+    b = k - 1
+    while b >= 0 and flags[b] & PUNCT and not flags[b] & (NL | _HARD_STOP):
+        b -= 1
+    return k if b < 0 or flags[b] & NL else None
 
 
 def _says_later(s: Scan, i: int) -> bool:
