@@ -64,7 +64,14 @@ from tgstack.signals.lexicon import (
     TICKER_ANY,
 )
 from tgstack.signals.model import Classification, Signal
-from tgstack.signals.scanner import Fields, Scan, read_fields, scan, ticker_entry
+from tgstack.signals.scanner import (
+    Fields,
+    Scan,
+    price_line_entry,
+    read_fields,
+    scan,
+    ticker_entry,
+)
 
 CHATTER = Classification("chatter")
 _TARGET_OR_STOP = frozenset({"target", "stop"})
@@ -153,11 +160,21 @@ def _needs_review(s: Scan, asset: str | None, fields: Fields) -> Classification 
     return None if found is None or _reported(s) else found
 
 
-def _unlabelled_entry(s: Scan, fields: Fields) -> Signal | None:
-    """``PETR4 37,50/38,00 alvo 40 stop 36``: a ticker opening its line with a price or range
-    right after it is the entry when the post labels a target or a stop and reports no one
-    else's call."""
-    found = ticker_entry(s)
+def _unlabelled_entry(s: Scan, fields: Fields, asset: str | None) -> Signal | None:
+    """The entry without an entry label, when the post reports no one else's call:
+    ``PETR4 37,50/38,00 alvo 40 stop 36`` — a ticker opening its line with a price or range
+    right after it, when the post labels a target or a stop; or ``Tipo: Compra`` … ``Preço:
+    37,50`` — a line naming the price after a line naming the direction alone."""
+    found = None
+    if s.tickers and fields.labelled & _TARGET_OR_STOP:
+        found = ticker_entry(s)
+    if found is None and fields.direction and asset is not None:
+        found = price_line_entry(s)
+        if found is not None:
+            at, low, high, end = found
+            fields.entries.append((low, high))
+            fields.matches.append(("entry", at, end, (low, high)))
+            return None if _reported(s) else _signal(asset, fields)
     if found is None or _reported(s):
         return None
     at, low, high, end = found
@@ -212,8 +229,8 @@ def analyse(text: str | None) -> Analysis:
     signal = _signal(asset, fields)
     if signal is not None and not fields.entry_formal and _reported(s):
         signal = None  # "Segundo o BTG, compra de PETR4 em 36,50": news, not a call
-    elif signal is None and not fields.entries and fields.labelled & _TARGET_OR_STOP and s.tickers:
-        signal = _unlabelled_entry(s, fields)
+    elif signal is None and not fields.entries:
+        signal = _unlabelled_entry(s, fields, asset)
         asset = signal.asset if signal is not None else asset
     # Without an event word only verbless stop moves are possible, and those are instructions:
     # a complete signal with none is a signal whatever its stop line says.

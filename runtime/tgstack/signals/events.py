@@ -99,6 +99,7 @@ _REACH_BACK = 7
 _REACH_AHEAD = 4
 _MOVES_TO = frozenset({"para", "pra", "to", "→", ">"})  # a stop "para 37,50" was moved there
 _NOW = frozenset({"agora", "now"})
+_WITH = frozenset({"com", "with"})
 # "zeramos antes do alvo": closed short of the target, which says nothing of the result.
 _SHORT_OF = frozenset({"antes", "before", "sem", "without"})
 # A signed result: "+4,2%", "-150 pts" (the sign glued to the number, not a dash before it).
@@ -276,7 +277,8 @@ def _verbless_move(s: Scan, ref: int) -> tuple[StopLevel | None, int]:
         return "entry", k  # "stop in breakeven", "stop 0x0", "SL BE"
     if k >= n or not flags[k] & (DEST | COLON):
         return None, ref
-    moves_to = now or tokens[k].lower() in _MOVES_TO
+    # "para 37,50" says where it went; "com stop em 38,50" ("with the stop at") where it is now
+    moves_to = now or tokens[k].lower() in _MOVES_TO or (ref > 0 and s.low(ref - 1) in _WITH)
     colon = bool(flags[k] & COLON)
     k += 1
     while k < n and flags[k] & (ARTICLE | FILL) and not flags[k] & (NUM | ENTRY_REF):

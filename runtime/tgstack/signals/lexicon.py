@@ -137,6 +137,7 @@ _WORDS: dict[int, Iterable[str]] = {
         " alcancada alcancou acionado acionada acionou acionaram executado executada realizado"
         " realizada atingiram bateram alcançaram alcancaram tocou chegou chegamos pegou hit"
         " hits reached achieved done touched levou levei levaram tomou tomei tomamos tomaram"
+        " deu"
         " triggered filled smashed"
     ),
     # "realizem parcial no alvo 1", "parcial no alvo 1", "saída no alvo 2", "saída no stop"
@@ -177,7 +178,7 @@ _WORDS: dict[int, Iterable[str]] = {
     AUX: _w(
         "foi foram fomos é está esta era será vai vão was were is are has have had been got"
         " getting já ja hoje agora ontem now today just finally finalmente aqui here"
-        " manualmente manually"
+        " manualmente manually deu"
     ),
     TRADE: _w(
         "operação operacao posição posicao trade position sinal signal call ordem order"
@@ -219,7 +220,7 @@ _SYMBOLS: dict[int, str] = {
     COLON: ":=",
     FILL: ":=-–—>→@([#$~»➡•",
     CONN: "-–—/~",
-    LIST: "/|-–—;,>→&",
+    LIST: "/|-–—;,>→&•·",
     SENT: ".!?;",
     CHECK: "✅✔☑",
     TARGET_L | SYMBOL_L: "🎯",
@@ -281,6 +282,7 @@ PHRASES: dict[str, tuple[tuple[tuple[str, ...], int, str], ...]] = {
     ),
     "entry": (
         (("targets",), ENTRY_L | ENTRY_REF, "entry targets"),  # Cornix: "Entry Targets:\n1) …"
+        (("target",), ENTRY_L | ENTRY_REF, "entry targets"),  # Cornix: "Entry Target 1 ✅"
         (("zone",), ENTRY_L | ENTRY_REF, "entry zone"),
         (("range",), ENTRY_L | ENTRY_REF, "entry range"),
         (("price",), ENTRY_L | ENTRY_REF, "entry price"),

@@ -241,7 +241,8 @@ def _phrase(tokens: list[str], i: int) -> tuple[int, int, str] | None:
 
 def _names_type(tokens: list[str], flags: list[int], i: int) -> bool:
     """A lone type word (``Swing``) counts first on its line, after ``Tipo:`` on its line, or
-    on its own in brackets or as a hashtag (``(swing)``, ``#swing``)."""
+    on its own in brackets, as a hashtag or after a pipe (``(swing)``, ``#swing``,
+    ``B3 | SWING``)."""
     if i > 0 and tokens[i - 1] in _TYPE_BRACKETS:
         return True
     k = i - 1
@@ -256,7 +257,7 @@ def _names_type(tokens: list[str], flags: list[int], i: int) -> bool:
     return first
 
 
-_TYPE_BRACKETS = frozenset("(#[")
+_TYPE_BRACKETS = frozenset("(#[|")
 _TARGET_OR_ENTRY = TARGET_L | ENTRY_L
 _TICKER_LABELS = ENTRY_L | ASSET_L  # a ticker may stand between these labels and their value
 _INDEX_MARKS = frozenset("-#")
@@ -309,6 +310,7 @@ class Fields:
     entry_ticker: str | None = None
     entry_formal: bool = False  # an entry price read after "Label:" (a template, not prose)
     awaiting: bool = False  # an entry label without a price says the price comes later
+    direction: bool = False  # an entry label without a price ("Tipo: Compra", "COMPRA PETR4")
     signal_type: str | None = None
     entries: list[tuple[Decimal, Decimal]] = field(default_factory=list)
     targets: dict[int, Decimal] = field(default_factory=dict)
@@ -496,8 +498,9 @@ def read_fields(s: Scan) -> Fields:
             if ticker is not None and out.entry_ticker is None:
                 out.entry_ticker = tokens[ticker].upper()
                 matches.append(("asset", ticker, ticker, out.entry_ticker))
-            if price is None and not out.awaiting:
-                out.awaiting = _says_later(s, i)
+            if price is None:
+                out.direction = True
+                out.awaiting = out.awaiting or _says_later(s, i)
             numbered = isinstance(index, int)
             if price is None or (out.entries and not (numbered and indexed_entries)):
                 continue  # the first entry, or every numbered one ("Entrada 2: 35,80")
@@ -662,6 +665,36 @@ def ticker_entry(s: Scan) -> tuple[int, Decimal, Decimal, int] | None:
         if _quoted_change(s, end + 1):
             continue  # "VALE3 62,10 (+1,5%)": a quote and the day's change, not an entry
         return t, low, high, end
+    return None
+
+
+_PRICE_WORDS = frozenset({"preço", "preco", "price"})
+
+
+def price_line_entry(s: Scan) -> tuple[int, Decimal, Decimal, int] | None:
+    """``Preço: 37,50`` opening its line (after symbols): (position, low, high, last token of
+    the price) — the entry when another line names the direction alone (``Tipo: Compra``)."""
+    flags, tokens, n = s.flags, s.tokens, len(s.tokens)
+    for i in range(n - 2):
+        if tokens[i].lower() not in _PRICE_WORDS or not flags[i + 1] & COLON:
+            continue
+        k = i - 1
+        while k >= 0 and flags[k] & PUNCT and not flags[k] & (NL | _HARD_STOP):
+            k -= 1
+        if k >= 0 and not flags[k] & NL:
+            continue
+        j, _ = _skip_to_value(s, i + 1, ticker_ok=False, formal=False)
+        price = price_at(s, j)
+        if price is None:
+            continue
+        low = high = price
+        end = j
+        if (k2 := _second_end(s, j)) is not None and (second := price_at(s, k2)):
+            other = _range_end(tokens[j], price, tokens[k2], second)
+            if other is not None:
+                end = k2
+                low, high = (price, other) if price <= other else (other, price)
+        return i, low, high, end
     return None
 
 
