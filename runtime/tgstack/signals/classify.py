@@ -61,6 +61,7 @@ from tgstack.signals.lexicon import (
     SENT,
     STOP_L,
     SUPPRESS,
+    TARGET_L,
     TICKER_ANY,
 )
 from tgstack.signals.model import Classification, Signal
@@ -75,6 +76,7 @@ from tgstack.signals.scanner import (
 
 CHATTER = Classification("chatter")
 _TARGET_OR_STOP = frozenset({"target", "stop"})
+_VERBLESS = STOP_L | TARGET_L
 # "não é recomendação de investimento", "not a recommendation": a disclaimer, not a source
 _NEGATIONS = frozenset({"não", "nao", "not", "no", "nem", "nenhuma", "nenhum", "sem"})
 
@@ -232,10 +234,10 @@ def analyse(text: str | None) -> Analysis:
     elif signal is None and not fields.entries:
         signal = _unlabelled_entry(s, fields, asset)
         asset = signal.asset if signal is not None else asset
-    # Without an event word only verbless stop moves are possible, and those are instructions:
-    # a complete signal with none is a signal whatever its stop line says.
+    # Without an event word only verbless stop moves and targets named alone are possible, and
+    # those are instructions: a complete signal with none is a signal whatever its lines say.
     words = s.union & EVENT_WORDS
-    events = find_events(s) if words or (signal is None and s.union & STOP_L) else []
+    events = find_events(s) if words or (signal is None and s.union & _VERBLESS) else []
     if events and (signal is None or not all(e.directive for e in events)):
         event = summarise(events)
         if fields.asset is None and len(s.tickers) > 1:

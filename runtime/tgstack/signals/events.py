@@ -100,6 +100,7 @@ _REACH_AHEAD = 4
 _MOVES_TO = frozenset({"para", "pra", "to", "→", ">"})  # a stop "para 37,50" was moved there
 _NOW = frozenset({"agora", "now"})
 _WITH = frozenset({"com", "with"})
+_NEXT = frozenset({"próximo", "proximo", "próxima", "proxima", "next"})
 # "zeramos antes do alvo": closed short of the target, which says nothing of the result.
 _SHORT_OF = frozenset({"antes", "before", "sem", "without"})
 # A signed result: "+4,2%", "-150 pts" (the sign glued to the number, not a dash before it).
@@ -353,6 +354,20 @@ def _priced(s: Scan, ref: int) -> bool:
     return j < len(s.flags) and bool(s.flags[j] & NUM)
 
 
+def _named_alone(s: Scan, ref: int) -> bool:
+    """A target label with no price, alone in its sentence (but for the ticker, its number,
+    symbols), not asked about, not a condition: ``ALVO FINAL EM VALE3``, ``PETR4 alvo 2``."""
+    f = s.flags[ref]
+    if not f & TARGET_L or f & (_NOT_SUBJECT | PLURAL) or s.in_question(ref):
+        return False
+    if any(s.low(k) in _NEXT for k in range(max(0, ref - 2), ref)):
+        return False  # "Próximo alvo 🎯": the one still ahead
+    _, j = label_index(s, ref)
+    if (j < len(s.flags) and s.flags[j] & COLON) or _priced(s, ref):
+        return False
+    return _alone(s, ref) and not _conditional(s, ref, True)
+
+
 def _is_stop(f: int) -> bool:
     return bool(f & STOP_L) and not f & _NOT_SUBJECT
 
@@ -421,7 +436,12 @@ def find_events(s: Scan) -> list[Event]:
             ref = _search(s, at, TRADE | TICKER_ANY | ENTRY_L, gap=0)
             if ref is not None or _alone(s, at) or _alone_in_clause(s, at):
                 events.append(Event("cancelled", at, directive, ref))
+    template = bool(s.union & (ASSET_L | ENTRY_L)) or bool(s.types)
     for ref in s.labels:
+        if not template and _named_alone(s, ref):
+            # "🎯 ALVO FINAL EM VALE3 🎯", "LRENW150 ALVO 2": a target, and nothing else said
+            events.append(Event("target_hit", ref, True, ref, target=_target_of(s, ref)))
+            continue
         if ref in moved or not _is_stop(flags[ref]) or s.in_question(ref):
             continue
         if (crossed := _crossed_off(s, ref)) is not None:

@@ -128,6 +128,8 @@ _WORDS: dict[int, Iterable[str]] = {
         " approx approximately até ate up to do da the r us brl usd reais between"
         # a label's qualifier: "Alvo sugerido: 40", "Stop inicial: 36", "Stop móvel em 38"
         " inicial sugerido sugerida móvel movel"
+        # where a price stands: "na faixa de 10,50 a 10,80", "no patamar de", "at the level of"
+        " faixa patamar nível nivel level"
     ),
     CONN: _w("a à até ate e to and ou or ao"),
     LIST: _w("e and"),

@@ -482,7 +482,7 @@ def read_fields(s: Scan) -> Fields:
         elif j >= n or not flags[j] & NUM:
             j, ticker = _skip_to_value(s, j, ticker_ok=bool(f & _TICKER_LABELS), formal=formal)
         if f & ASSET_L:
-            _read_asset(s, out, i, j, ticker)
+            _read_asset(s, out, i, j, ticker, formal=formal)
             continue
         if index is None and j < n and tokens[j] == "1" and (items := _list_items(s, j)):
             _read_items(out, i, f, items, formal=formal)
@@ -722,8 +722,9 @@ def _more_prices(s: Scan, j: int) -> list[tuple[Decimal, int]]:
     return found
 
 
-def _read_asset(s: Scan, out: Fields, i: int, j: int, ticker: int | None) -> None:
-    """The asset after an asset label: a ticker, else the old parser's generic word."""
+def _read_asset(s: Scan, out: Fields, i: int, j: int, ticker: int | None, *, formal: bool) -> None:
+    """The asset after an asset label: a ticker, else — after ``Label:`` only — the old
+    parser's generic word (``Ativo: AAPL``; not ``…, papel abriu em gap``)."""
     if out.asset is not None:
         return
     flags, tokens, n = s.flags, s.tokens, len(s.tokens)
@@ -731,7 +732,7 @@ def _read_asset(s: Scan, out: Fields, i: int, j: int, ticker: int | None) -> Non
     if at is None and j < n and flags[j] & WORD and not flags[j] & (LABELS | EVENT_WORDS):
         # "Ativo: Petrobras (PETR4)": the ticker in brackets beats the company's name
         at = next((k for k in range(j + 1, min(j + 4, n)) if flags[k] & TICKER_ANY), None)
-        if at is None and _GENERIC_ASSET.fullmatch(s.low(j)) and tokens[j].isascii():
+        if at is None and formal and _GENERIC_ASSET.fullmatch(s.low(j)) and tokens[j].isascii():
             at = j
     if at is not None:
         out.asset = tokens[at].upper()
