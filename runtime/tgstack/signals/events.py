@@ -42,6 +42,7 @@ moved to a price carries exactly the price the post wrote.
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from typing import NamedTuple
 
 from tgstack.signals.lexicon import (
@@ -264,6 +265,11 @@ def _destination(s: Scan, ref: int) -> tuple[StopLevel | None, int]:
     return None, ref
 
 
+def _with_stop(s: Scan, ref: int) -> bool:
+    """``… com stop em 38,50``, ``with SL at 38.50``: the stop at ``ref`` is where it is now."""
+    return ref > 0 and s.low(ref - 1) in _WITH
+
+
 def _verbless_move(s: Scan, ref: int) -> tuple[StopLevel | None, int]:
     """``stop na entrada``, ``stop no 0x0``, ``SL to BE``, ``stop para 37,50``, ``SL: BE``,
     ``stop in breakeven``, ``stop 0x0``, ``SL @ entry``:
@@ -278,8 +284,9 @@ def _verbless_move(s: Scan, ref: int) -> tuple[StopLevel | None, int]:
         return "entry", k  # "stop in breakeven", "stop 0x0", "SL BE"
     if k >= n or not flags[k] & (DEST | COLON):
         return None, ref
-    # "para 37,50" says where it went; "com stop em 38,50" ("with the stop at") where it is now
-    moves_to = now or tokens[k].lower() in _MOVES_TO or (ref > 0 and s.low(ref - 1) in _WITH)
+    # "para 37,50" says where it went; "com stop em 38,50" ("with the stop at") where it is now,
+    # read beside a target reached only (find_events)
+    moves_to = now or tokens[k].lower() in _MOVES_TO or _with_stop(s, ref)
     colon = bool(flags[k] & COLON)
     k += 1
     while k < n and flags[k] & (ARTICLE | FILL) and not flags[k] & (NUM | ENTRY_REF):
@@ -437,6 +444,7 @@ def find_events(s: Scan) -> list[Event]:
             if ref is not None or _alone(s, at) or _alone_in_clause(s, at):
                 events.append(Event("cancelled", at, directive, ref))
     template = bool(s.union & (ASSET_L | ENTRY_L)) or bool(s.types)
+    where: list[Event] = []
     for ref in s.labels:
         if not template and _named_alone(s, ref):
             # "🎯 ALVO FINAL EM VALE3 🎯", "LRENW150 ALVO 2": a target, and nothing else said
@@ -450,7 +458,11 @@ def find_events(s: Scan) -> list[Event]:
             continue
         level, until = _verbless_move(s, ref)
         if level is not None and not _conditional(s, ref, True):
-            events.append(Event("stop_moved", ref, True, ref, until, stop=level))
+            event = Event("stop_moved", ref, True, ref, until, stop=level)
+            if isinstance(level, Decimal) and _with_stop(s, ref):
+                where.append(event)  # "com stop em 38,50": a move only beside a target reached
+            else:
+                events.append(event)
         elif not (ref + 1 < len(flags) and flags[ref + 1] & (COLON | NUM)) and (
             _alone(s, ref)
             or (
@@ -461,6 +473,8 @@ def find_events(s: Scan) -> list[Event]:
         ):
             # "CYREW296 stop", "Stop ❌", "…, VALE3 SL ❌, …": the stop, and nothing else said of it
             events.append(Event("stopped", ref, True, ref))
+    if where and any(e.kind == "target_hit" for e in events):
+        events.extend(where)
     return events
 
 

@@ -129,7 +129,7 @@ _WORDS: dict[int, Iterable[str]] = {
         # a label's qualifier: "Alvo sugerido: 40", "Stop inicial: 36", "Stop móvel em 38"
         " inicial sugerido sugerida móvel movel"
         # where a price stands: "na faixa de 10,50 a 10,80", "no patamar de", "at the level of"
-        " faixa patamar nível nivel level"
+        " faixa patamar nível nivel level taxa rate"
     ),
     CONN: _w("a à até ate e to and ou or ao"),
     LIST: _w("e and"),
@@ -197,8 +197,8 @@ _WORDS: dict[int, Iterable[str]] = {
     FIRST_PERSON: _w("we nós"),
     UNIT: _w("pts pt pontos points reais"),
     REMINDER: _w(
-        "lembrete relembrando reminder still continua continuam seguimos mantemos mantendo"
-        " permanecemos"
+        "lembrete lembrando relembrando reminder still continua continuam seguimos mantemos"
+        " mantendo permanecemos"
     ),
     WAIT: _w(
         "aguardando aguarde aguardem aguardar aguardamos esperando espere esperem definir"
