@@ -176,12 +176,14 @@ def _unlabelled_entry(s: Scan, fields: Fields, asset: str | None) -> Signal | No
             at, low, high, end = found
             fields.entries.append((low, high))
             fields.matches.append(("entry", at, end, (low, high)))
+            fields.matches.sort(key=lambda match: match[1])
             return None if _reported(s) else _signal(asset, fields)
     if found is None or _reported(s):
         return None
     at, low, high, end = found
     fields.entries.append((low, high))
     fields.matches.append(("entry", at, end, (low, high)))
+    fields.matches.sort(key=lambda match: match[1])  # --explain lists them in reading order
     return _signal(fields.asset or s.tokens[at].upper(), fields)
 
 

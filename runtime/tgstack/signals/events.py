@@ -445,8 +445,9 @@ def find_events(s: Scan) -> list[Event]:
                 events.append(Event("cancelled", at, directive, ref))
     template = bool(s.union & (ASSET_L | ENTRY_L)) or bool(s.types)
     where: list[Event] = []
+    subjects = {e.subject for e in events}
     for ref in s.labels:
-        if not template and _named_alone(s, ref):
+        if not template and ref not in subjects and _named_alone(s, ref):
             # "🎯 ALVO FINAL EM VALE3 🎯", "LRENW150 ALVO 2": a target, and nothing else said
             events.append(Event("target_hit", ref, True, ref, target=_target_of(s, ref)))
             continue
