@@ -6,24 +6,32 @@ An event is an *event word* paired with its *subject* in the same sentence:
 ==============  =============================================  ==================================
 event           event words (PT / EN, any form)                subject
 ==============  =============================================  ==================================
-target_hit      atingido, batido, bateu, alcançou, hit,         a target: ``alvo 2``, ``TP1``,
-                reached, done; ✅ right after the target        ``2º alvo``, ``alvo final``,
+target_hit      atingido, batido, bateu, alcançou, acionou,     a target: ``alvo 2``, ``TP1``,
+                hit, reached, done; ✅ right after the target   ``2º alvo``, ``alvo final``,
                                                                ``todos os alvos``, ``all targets``
-stopped         the same words                                 the stop: ``stop``, ``SL``
+                (no verb) a target alone in its sentence       —
+                outside a template: ``ALVO FINAL EM VALE3``
+stopped         the same words, levou, tomamos, deu            the stop: ``stop``, ``SL``
                 stopado, stopou, stopped out                   none needed
                 (no verb) the stop alone in its sentence:      —
-                ``CYREW296 stop``, ``Stop ❌``
-stop_moved      movido, mover, subir, ajustado, novo, move,     the stop, then where it went: a
-                trail, raised                                  price, the entry, ``0x0``,
+                ``CYREW296 stop``, ``Stop ❌``; crossed off:
+                ``Stop: 36 ❌``, ``…, VALE3 SL ❌, …``
+stop_moved      movido, mover, subir, ajustado, novo, móvel,    the stop, then where it went: a
+                move, trail, raised                            price, the entry, ``0x0``,
                                                                breakeven, a target
                 (no verb) ``stop na entrada``, ``SL to BE``,   —
-                ``stop para 37,50``
+                ``stop para 37,50``, ``stop in breakeven``,
+                ``SL @ entry``; ``com stop em 38,50`` only
+                beside a target reached
 closed          encerrado, zeramos, fechado, finalizado,        a trade or signal noun, a result
                 saímos, closed, close, exit                    (gain, loss, lucro), the ticker
                                                                after it, or nothing else in the
                                                                sentence (``Encerrado ✅``)
 cancelled       cancelado, cancelar, desconsiderem, ignore,     a trade or signal noun, the
-                cancelled, invalidated                         ticker, or nothing else
+                cancelled, invalidated                         ticker, nothing else, or nothing
+                                                               else in its clause when another
+                                                               speaks of the entry (``Não
+                                                               acionou, cancelado``)
 ==============  =============================================  ==================================
 
 Between the event word and its subject there may be fillers, articles, numbers, tickers,

@@ -14,9 +14,13 @@ How a field is read:
    after a symbol or emoji, a number, a ticker, another label or ``e``/``and``/``com``/``with`` —
    or when a colon follows it. In a question (``Buy PETR4 at 36.50?``) nothing is a label.
 3. Its value follows, after at most a few fillers (``:``, ``R$``, ``de``, ``entre``, ``acima de``,
-   an emoji; for the entry also the ticker): one price for a stop or a numbered target, a price
-   or a range for the entry, a list of prices for ``Alvos:``/``Targets:``. Anything else —
-   another word, a percentage — and the label has no value.
+   an emoji; for the entry also the ticker), on the next line when the label ends its own: one
+   price for a stop or a numbered target, a price or a range for the entry, a list of prices
+   for ``Alvos:``/``Targets:`` — ``39 / 41 / 44``, or numbered, ``1) 39`` and ``2) 41`` on
+   lines of their own. Anything else — another word, a percentage — and the label has no value.
+4. Without an entry label the classifier may still find the entry: ``ticker_entry`` (a ticker
+   opening its line with a price after it) and ``price_line_entry`` (``Preço: 37,50`` on its
+   own line) only point at it.
 
 Invariant: reading never raises and never guesses a price — a label whose value is not a
 clean price simply has no value, and a post is a signal only when the classifier says so. The
