@@ -10,7 +10,8 @@ is its signal, or None. The decision, in order:
    its plan, not events. Without an entry label, a ticker opening its line with a price or a
    range right after it (``PETR4 37,50/38,00 alvo 40 stop 36``, ``#PETR4 37,50 🎯 40``) is the
    entry when the post labels a target or a stop — not when a signed change follows the price
-   (``VALE3 62,10 (+1,5%)``: a quote).
+   (``VALE3 62,10 (+1,5%)``: a quote); so is ``Preço: 37,50`` on its own line when another
+   line names the direction alone (``Tipo: Compra``).
 3. Otherwise a post with an event is that **follow-up**: the first of cancelled, stopped,
    closed, target_hit, stop_moved that it reports (``alvo 2 atingido, stop na entrada`` is a
    target_hit that also carries the new stop). Its asset is the labelled one, else the ticker
@@ -25,7 +26,7 @@ is its signal, or None. The decision, in order:
    type; a direction word with its ticker (``Compra PETR4``, ``PETR4 compra``, ``Buy VALE3``)
    and a labelled target or stop, or a word saying the price comes later or is the market's
    (``aguardando preço``, ``a mercado``, ``TBA``); or an entry price with a target or stop but
-   no asset.
+   no asset. A direction and a ticker alone (``Compra PETR4``) are too little.
 5. Anything else is **chatter** — including posts that name tickers and prices.
 
 **The channel's own call, or someone else's?** A post that *reports* a call — an attribution
