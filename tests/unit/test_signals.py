@@ -541,6 +541,18 @@ def test_events_of_several_tickers_are_a_summary(text: str) -> None:
     assert classify(text).kind == "chatter"
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "PETR4 — entrada 36,50 — alvo 42 — stop 34\nVALE3 — entrada 60,00 — alvo 68 — stop 57",
+        "PETR4\nCompra: 37,50\nAlvo: 40\nStop: 36\n\nVALE3\nCompra: 61,80\nAlvo: 64\nStop: 60",
+        "Sinais do dia:\nPETR4 37,50 alvo 40 stop 36\nVALE3 61,80 alvo 64 stop 60",
+    ],
+)
+def test_several_calls_in_one_post_need_review_without_an_asset(text: str) -> None:
+    assert classify(text) == Classification("needs_review", None, missing=("asset",))
+
+
 def test_a_follow_ups_asset_is_the_ticker_beside_its_event() -> None:
     assert classify("Bom dia! VALE3 segue firme. PETR4 stopou.").asset == "PETR4"
 

@@ -26,7 +26,10 @@ is its signal, or None. The decision, in order:
    type; a direction word with its ticker (``Compra PETR4``, ``PETR4 compra``, ``Buy VALE3``)
    and a labelled target or stop, or a word saying the price comes later or is the market's
    (``aguardando preço``, ``a mercado``, ``TBA``); or an entry price with a target or stop but
-   no asset. A direction and a ticker alone (``Compra PETR4``) are too little.
+   no asset. A direction and a ticker alone (``Compra PETR4``) are too little. Several calls
+   in one post — entries at two or more entry labels (or ticker lines) in a post naming two or
+   more tickers, a weekly list — need review with ``missing: ["asset"]``: no single signal can
+   hold them (with events on two tickers the post is a summary, chatter).
 5. Anything else is **chatter** — including posts that name tickers and prices.
 
 **The channel's own call, or someone else's?** A post that *reports* a call — an attribution
@@ -72,12 +75,13 @@ from tgstack.signals.scanner import (
     price_line_entry,
     read_fields,
     scan,
-    ticker_entry,
+    ticker_entries,
 )
 
 CHATTER = Classification("chatter")
 _TARGET_OR_STOP = frozenset({"target", "stop"})
 _VERBLESS = STOP_L | TARGET_L
+_ASSET = ("asset",)
 # "não é recomendação de investimento", "not a recommendation": a disclaimer, not a source
 _NEGATIONS = frozenset({"não", "nao", "not", "no", "nem", "nenhuma", "nenhum", "sem"})
 
@@ -159,7 +163,7 @@ def _needs_review(s: Scan, asset: str | None, fields: Fields) -> Classification 
         if "entry" in labelled or weight >= 2 or called:
             found = Classification("needs_review", asset, missing=("entry",))
     elif fields.entries and labelled & _TARGET_OR_STOP:
-        found = Classification("needs_review", None, missing=("asset",))
+        found = Classification("needs_review", None, missing=_ASSET)
     return None if found is None or _reported(s) else found
 
 
@@ -169,8 +173,10 @@ def _unlabelled_entry(s: Scan, fields: Fields, asset: str | None) -> Signal | No
     right after it, when the post labels a target or a stop; or ``Tipo: Compra`` … ``Preço:
     37,50`` — a line naming the price after a line naming the direction alone."""
     found = None
-    if s.tickers and fields.labelled & _TARGET_OR_STOP:
-        found = ticker_entry(s)
+    if s.tickers and fields.labelled & _TARGET_OR_STOP and (every := ticker_entries(s)):
+        found = every[0]
+        if len({s.tokens[t].upper() for t, *_ in every}) > 1:
+            fields.priced_entries.extend(t for t, *_ in every)  # one call a line: several
     if found is None and fields.direction and asset is not None:
         found = price_line_entry(s)
         if found is not None:
@@ -188,21 +194,43 @@ def _unlabelled_entry(s: Scan, fields: Fields, asset: str | None) -> Signal | No
     return _signal(fields.asset or s.tokens[at].upper(), fields)
 
 
-def _event_tickers(s: Scan, at: int) -> set[str]:
-    """The ticker the event word at ``at`` is said of: the nearest on its line (before on a
-    tie) — with the tickers listed beside it (``PETR4, VALE3 e ITUB4 no gain``, ``#PETR4
-    #VALE3``), which make the event one of several trades."""
-    flags, tokens, n = s.flags, s.tokens, len(s.flags)
+def _line_of(s: Scan, at: int) -> tuple[int, int]:
+    flags, n = s.flags, len(s.flags)
     start = at
     while start > 0 and not flags[start - 1] & NL:
         start -= 1
     end = at + 1
     while end < n and not flags[end] & NL:
         end += 1
+    return start, end
+
+
+def _nearest_ticker(s: Scan, at: int) -> int | None:
+    """The ticker nearest ``at`` on its line (before it on a tie), or None."""
+    start, end = _line_of(s, at)
     on_line = [t for t in s.tickers if start <= t < end]
-    if not on_line:
+    return min(on_line, key=lambda t: (abs(t - at), t > at)) if on_line else None
+
+
+def _several_calls(s: Scan, fields: Fields) -> bool:
+    """Entries read at two or more entry labels in a post naming two or more tickers: several
+    calls in one post (a weekly list, ``PETR4 — entrada 36,50 …`` and ``VALE3 — entrada 60,00
+    …`` on lines of their own), which no single signal can hold."""
+    if len(fields.priced_entries) < 2 or len(s.tickers) < 2:
+        return False
+    return len({s.tokens[t].upper() for t in s.tickers}) > 1
+
+
+def _event_tickers(s: Scan, at: int) -> set[str]:
+    """The ticker the event word at ``at`` is said of: the nearest on its line (before on a
+    tie) — with the tickers listed beside it (``PETR4, VALE3 e ITUB4 no gain``, ``#PETR4
+    #VALE3``), which make the event one of several trades."""
+    flags, tokens = s.flags, s.tokens
+    nearest = _nearest_ticker(s, at)
+    if nearest is None:
         return set()
-    nearest = min(on_line, key=lambda t: (abs(t - at), t > at))
+    start, end = _line_of(s, at)
+    on_line = [t for t in s.tickers if start <= t < end]
     named = {tokens[nearest].upper()}
     for step in (-1, 1):
         k = nearest + step
@@ -241,14 +269,20 @@ def analyse(text: str | None) -> Analysis:
     # those are instructions: a complete signal with none is a signal whatever its lines say.
     words = s.union & EVENT_WORDS
     events = find_events(s) if words or (signal is None and s.union & _VERBLESS) else []
+    named = set()
+    if events and len(s.tickers) > 1:
+        named = {name for e in events for name in _event_tickers(s, e.at)}
+    if signal is not None and _several_calls(s, fields):
+        if len(named) > 1:  # "PETR4 37,50 alvo 40 ✅ / VALE3 61,80 stop 59 ❌": a summary
+            return Analysis(CHATTER, s, fields, events)
+        several = None if _reported(s) else Classification("needs_review", None, missing=_ASSET)
+        return Analysis(several or CHATTER, s, fields, events)
     if events and (signal is None or not all(e.directive for e in events)):
         event = summarise(events)
-        if fields.asset is None and len(s.tickers) > 1:
-            named = {name for e in events for name in _event_tickers(s, e.at)}
+        if fields.asset is None and named:
             if len(named) > 1:  # "PETR4 ✅ alvo 1 / ITUB4 ❌ stop": a summary of the day
                 return Analysis(CHATTER, s, fields, events)
-            if named:
-                asset = named.pop()
+            asset = named.pop()
         found = Classification(
             event.kind, asset, target=event.target, stop=event.stop, result=event.result
         )

@@ -18,7 +18,7 @@ How a field is read:
    price for a stop or a numbered target, a price or a range for the entry, a list of prices
    for ``Alvos:``/``Targets:`` — ``39 / 41 / 44``, or numbered, ``1) 39`` and ``2) 41`` on
    lines of their own. Anything else — another word, a percentage — and the label has no value.
-4. Without an entry label the classifier may still find the entry: ``ticker_entry`` (a ticker
+4. Without an entry label the classifier may still find the entry: ``ticker_entries`` (a ticker
    opening its line with a price after it) and ``price_line_entry`` (``Preço: 37,50`` on its
    own line) only point at it.
 
@@ -315,6 +315,9 @@ class Fields:
     entry_formal: bool = False  # an entry price read after "Label:" (a template, not prose)
     awaiting: bool = False  # an entry label without a price says the price comes later
     direction: bool = False  # an entry label without a price ("Tipo: Compra", "COMPRA PETR4")
+    # positions of the unnumbered entry labels read with a price: more than one, each with its
+    # own ticker, and the post holds several calls ("PETR4 — entrada 36,50 …⏎VALE3 — entrada …")
+    priced_entries: list[int] = field(default_factory=list)
     signal_type: str | None = None
     entries: list[tuple[Decimal, Decimal]] = field(default_factory=list)
     targets: dict[int, Decimal] = field(default_factory=dict)
@@ -506,6 +509,8 @@ def read_fields(s: Scan) -> Fields:
                 out.direction = True
                 out.awaiting = out.awaiting or _says_later(s, i)
             numbered = isinstance(index, int)
+            if price is not None and not numbered:
+                out.priced_entries.append(i)
             if price is None or (out.entries and not (numbered and indexed_entries)):
                 continue  # the first entry, or every numbered one ("Entrada 2: 35,80")
             low = high = price
@@ -534,6 +539,8 @@ def read_fields(s: Scan) -> Fields:
                     matches.append(("target", i, j, (index, price)))
             else:  # unnumbered: the next free numbers ("Alvos: 39 / 41 / 44")
                 for value, at in [(price, j), *_more_prices(s, j)]:
+                    if value in out.targets.values():
+                        continue  # the same target again ("Resumo: … alvo 40")
                     while next_target in out.targets:
                         next_target += 1
                     out.targets[next_target] = value
@@ -639,12 +646,13 @@ def _says_later(s: Scan, i: int) -> bool:
     return any(s.flags[k] & WAIT for k in range(start, end))
 
 
-def ticker_entry(s: Scan) -> tuple[int, Decimal, Decimal, int] | None:
-    """A ticker that opens its line (after symbols: ``#PETR4``, ``$VALE3``, a bullet) followed
-    directly by a price or a range, with no entry label: ``PETR4 37,50/38,00 alvo 40``.
-    (ticker position, low, high, last token of the price); the caller decides whether the
-    post's other labels make it an entry."""
+def ticker_entries(s: Scan) -> list[tuple[int, Decimal, Decimal, int]]:
+    """Every ticker that opens its line (after symbols: ``#PETR4``, ``$VALE3``, a bullet)
+    followed directly by a price or a range, with no entry label: ``PETR4 37,50/38,00 alvo
+    40``. (ticker position, low, high, last token of the price) each; the caller decides whether
+    the post's other labels make one an entry."""
     flags, tokens, n = s.flags, s.tokens, len(s.tokens)
+    found: list[tuple[int, Decimal, Decimal, int]] = []
     for t in s.tickers:
         k = t - 1
         while k >= 0 and flags[k] & PUNCT and not flags[k] & (NL | _HARD_STOP):
@@ -668,8 +676,8 @@ def ticker_entry(s: Scan) -> tuple[int, Decimal, Decimal, int] | None:
                 low, high = (price, other) if price <= other else (other, price)
         if _quoted_change(s, end + 1):
             continue  # "VALE3 62,10 (+1,5%)": a quote and the day's change, not an entry
-        return t, low, high, end
-    return None
+        found.append((t, low, high, end))
+    return found
 
 
 _PRICE_WORDS = frozenset({"preço", "preco", "price"})
