@@ -110,6 +110,8 @@ _MOVES_TO = frozenset({"para", "pra", "to", "→", ">"})  # a stop "para 37,50" 
 _NOW = frozenset({"agora", "now"})
 _WITH = frozenset({"com", "with"})
 _NEXT = frozenset({"próximo", "proximo", "próxima", "proxima", "next"})
+_NEW = frozenset({"novo", "nova", "new"})
+_AFTER = frozenset({"após", "apos", "after", "depois"})
 # "zeramos antes do alvo": closed short of the target, which says nothing of the result.
 _SHORT_OF = frozenset({"antes", "before", "sem", "without"})
 # A signed result: "+4,2%", "-150 pts" (the sign glued to the number, not a dash before it).
@@ -220,6 +222,35 @@ def _conditional(s: Scan, at: int, directive: bool) -> bool:
             clause = False
         k -= 1
     return False
+
+
+def _after(s: Scan, at: int) -> bool:
+    """``após stopado, …``, ``after TP1 …``: said of what comes after — a plan inside a signal,
+    so a directive (outside one, still an event)."""
+    flags, tokens = s.flags, s.tokens
+    k = at - 1
+    while k >= 0 and not flags[k] & BOUNDARY and tokens[k] != ",":
+        if tokens[k].lower() in _AFTER:
+            return True
+        k -= 1
+    return False
+
+
+def _adjacent(s: Scan, at: int, wanted: int) -> int | None:
+    """A token with a ``wanted`` role right before or after ``at`` (later words of a phrase
+    skipped): ``novo stop``, ``stop novo``."""
+    flags, n = s.flags, len(s.flags)
+    k = at + 1
+    while k < n and flags[k] & JOIN:
+        k += 1
+    if k < n and flags[k] & wanted and not flags[k] & _NOT_SUBJECT:
+        return k
+    k = at - 1
+    while k >= 0 and flags[k] & JOIN:
+        k -= 1
+    if k >= 0 and flags[k] & wanted and not flags[k] & _NOT_SUBJECT:
+        return k
+    return None
 
 
 def _target_of(s: Scan, ref: int) -> Target:
@@ -399,6 +430,7 @@ def find_events(s: Scan) -> list[Event]:
         directive = bool(f & DIRECTIVE)
         if _conditional(s, at, directive):
             continue
+        directive = directive or _after(s, at)
         if f & HIT:
             ref = _search(s, at, TARGET_L | STOP_L, gap=1, skip=TRADE, exclude=_NOT_SUBJECT)
             if ref is not None and _is_stop(flags[ref]):
@@ -423,7 +455,10 @@ def find_events(s: Scan) -> list[Event]:
             if ref is not None or _alone(s, at):
                 events.append(Event("stopped", at, directive, ref))
         elif f & MOVE:
-            ref = _search(s, at, STOP_L, gap=1, skip=TRADE, exclude=_NOT_SUBJECT)
+            if s.low(at) in _NEW:  # "novo stop", "New SL": the adjective's own noun only
+                ref = _adjacent(s, at, STOP_L)
+            else:
+                ref = _search(s, at, STOP_L, gap=1, skip=TRADE, exclude=_NOT_SUBJECT)
             level, until = _destination(s, ref) if ref is not None else (None, at)
             if ref is not None and (level is not None or not directive):
                 # an instruction says where ("subam o stop para 37,50"); a report may not
