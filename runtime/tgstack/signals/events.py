@@ -40,8 +40,10 @@ trade (``fechamos a semana com lucro`` closes no trade). An event word in a ques
 condition (``se o alvo 1 for atingido, mover o stop``), reports nothing; ``12 alvos atingidos``
 is a count, and an instruction to move the stop that does not say where (``move your stop only
 in the direction of the trade``) is advice. Instructions (``mover``, ``encerrar``, ``cancel``),
-✅ ticks and the verbless stop moves are *directives*: inside a complete signal they are part of
-the signal's plan, not events.
+✅ ticks, the verbless stop moves and whatever is said of what comes after (``após stopado,
+aguardar``, ``after TP1 move SL``) are *directives*: inside a complete signal they are part of
+the signal's plan, not events. ``novo``/``new`` moves only the stop right beside it (``novo
+stop: 38``; not ``aguardar novo sinal``).
 
 Invariant: the module only reads the scan; it never raises and never invents a price — a stop
 moved to a price carries exactly the price the post wrote.
