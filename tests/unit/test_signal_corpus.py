@@ -47,6 +47,21 @@ def test_the_corpus_holds_every_format_the_issue_names() -> None:
         "bdr",
         "unit",
         "etf",
+        # the forms of the second round: calls without an entry label, Cornix, news and
+        # reminders that must stay chatter, summaries, several calls in one post
+        "unlabelled-entry",
+        "direction-ticker",
+        "cornix",
+        "numbered-list",
+        "cashtag",
+        "generic-future",
+        "reported",
+        "reminder",
+        "summary",
+        "several-calls",
+        "result-sign",
+        "math-sans-bold",
+        "double-struck",
     ):
         assert tags[tag] >= 1, tag
 

@@ -25,6 +25,7 @@ from tgstack.signals import (
 )
 from tgstack.signals.lexicon import LEXICON, PHRASES
 from tgstack.signals.normalise import normalise
+from tgstack.signals.scanner import scan
 from tgstack.signals.tickers import ticker_shape
 
 D = Decimal
@@ -353,11 +354,18 @@ def test_b3_ticker_shapes(word: str, shape: str | None) -> None:
     assert ticker_shape(word) == shape
 
 
-@pytest.mark.parametrize("ticker", ["PETRJ290", "BBASK45", "VALEX65W2", "WINFUT", "WDOFUT"])
+@pytest.mark.parametrize(
+    "ticker", ["PETRJ290", "BBASK45", "VALEX65W2", "WINFUT", "WDOFUT", "WIN", "WDO"]
+)
 def test_every_ticker_shape_is_read_without_a_label(ticker: str) -> None:
     signal = parse_signal(f"{ticker} compra 1,05 alvo 1,45 stop 0,80")
     assert signal is not None
     assert signal.asset == ticker
+
+
+def test_the_current_contract_without_its_month_is_a_ticker_in_capitals_only() -> None:
+    assert classify("WIN compra 125.300 alvo 125.800 stop 125.100").asset == "WIN"
+    assert scan("we win some, WIN and Win, wdo WDO").tickers == [4, 9]
 
 
 # --- follow-ups ------------------------------------------------------------------------------
@@ -450,6 +458,141 @@ def test_explain_names_the_words_of_each_field() -> None:
     }
 
 
+# --- calls without an entry label, calls that are not the channel's, summaries --------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (  # a ticker opening its line, then a compact range: the entry
+            "PETR4 37,50/38,00 alvo 40 stop 36",
+            ("PETR4", D("37.50"), D("38.00"), D("40"), D("36")),
+        ),
+        ("#PETR4 37,50 🎯 40 ⛔ 36", ("PETR4", D("37.50"), D("37.50"), D("40"), D("36"))),
+        ("$VALE3: 61.50 TP 64 SL 60", ("VALE3", D("61.50"), D("61.50"), D("64"), D("60"))),
+        (  # the direction alone on its line, the price on another
+            "Tipo: Compra\nAtivo: PETR4\nPreço: 37,50\nAlvo: 40\nStop: 36",
+            ("PETR4", D("37.50"), D("37.50"), D("40"), D("36")),
+        ),
+        (  # a Cornix numbered list
+            "#VALE3\nEntry Targets:\n1) 61.80\n2) 61.20\nTake-Profit Targets:\n1) 63.00\n"
+            "2) 64.50\nStop Targets:\n1) 59.90",
+            ("VALE3", D("61.20"), D("61.80"), D("63.00"), D("59.90")),
+        ),
+    ],
+)
+def test_an_entry_without_an_entry_label(
+    text: str, expected: tuple[str, Decimal, Decimal, Decimal, Decimal]
+) -> None:
+    signal = parse_signal(text)
+    assert signal is not None
+    assert (signal.asset, signal.buy_min, signal.buy_max, signal.target_1, signal.stop) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Compra PETR4 alvo 40",
+        "COMPRA VALE3 stop 58",
+        "PETR4 compra — aguardando preço",
+        "Compra PETR4 a mercado",
+        "Buy VALE3, TP 64, entry TBA",
+    ],
+)
+def test_a_direction_and_a_ticker_without_a_price_need_review(text: str) -> None:
+    found = classify(text)
+    assert (found.kind, found.missing) == ("needs_review", ("entry",))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "VALE3 alvo 70 segundo o Itaú BBA, recomendação compra",
+        "Itaú eleva preço-alvo de PETR4 para R$ 45",
+        "PETR4 37,50 (+2%) hoje, alvo dos analistas 40",
+        "Segundo o BTG, compra de PETR4 em 36,50 com alvo 40",
+        "Morgan Stanley: compra em WEGE3 a 38,00, alvo 45",
+        "UBS: VALE3 61,50 alvo 75 stop 55",
+        "Seguimos posicionados em PETR4 (entrada 36,50), alvo 40, stop 35.",
+        "PETR4 37,50 ▲ alvo técnico 40 ▼ suporte 36",
+        "VALE3 62,10 (+1,5%) | alvo 64",
+    ],
+)
+def test_a_reported_or_recalled_call_is_chatter(text: str) -> None:
+    assert classify(text).kind == "chatter"
+
+
+def test_a_disclaimer_or_a_company_name_does_not_make_a_call_reported() -> None:
+    disclaimer = "PETR4 compra 36,50/37,20 alvo 39 stop 34,80\nNão é recomendação de compra."
+    assert classify(disclaimer).kind == "signal"
+    assert classify("BTG Pactual (BPAC11) compra 30,50 alvo 33 stop 29").asset == "BPAC11"
+    assert classify("Segundo alvo: 41,00\nAtivo: PETR4\nCompra 37,50").kind == "signal"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "📊 Resumo do dia\nPETR4 ✅ alvo 1\nVALE3 ✅ alvo 2\nITUB4 ❌ stop",
+        "Semana: 5 alvos atingidos, 1 stop. PETR4, VALE3 e ITUB4 no gain.",
+        "Daily recap: PETR4 TP1 ✅, VALE3 SL ❌, ITUB4 still open",
+    ],
+)
+def test_events_of_several_tickers_are_a_summary(text: str) -> None:
+    assert classify(text).kind == "chatter"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "PETR4 — entrada 36,50 — alvo 42 — stop 34\nVALE3 — entrada 60,00 — alvo 68 — stop 57",
+        "PETR4\nCompra: 37,50\nAlvo: 40\nStop: 36\n\nVALE3\nCompra: 61,80\nAlvo: 64\nStop: 60",
+        "Sinais do dia:\nPETR4 37,50 alvo 40 stop 36\nVALE3 61,80 alvo 64 stop 60",
+    ],
+)
+def test_several_calls_in_one_post_need_review_without_an_asset(text: str) -> None:
+    assert classify(text) == Classification("needs_review", None, missing=("asset",))
+
+
+def test_a_follow_ups_asset_is_the_ticker_beside_its_event() -> None:
+    assert classify("Bom dia! VALE3 segue firme. PETR4 stopou.").asset == "PETR4"
+
+
+@pytest.mark.parametrize(
+    ("text", "result"),
+    [
+        ("Encerrado ITUB4 com ganho de 3,2%", "gain"),
+        ("Encerrado ITUB4 com perda de 1,5%", "loss"),
+        ("Trade encerrado no alvo final 🚀", "gain"),
+        ("Zeramos WINZ25 +250 pts", "gain"),
+        ("#VALE3 encerrada -1,8% ❌", "loss"),
+        ("Zeramos PETR4 antes do alvo 1, o cenário mudou.", None),
+        ("closed at a loss", "loss"),
+        ("Closed PETR4 at breakeven", "breakeven"),
+    ],
+)
+def test_a_close_carries_the_result_it_states(text: str, result: str | None) -> None:
+    found = classify(text)
+    assert (found.kind, found.result) == ("closed", result)
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("stop in breakeven on BBAS3", "stop_moved"),
+        ("PETR4 stop 0x0", "stop_moved"),
+        ("Stop: 36 ❌ PETR4", "stopped"),
+        ("Não acionou, cancelado.", "cancelled"),
+        ("Entry not triggered, cancelled", "cancelled"),
+        ("Evento de amanhã, cancelado.", "chatter"),
+        ("🎯 ALVO FINAL EM VALE3 🎯", "target_hit"),
+        ("Próximo alvo 🎯", "chatter"),
+        ("#PETR4 All entry targets achieved\nAverage Entry Price: 37.75", "chatter"),
+    ],
+)
+def test_follow_ups_said_in_few_words(text: str, kind: str) -> None:
+    assert classify(text).kind == kind
+
+
 # --- properties --------------------------------------------------------------------------------
 
 _WORDS = sorted(
@@ -471,8 +614,16 @@ _WORDS = sorted(
         "?",
         ":",
         "✅",
+        "❌",
         "🎯",
         "0x0",
+        "WIN",
+        ")",
+        "+4,2%",
+        "-150",
+        "#",
+        "|",
+        "1️⃣",
     }
 )
 

@@ -9,8 +9,9 @@ Reads Portuguese and English posts in the formats channels use, for example::
     Alvo final: 44,00
     Stop: 34,80
 
-or ``PETR4 compra 36,50/37,20 alvo 39 stop 34,80``, or an exported post with a header block, in
-mathematical bold letters, with U+2024 as the decimal point. And the follow-ups: ``Alvo 1
+or ``PETR4 compra 36,50/37,20 alvo 39 stop 34,80``, or ``PETR4 36,50/37,20 alvo 39 stop 34,80``,
+or an exported post with a header block, a Cornix post with numbered lists, in mathematical bold
+letters, with U+2024 as the decimal point. And the follow-ups: ``Alvo 1
 atingido ✅``, ``Stop movido para a entrada``, ``Stopado``, ``Encerrado com gain``, ``Sinal
 cancelado``, ``TP1 hit``, ``Move SL to breakeven``.
 

@@ -7,14 +7,43 @@ is its signal, or None. The decision, in order:
 2. A post with asset and entry price is a **signal** — unless it also *reports* an event
    (``alvo 1 atingido``, ``stopado``): a follow-up that repeats the signal's prices is still a
    follow-up. Instructions inside a signal (``após o alvo 1, mover o stop para a entrada``) are
-   its plan, not events.
+   its plan, not events. Without an entry label, a ticker opening its line with a price or a
+   range right after it (``PETR4 37,50/38,00 alvo 40 stop 36``, ``#PETR4 37,50 🎯 40``) is the
+   entry when the post labels a target or a stop — not when a signed change follows the price
+   (``VALE3 62,10 (+1,5%)``: a quote); so is ``Preço: 37,50`` on its own line when another
+   line names the direction alone (``Tipo: Compra``).
 3. Otherwise a post with an event is that **follow-up**: the first of cancelled, stopped,
    closed, target_hit, stop_moved that it reports (``alvo 2 atingido, stop na entrada`` is a
-   target_hit that also carries the new stop).
+   target_hit that also carries the new stop). Its asset is the labelled one, else the ticker
+   nearest its event on the event's line (``VALE3 segue firme. PETR4 stopou.`` is PETR4),
+   else the post's first. A follow-up has no ticker at all when it replies to its signal
+   (``Alvo 1 ✅``): the poller links it by ``reply_to_msg_id``. **Summaries** are chatter: when
+   the events of a post are said of two or more different tickers (``PETR4 ✅ alvo 1`` and
+   ``ITUB4 ❌ stop`` on two lines, ``PETR4, VALE3 e ITUB4 no gain``), it reports the day, not
+   one trade, and no single signal can take it.
 4. Otherwise a post that carries signal labels and an asset but cannot be completed (no entry
    price, say) **needs review**: an asset with an entry label, or with two of target, stop and
-   type; or an entry price with a target or stop but no asset.
+   type; a direction word with its ticker (``Compra PETR4``, ``PETR4 compra``, ``Buy VALE3``)
+   and a labelled target or stop, or a word saying the price comes later or is the market's
+   (``aguardando preço``, ``a mercado``, ``TBA``); or an entry price with a target or stop but
+   no asset. A direction and a ticker alone (``Compra PETR4``) are too little. Several calls
+   in one post — entries at two or more entry labels (or ticker lines) in a post naming two or
+   more tickers, a weekly list — need review with ``missing: ["asset"]``: no single signal can
+   hold them (with events on two tickers the post is a summary, chatter).
 5. Anything else is **chatter** — including posts that name tickers and prices.
+
+**The channel's own call, or someone else's?** A post that *reports* a call — an attribution
+(``segundo o BTG``, ``according to``, ``analistas``), a rating action (``eleva``, ``corta``,
+``reitera``, ``recomenda``, ``upgrades``), ``recomendação``, ``preço-alvo``/``price target``,
+``cobertura``, or a research house by name (``XP``, ``Itaú BBA``, ``UBS``, ``Goldman``,
+``Morgan Stanley``) — is news: it never needs review, its ticker and price are never an
+unlabelled entry, and a signal written as prose (``compra de PETR4 em 36,50``, no ``Label:``)
+in it is no signal. So is a post that *recalls* an open trade (``seguimos posicionados em
+PETR4 (entrada 36,50), alvo 40``, ``continua``, ``mantemos``, ``lembrete``, ``still open``),
+and a chart's target (``alvo técnico``, ``alvo gráfico``) is analysis, like ``preço-alvo``.
+A channel's template (``Ativo: … Compra: 36,50``) stays a signal whatever else the post says,
+and a negated word is a disclaimer, not a source (``não é recomendação de investimento``); a
+name with its own ticker is the company (``BTG Pactual (BPAC11)``).
 
 Invariant: ``classify`` never raises on any text and always returns exactly one kind.
 """
@@ -24,11 +53,66 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from tgstack.signals.events import Event, find_events, summarise
-from tgstack.signals.lexicon import EVENT_WORDS, STOP_L
+from tgstack.signals.lexicon import (
+    ARTICLE,
+    EVENT_WORDS,
+    LINK,
+    LIST,
+    NL,
+    PUNCT,
+    REMINDER,
+    REPORTED,
+    SENT,
+    STOP_L,
+    SUPPRESS,
+    TARGET_L,
+    TICKER_ANY,
+)
 from tgstack.signals.model import Classification, Signal
-from tgstack.signals.scanner import Fields, Scan, read_fields, scan
+from tgstack.signals.scanner import (
+    Fields,
+    Scan,
+    price_line_entry,
+    read_fields,
+    scan,
+    ticker_entries,
+)
 
 CHATTER = Classification("chatter")
+_TARGET_OR_STOP = frozenset({"target", "stop"})
+_VERBLESS = STOP_L | TARGET_L
+_ASSET = ("asset",)
+# "não é recomendação de investimento", "not a recommendation": a disclaimer, not a source
+_NEGATIONS = frozenset({"não", "nao", "not", "no", "nem", "nenhuma", "nenhum", "sem"})
+
+
+def _reported(s: Scan) -> bool:
+    """Does the post report someone else's call — a source, a rating action, a price target —
+    or recall an open one (``seguimos``, ``continua``, ``mantemos``, ``lembrete``, ``still``)?
+
+    ``segundo o BTG``, ``de acordo com``/``according to``, ``analistas``, ``eleva``/``corta``/
+    ``reitera``/``recomenda``/``upgrades``, ``recomendação``, ``preço-alvo``/``price target``,
+    ``cobertura``, and research houses by name (``XP``, ``Itaú BBA``, ``UBS``, ``Goldman``).
+    Not ``segundo alvo`` (an ordinal), not a word negated just before it (``não é
+    recomendação``), not a name followed by its own ticker (``BTG Pactual (BPAC11)``)."""
+    if not s.union & (REPORTED | SUPPRESS | REMINDER):
+        return False
+    flags, tokens, n = s.flags, s.tokens, len(s.tokens)
+    for k, f in enumerate(flags):
+        if f & SUPPRESS:
+            return True
+        if not f & (REPORTED | REMINDER):
+            continue
+        if tokens[k].lower() == "segundo" and not (k + 1 < n and flags[k + 1] & ARTICLE):
+            continue
+        if any(tokens[b].lower() in _NEGATIONS for b in range(max(0, k - 3), k)):
+            continue
+        if any(
+            tokens[b] == "(" and flags[b + 1] & TICKER_ANY for b in range(k + 1, min(k + 4, n - 1))
+        ):
+            continue
+        return True
+    return False
 
 
 def _asset(s: Scan, fields: Fields) -> str | None:
@@ -68,15 +152,95 @@ def _signal(asset: str | None, fields: Fields) -> Signal | None:
     )
 
 
-def _needs_review(asset: str | None, fields: Fields) -> Classification | None:
+def _needs_review(s: Scan, asset: str | None, fields: Fields) -> Classification | None:
     labelled = fields.labelled
+    found = None
     if asset is not None:
         weight = len(labelled & {"entry", "target", "stop"}) + (fields.signal_type is not None)
-        if "entry" in labelled or weight >= 2:
-            return Classification("needs_review", asset, missing=("entry",))
-    elif fields.entries and labelled & {"target", "stop"}:
-        return Classification("needs_review", None, missing=("asset",))
-    return None
+        called = fields.entry_ticker is not None and bool(
+            labelled & _TARGET_OR_STOP or fields.awaiting
+        )
+        if "entry" in labelled or weight >= 2 or called:
+            found = Classification("needs_review", asset, missing=("entry",))
+    elif fields.entries and labelled & _TARGET_OR_STOP:
+        found = Classification("needs_review", None, missing=_ASSET)
+    return None if found is None or _reported(s) else found
+
+
+def _unlabelled_entry(s: Scan, fields: Fields, asset: str | None) -> Signal | None:
+    """The entry without an entry label, when the post reports no one else's call:
+    ``PETR4 37,50/38,00 alvo 40 stop 36`` — a ticker opening its line with a price or range
+    right after it, when the post labels a target or a stop; or ``Tipo: Compra`` … ``Preço:
+    37,50`` — a line naming the price after a line naming the direction alone."""
+    found = None
+    if s.tickers and fields.labelled & _TARGET_OR_STOP and (every := ticker_entries(s)):
+        found = every[0]
+        if len({s.tokens[t].upper() for t, *_ in every}) > 1:
+            fields.priced_entries.extend(t for t, *_ in every)  # one call a line: several
+    if found is None and fields.direction and asset is not None:
+        found = price_line_entry(s)
+        if found is not None:
+            at, low, high, end = found
+            fields.entries.append((low, high))
+            fields.matches.append(("entry", at, end, (low, high)))
+            fields.matches.sort(key=lambda match: match[1])
+            return None if _reported(s) else _signal(asset, fields)
+    if found is None or _reported(s):
+        return None
+    at, low, high, end = found
+    fields.entries.append((low, high))
+    fields.matches.append(("entry", at, end, (low, high)))
+    fields.matches.sort(key=lambda match: match[1])  # --explain lists them in reading order
+    return _signal(fields.asset or s.tokens[at].upper(), fields)
+
+
+def _line_of(s: Scan, at: int) -> tuple[int, int]:
+    flags, n = s.flags, len(s.flags)
+    start = at
+    while start > 0 and not flags[start - 1] & NL:
+        start -= 1
+    end = at + 1
+    while end < n and not flags[end] & NL:
+        end += 1
+    return start, end
+
+
+def _nearest_ticker(s: Scan, at: int) -> int | None:
+    """The ticker nearest ``at`` on its line (before it on a tie), or None."""
+    start, end = _line_of(s, at)
+    on_line = [t for t in s.tickers if start <= t < end]
+    return min(on_line, key=lambda t: (abs(t - at), t > at)) if on_line else None
+
+
+def _several_calls(s: Scan, fields: Fields) -> bool:
+    """Entries read at two or more entry labels in a post naming two or more tickers: several
+    calls in one post (a weekly list, ``PETR4 — entrada 36,50 …`` and ``VALE3 — entrada 60,00
+    …`` on lines of their own), which no single signal can hold."""
+    if len(fields.priced_entries) < 2 or len(s.tickers) < 2:
+        return False
+    return len({s.tokens[t].upper() for t in s.tickers}) > 1
+
+
+def _event_tickers(s: Scan, at: int) -> set[str]:
+    """The ticker the event word at ``at`` is said of: the nearest on its line (before on a
+    tie) — with the tickers listed beside it (``PETR4, VALE3 e ITUB4 no gain``, ``#PETR4
+    #VALE3``), which make the event one of several trades."""
+    flags, tokens = s.flags, s.tokens
+    nearest = _nearest_ticker(s, at)
+    if nearest is None:
+        return set()
+    start, end = _line_of(s, at)
+    on_line = [t for t in s.tickers if start <= t < end]
+    named = {tokens[nearest].upper()}
+    for step in (-1, 1):
+        k = nearest + step
+        while start <= k < end and (flags[k] & (PUNCT | LINK | LIST) or k in on_line):
+            if flags[k] & SENT:
+                break
+            if k in on_line:
+                named.add(tokens[k].upper())
+            k += step
+    return named
 
 
 class Analysis(NamedTuple):
@@ -96,19 +260,36 @@ def analyse(text: str | None) -> Analysis:
     fields = read_fields(s)
     asset = _asset(s, fields)
     signal = _signal(asset, fields)
-    # Without an event word only verbless stop moves are possible, and those are instructions:
-    # a complete signal with none is a signal whatever its stop line says.
+    if signal is not None and not fields.entry_formal and _reported(s):
+        signal = None  # "Segundo o BTG, compra de PETR4 em 36,50": news, not a call
+    elif signal is None and not fields.entries:
+        signal = _unlabelled_entry(s, fields, asset)
+        asset = signal.asset if signal is not None else asset
+    # Without an event word only verbless stop moves and targets named alone are possible, and
+    # those are instructions: a complete signal with none is a signal whatever its lines say.
     words = s.union & EVENT_WORDS
-    events = find_events(s) if words or (signal is None and s.union & STOP_L) else []
+    events = find_events(s) if words or (signal is None and s.union & _VERBLESS) else []
+    named = set()
+    if events and len(s.tickers) > 1:
+        named = {name for e in events for name in _event_tickers(s, e.at)}
+    if signal is not None and _several_calls(s, fields):
+        if len(named) > 1:  # "PETR4 37,50 alvo 40 ✅ / VALE3 61,80 stop 59 ❌": a summary
+            return Analysis(CHATTER, s, fields, events)
+        several = None if _reported(s) else Classification("needs_review", None, missing=_ASSET)
+        return Analysis(several or CHATTER, s, fields, events)
     if events and (signal is None or not all(e.directive for e in events)):
         event = summarise(events)
+        if fields.asset is None and named:
+            if len(named) > 1:  # "PETR4 ✅ alvo 1 / ITUB4 ❌ stop": a summary of the day
+                return Analysis(CHATTER, s, fields, events)
+            asset = named.pop()
         found = Classification(
             event.kind, asset, target=event.target, stop=event.stop, result=event.result
         )
         return Analysis(found, s, fields, events)
     if signal is not None:
         return Analysis(Classification("signal", signal.asset, signal), s, fields, events)
-    return Analysis(_needs_review(asset, fields) or CHATTER, s, fields, events)
+    return Analysis(_needs_review(s, asset, fields) or CHATTER, s, fields, events)
 
 
 def classify(text: str | None) -> Classification:

@@ -6,24 +6,32 @@ An event is an *event word* paired with its *subject* in the same sentence:
 ==============  =============================================  ==================================
 event           event words (PT / EN, any form)                subject
 ==============  =============================================  ==================================
-target_hit      atingido, batido, bateu, alcançou, hit,         a target: ``alvo 2``, ``TP1``,
-                reached, done; ✅ right after the target        ``2º alvo``, ``alvo final``,
+target_hit      atingido, batido, bateu, alcançou, acionou,     a target: ``alvo 2``, ``TP1``,
+                hit, reached, done; ✅ right after the target   ``2º alvo``, ``alvo final``,
                                                                ``todos os alvos``, ``all targets``
-stopped         the same words                                 the stop: ``stop``, ``SL``
+                (no verb) a target alone in its sentence       —
+                outside a template: ``ALVO FINAL EM VALE3``
+stopped         the same words, levou, tomamos, deu            the stop: ``stop``, ``SL``
                 stopado, stopou, stopped out                   none needed
                 (no verb) the stop alone in its sentence:      —
-                ``CYREW296 stop``, ``Stop ❌``
-stop_moved      movido, mover, subir, ajustado, novo, move,     the stop, then where it went: a
-                trail, raised                                  price, the entry, ``0x0``,
+                ``CYREW296 stop``, ``Stop ❌``; crossed off:
+                ``Stop: 36 ❌``, ``…, VALE3 SL ❌, …``
+stop_moved      movido, mover, subir, ajustado, novo, móvel,    the stop, then where it went: a
+                move, trail, raised                            price, the entry, ``0x0``,
                                                                breakeven, a target
                 (no verb) ``stop na entrada``, ``SL to BE``,   —
-                ``stop para 37,50``
+                ``stop para 37,50``, ``stop in breakeven``,
+                ``SL @ entry``; ``com stop em 38,50`` only
+                beside a target reached
 closed          encerrado, zeramos, fechado, finalizado,        a trade or signal noun, a result
                 saímos, closed, close, exit                    (gain, loss, lucro), the ticker
                                                                after it, or nothing else in the
                                                                sentence (``Encerrado ✅``)
 cancelled       cancelado, cancelar, desconsiderem, ignore,     a trade or signal noun, the
-                cancelled, invalidated                         ticker, or nothing else
+                cancelled, invalidated                         ticker, nothing else, or nothing
+                                                               else in its clause when another
+                                                               speaks of the entry (``Não
+                                                               acionou, cancelado``)
 ==============  =============================================  ==================================
 
 Between the event word and its subject there may be fillers, articles, numbers, tickers,
@@ -32,8 +40,10 @@ trade (``fechamos a semana com lucro`` closes no trade). An event word in a ques
 condition (``se o alvo 1 for atingido, mover o stop``), reports nothing; ``12 alvos atingidos``
 is a count, and an instruction to move the stop that does not say where (``move your stop only
 in the direction of the trade``) is advice. Instructions (``mover``, ``encerrar``, ``cancel``),
-✅ ticks and the verbless stop moves are *directives*: inside a complete signal they are part of
-the signal's plan, not events.
+✅ ticks, the verbless stop moves and whatever is said of what comes after (``após stopado,
+aguardar``, ``after TP1 move SL``) are *directives*: inside a complete signal they are part of
+the signal's plan, not events. ``novo``/``new`` moves only the stop right beside it (``novo
+stop: 38``; not ``aguardar novo sinal``).
 
 Invariant: the module only reads the scan; it never raises and never invents a price — a stop
 moved to a price carries exactly the price the post wrote.
@@ -41,6 +51,8 @@ moved to a price carries exactly the price the post wrote.
 
 from __future__ import annotations
 
+import re
+from decimal import Decimal
 from typing import NamedTuple
 
 from tgstack.signals.lexicon import (
@@ -98,6 +110,14 @@ _REACH_BACK = 7
 _REACH_AHEAD = 4
 _MOVES_TO = frozenset({"para", "pra", "to", "→", ">"})  # a stop "para 37,50" was moved there
 _NOW = frozenset({"agora", "now"})
+_WITH = frozenset({"com", "with"})
+_NEXT = frozenset({"próximo", "proximo", "próxima", "proxima", "next"})
+_NEW = frozenset({"novo", "nova", "new"})
+_AFTER = frozenset({"após", "apos", "after", "depois"})
+# "zeramos antes do alvo": closed short of the target, which says nothing of the result.
+_SHORT_OF = frozenset({"antes", "before", "sem", "without"})
+# A signed result: "+4,2%", "-150 pts" (the sign glued to the number, not a dash before it).
+_SIGNED = re.compile(r"(?<![\w.,%)])([+-])\d+(?:[.,]\d+)*\s?(?:%|pts\b|pontos\b|pt\b)")
 
 PRECEDENCE: tuple[EventKind, ...] = ("cancelled", "stopped", "closed", "target_hit", "stop_moved")
 
@@ -158,6 +178,35 @@ def _alone(s: Scan, at: int) -> bool:
     return not any(_content(s.flags[k]) for k in range(start, end) if k != at)
 
 
+_CLAUSE_MARKS = frozenset(",—–")
+_OF_A_TRADE = HIT | ENTRY_L | TRADE | TICKER_ANY
+_CROSSES = frozenset("❌✖✗❎🔴")  # a stop ticked off as lost
+
+
+def _alone_in_clause(s: Scan, at: int, *, of_a_trade: bool = True) -> bool:
+    """The event word is the only word of its clause, and another clause of its sentence
+    speaks of the trade — the entry, a trigger, the ticker: ``Não acionou, cancelado.``,
+    ``Entry not triggered — cancelled`` (not ``Evento de amanhã, cancelado``)."""
+    start, end = s.sentence_of(at)
+    tokens, flags = s.tokens, s.flags
+    first, last = start, end
+    for k in range(at - 1, start - 1, -1):
+        if tokens[k] in _CLAUSE_MARKS:
+            first = k
+            break
+        if _content(flags[k]):
+            return False
+    for k in range(at + 1, end):
+        if tokens[k] in _CLAUSE_MARKS:
+            last = k
+            break
+        if _content(flags[k]):
+            return False
+    return not of_a_trade or any(
+        flags[k] & _OF_A_TRADE for k in (*range(start, first), *range(last, end)) if k != at
+    )
+
+
 def _conditional(s: Scan, at: int, directive: bool) -> bool:
     """Is the event word inside a condition: ``se …``, ``quando …``, ``if …``, ``once …``?
 
@@ -175,6 +224,35 @@ def _conditional(s: Scan, at: int, directive: bool) -> bool:
             clause = False
         k -= 1
     return False
+
+
+def _after(s: Scan, at: int) -> bool:
+    """``após stopado, …``, ``after TP1 …``: said of what comes after — a plan inside a signal,
+    so a directive (outside one, still an event)."""
+    flags, tokens = s.flags, s.tokens
+    k = at - 1
+    while k >= 0 and not flags[k] & BOUNDARY and tokens[k] != ",":
+        if tokens[k].lower() in _AFTER:
+            return True
+        k -= 1
+    return False
+
+
+def _adjacent(s: Scan, at: int, wanted: int) -> int | None:
+    """A token with a ``wanted`` role right before or after ``at`` (later words of a phrase
+    skipped): ``novo stop``, ``stop novo``."""
+    flags, n = s.flags, len(s.flags)
+    k = at + 1
+    while k < n and flags[k] & JOIN:
+        k += 1
+    if k < n and flags[k] & wanted and not flags[k] & _NOT_SUBJECT:
+        return k
+    k = at - 1
+    while k >= 0 and flags[k] & JOIN:
+        k -= 1
+    if k >= 0 and flags[k] & wanted and not flags[k] & _NOT_SUBJECT:
+        return k
+    return None
 
 
 def _target_of(s: Scan, ref: int) -> Target:
@@ -228,8 +306,14 @@ def _destination(s: Scan, ref: int) -> tuple[StopLevel | None, int]:
     return None, ref
 
 
+def _with_stop(s: Scan, ref: int) -> bool:
+    """``… com stop em 38,50``, ``with SL at 38.50``: the stop at ``ref`` is where it is now."""
+    return ref > 0 and s.low(ref - 1) in _WITH
+
+
 def _verbless_move(s: Scan, ref: int) -> tuple[StopLevel | None, int]:
-    """``stop na entrada``, ``stop no 0x0``, ``SL to BE``, ``stop para 37,50``, ``SL: BE``:
+    """``stop na entrada``, ``stop no 0x0``, ``SL to BE``, ``stop para 37,50``, ``SL: BE``,
+    ``stop in breakeven``, ``stop 0x0``, ``SL @ entry``:
     the level and its position."""
     flags, tokens, n = s.flags, s.tokens, len(s.tokens)
     k = ref + 1
@@ -237,9 +321,13 @@ def _verbless_move(s: Scan, ref: int) -> tuple[StopLevel | None, int]:
     while k < n and flags[k] & (JOIN | AUX | ARTICLE) and not flags[k] & DEST:
         now = now or tokens[k].lower() in _NOW
         k += 1
+    if k < n and flags[k] & BREAKEVEN:
+        return "entry", k  # "stop in breakeven", "stop 0x0", "SL BE"
     if k >= n or not flags[k] & (DEST | COLON):
         return None, ref
-    moves_to = now or tokens[k].lower() in _MOVES_TO
+    # "para 37,50" says where it went; "com stop em 38,50" ("with the stop at") where it is now,
+    # read beside a target reached only (find_events)
+    moves_to = now or tokens[k].lower() in _MOVES_TO or _with_stop(s, ref)
     colon = bool(flags[k] & COLON)
     k += 1
     while k < n and flags[k] & (ARTICLE | FILL) and not flags[k] & (NUM | ENTRY_REF):
@@ -254,17 +342,42 @@ def _verbless_move(s: Scan, ref: int) -> tuple[StopLevel | None, int]:
     return None, ref
 
 
+def _crossed_off(s: Scan, ref: int) -> int | None:
+    """``Stop: 36 ❌``, ``SL 36 ❌``: the position of the cross after the stop's price."""
+    flags, tokens, n = s.flags, s.tokens, len(s.tokens)
+    k = ref + 1
+    while k < n and flags[k] & (COLON | JOIN):
+        k += 1
+    if k + 1 < n and flags[k] & NUM and tokens[k + 1] in _CROSSES:
+        return k + 1
+    return None
+
+
 def _result(s: Scan, at: int) -> Result | None:
-    """gain / loss / breakeven, as the event's sentence (else the post) states it."""
+    """gain / loss / breakeven, as the event's sentence (else the post) states it: a word
+    (``com lucro``, ``at a loss``, ``no 0x0``), else a target in the closing sentence
+    (``encerrado no alvo final`` is a gain), else the one sign of the post's signed
+    percentages or points (``+4,2%``, ``-150 pts``)."""
     start, end = s.sentence_of(at)
-    for first, last in ((start, end), (0, len(s.flags))):
-        for f in s.flags[first:last]:
+    flags = s.flags
+    for first, last in ((start, end), (0, len(flags))):
+        for f in flags[first:last]:
             if f & GAIN:
                 return "gain"
             if f & LOSS:
                 return "loss"
             if f & BREAKEVEN:
                 return "breakeven"
+        if first == start and any(
+            flags[k] & TARGET_L
+            and not flags[k] & _NOT_SUBJECT
+            and not any(s.low(b) in _SHORT_OF for b in range(max(start, k - 3), k))
+            for k in range(start, end)
+        ):
+            return "gain"
+    signs = {match[0] for match in _SIGNED.findall(s.text)}
+    if len(signs) == 1:
+        return "gain" if "+" in signs else "loss"
     return None
 
 
@@ -289,6 +402,20 @@ def _priced(s: Scan, ref: int) -> bool:
     return j < len(s.flags) and bool(s.flags[j] & NUM)
 
 
+def _named_alone(s: Scan, ref: int) -> bool:
+    """A target label with no price, alone in its sentence (but for the ticker, its number,
+    symbols), not asked about, not a condition: ``ALVO FINAL EM VALE3``, ``PETR4 alvo 2``."""
+    f = s.flags[ref]
+    if not f & TARGET_L or f & (_NOT_SUBJECT | PLURAL) or s.in_question(ref):
+        return False
+    if any(s.low(k) in _NEXT for k in range(max(0, ref - 2), ref)):
+        return False  # "Próximo alvo 🎯": the one still ahead
+    _, j = label_index(s, ref)
+    if (j < len(s.flags) and s.flags[j] & COLON) or _priced(s, ref):
+        return False
+    return _alone(s, ref) and not _conditional(s, ref, True)
+
+
 def _is_stop(f: int) -> bool:
     return bool(f & STOP_L) and not f & _NOT_SUBJECT
 
@@ -305,6 +432,7 @@ def find_events(s: Scan) -> list[Event]:
         directive = bool(f & DIRECTIVE)
         if _conditional(s, at, directive):
             continue
+        directive = directive or _after(s, at)
         if f & HIT:
             ref = _search(s, at, TARGET_L | STOP_L, gap=1, skip=TRADE, exclude=_NOT_SUBJECT)
             if ref is not None and _is_stop(flags[ref]):
@@ -329,7 +457,10 @@ def find_events(s: Scan) -> list[Event]:
             if ref is not None or _alone(s, at):
                 events.append(Event("stopped", at, directive, ref))
         elif f & MOVE:
-            ref = _search(s, at, STOP_L, gap=1, skip=TRADE, exclude=_NOT_SUBJECT)
+            if s.low(at) in _NEW:  # "novo stop", "New SL": the adjective's own noun only
+                ref = _adjacent(s, at, STOP_L)
+            else:
+                ref = _search(s, at, STOP_L, gap=1, skip=TRADE, exclude=_NOT_SUBJECT)
             level, until = _destination(s, ref) if ref is not None else (None, at)
             if ref is not None and (level is not None or not directive):
                 # an instruction says where ("subam o stop para 37,50"); a report may not
@@ -355,17 +486,41 @@ def find_events(s: Scan) -> list[Event]:
                 events.append(Event("closed", at, directive, None, result=result))
         elif f & CANCEL:
             ref = _search(s, at, TRADE | TICKER_ANY | ENTRY_L, gap=0)
-            if ref is not None or _alone(s, at):
+            if ref is not None or _alone(s, at) or _alone_in_clause(s, at):
                 events.append(Event("cancelled", at, directive, ref))
+    template = bool(s.union & (ASSET_L | ENTRY_L)) or bool(s.types)
+    where: list[Event] = []
+    subjects = {e.subject for e in events}
     for ref in s.labels:
+        if not template and ref not in subjects and _named_alone(s, ref):
+            # "🎯 ALVO FINAL EM VALE3 🎯", "LRENW150 ALVO 2": a target, and nothing else said
+            events.append(Event("target_hit", ref, True, ref, target=_target_of(s, ref)))
+            continue
         if ref in moved or not _is_stop(flags[ref]) or s.in_question(ref):
+            continue
+        if (crossed := _crossed_off(s, ref)) is not None:
+            # "Stop: 36 ❌": the stop at its price, crossed off
+            events.append(Event("stopped", ref, True, ref, crossed))
             continue
         level, until = _verbless_move(s, ref)
         if level is not None and not _conditional(s, ref, True):
-            events.append(Event("stop_moved", ref, True, ref, until, stop=level))
-        elif not (ref + 1 < len(flags) and flags[ref + 1] & (COLON | NUM)) and _alone(s, ref):
-            # "CYREW296 stop", "Stop ❌": the stop, and nothing else said of it
+            event = Event("stop_moved", ref, True, ref, until, stop=level)
+            if isinstance(level, Decimal) and _with_stop(s, ref):
+                where.append(event)  # "com stop em 38,50": a move only beside a target reached
+            else:
+                events.append(event)
+        elif not (ref + 1 < len(flags) and flags[ref + 1] & (COLON | NUM)) and (
+            _alone(s, ref)
+            or (
+                ref + 1 < len(flags)
+                and s.tokens[ref + 1] in _CROSSES
+                and _alone_in_clause(s, ref, of_a_trade=False)
+            )
+        ):
+            # "CYREW296 stop", "Stop ❌", "…, VALE3 SL ❌, …": the stop, and nothing else said of it
             events.append(Event("stopped", ref, True, ref))
+    if where and any(e.kind == "target_hit" for e in events):
+        events.extend(where)
     return events
 
 

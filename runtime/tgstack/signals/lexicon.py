@@ -64,6 +64,10 @@ FIRST_PERSON = 1 << 42  # "we", "nós": the channel speaking of its own trade
 BREAKEVEN = 1 << 43  # the stop at the entry price: "breakeven", "0x0", "BE"
 AUX = 1 << 44  # "foi", "was", "hoje", "now": skipped when pairing an event with its subject
 SYMBOL_L = 1 << 45  # an emoji label (🎯, 🛑): a price right after it; never an event subject
+WAIT = 1 << 46  # the price comes later, or is the market's: "aguardando", "a definir", "TBA"
+REPORTED = 1 << 47  # someone else's call: a source or a rating action ("segundo", "eleva", "UBS")
+UNIT = 1 << 48  # a price's unit after it ("125.300 pts", "37,50 reais"): a label may follow
+REMINDER = 1 << 49  # an open trade recalled, not a new call ("seguimos", "continua", "still")
 
 LABELS = ASSET_L | ENTRY_L | TARGET_L | STOP_L
 EVENT_WORDS = HIT | MOVE | CLOSE | CANCEL | STOPPED | STOPPED_W | CHECK | GAIN | LOSS
@@ -109,7 +113,7 @@ def _w(words: str) -> list[str]:
 _WORDS: dict[int, Iterable[str]] = {
     ASSET_L: _w("ativo papel ticker asset ação acao symbol símbolo simbolo"),
     ASSET_L | WEAK_L: _w("stock par pair código codigo"),
-    ENTRY_L: _w("compra comprar entrada buy entry"),
+    ENTRY_L: _w("compra comprar entrada buy entry long"),
     TARGET_L: _w("alvo target tp objetivo"),
     TARGET_L | PLURAL: _w("alvos targets tps objetivos"),
     TARGET_L | WEAK_L: ["gain"],
@@ -122,15 +126,21 @@ _WORDS: dict[int, Iterable[str]] = {
         "de em entre na no a à at acima abaixo above below from of is preço preco price partir"
         " zona zone região regiao área area around próximo proximo perto torno near aprox"
         " approx approximately até ate up to do da the r us brl usd reais between"
+        # a label's qualifier: "Alvo sugerido: 40", "Stop inicial: 36", "Stop móvel em 38"
+        " inicial sugerido sugerida móvel movel"
+        # where a price stands: "na faixa de 10,50 a 10,80", "no patamar de", "at the level of"
+        " faixa patamar nível nivel level taxa rate"
     ),
     CONN: _w("a à até ate e to and ou or ao"),
     LIST: _w("e and"),
     HIT: _w(
         "atingido atingida atingidos atingidas atingiu atingimos batido batida batidos"
         " batidas bateu batemos alcançado alcançada alcançados alcançou alcançamos alcancado"
-        " alcancada alcancou acionado acionada executado executada realizado realizada"
-        " tocou chegou chegamos pegou hit hits reached achieved done touched triggered"
-        " filled smashed"
+        " alcancada alcancou acionado acionada acionou acionaram executado executada realizado"
+        " realizada atingiram bateram alcançaram alcancaram tocou chegou chegamos pegou hit"
+        " hits reached achieved done touched levou levei levaram tomou tomei tomamos tomaram"
+        " deu"
+        " triggered filled smashed"
     ),
     # "realizem parcial no alvo 1", "parcial no alvo 1", "saída no alvo 2", "saída no stop"
     HIT | DIRECTIVE: _w("realizar realize realizem parcial saída saida"),
@@ -143,7 +153,7 @@ _WORDS: dict[int, Iterable[str]] = {
     MOVE | DIRECTIVE: _w(
         "mover movam move mova subir suba subam ajustar ajuste ajustem alterar altere"
         " trail raise levar leve levem colocar coloque coloquem reposicionar atualizar"
-        " update adjust puxar puxe passar"
+        " update adjust puxar puxe passar móvel movel"
     ),
     CLOSE: _w(
         "encerrado encerrada encerrados encerradas encerramos fechado fechada fechados"
@@ -170,13 +180,14 @@ _WORDS: dict[int, Iterable[str]] = {
     AUX: _w(
         "foi foram fomos é está esta era será vai vão was were is are has have had been got"
         " getting já ja hoje agora ontem now today just finally finalmente aqui here"
+        " manualmente manually deu"
     ),
     TRADE: _w(
         "operação operacao posição posicao trade position sinal signal call ordem order"
         " recomendação recomendacao montagem compra entrada entry setup"
     ),
-    GAIN: _w("gain gains lucro profit positivo"),
-    LOSS: _w("loss prejuízo prejuizo negativo perda"),
+    GAIN: _w("gain gains ganho ganhos lucro lucros profit positivo positiva positive"),
+    LOSS: _w("loss prejuízo prejuizo negativo negativa negative perda perdas"),
     COND: _w("se caso ao quando if when once"),
     FINAL: _w("final geral máximo maximo max máx último ultimo last"),
     ORDINAL: list(ORDINALS),
@@ -184,18 +195,39 @@ _WORDS: dict[int, Iterable[str]] = {
     DEST: _w("para pra to na no em at"),
     ARTICLE: _w("o a os as um uma the essa esta nossa nosso sua seu in on for by of our"),
     FIRST_PERSON: _w("we nós"),
+    UNIT: _w("pts pt pontos points reais"),
+    REMINDER: _w(
+        "lembrete lembrando relembrando reminder still continua continuam seguimos mantemos"
+        " mantendo permanecemos"
+    ),
+    WAIT: _w(
+        "aguardando aguarde aguardem aguardar aguardamos esperando espere esperem definir"
+        " breve mercado waiting wait tba tbd soon market later"
+    ),
+    # Reported calls: an attribution, a rating action, a research house (the names of brokers
+    # and foreign banks that are not themselves the B3 stocks channels trade). "segundo" is an
+    # ordinal too ("segundo alvo"): the classifier reads it as a source before an article only.
+    REPORTED: _w(
+        "segundo conforme according eleva elevou elevam elevaram corta cortou cortam rebaixa"
+        " rebaixou reitera reiterou reiteram recomenda recomendam recomendou recomendação"
+        " recomendacao recomendações recomendacoes cobertura analistas raises cuts lowers upgrades"
+        " upgraded downgrades downgraded reiterates reiterated initiates coverage recommends"
+        " recommendation analysts overweight underweight outperform underperform rating"
+        " btg xp bba bbi safra genial goldman sachs morgan stanley jpmorgan ubs citi"
+        " citigroup bofa merrill barclays hsbc nomura suisse"
+    ),
 }
 
 _SYMBOLS: dict[int, str] = {
     COLON: ":=",
     FILL: ":=-–—>→@([#$~»➡•",
     CONN: "-–—/~",
-    LIST: "/|-–—;,>→&",
+    LIST: "/|-–—;,>→&•·",
     SENT: ".!?;",
     CHECK: "✅✔☑",
     TARGET_L | SYMBOL_L: "🎯",
     STOP_L | SYMBOL_L: "🛑⛔",
-    DEST: "→>",
+    DEST: "→>@",
 }
 
 # Several-word terms: first word → (the words after it, the term's roles, the term's value).
@@ -204,10 +236,27 @@ PHRASES: dict[str, tuple[tuple[tuple[str, ...], int, str], ...]] = {
         (("loss",), STOP_L, "stop loss"),
         (("gain",), TARGET_L, "stop gain"),
         (("target",), STOP_L, "stop target"),
+        (("targets",), STOP_L, "stop target"),  # Cornix: "Stop Targets:\n1) 36000"
+        (("técnico",), STOP_L, "stop técnico"),
+        (("tecnico",), STOP_L, "stop técnico"),
+    ),
+    # a chart's target is analysis, like "preço-alvo": "alvo técnico em 40", "alvo gráfico"
+    "alvo": (
+        (("técnico",), SUPPRESS, "alvo técnico"),
+        (("tecnico",), SUPPRESS, "alvo técnico"),
+        (("gráfico",), SUPPRESS, "alvo gráfico"),
+        (("grafico",), SUPPRESS, "alvo gráfico"),
     ),
     "take": (
+        (("profit", "targets"), TARGET_L | PLURAL, "take profit"),  # Cornix
         (("profit",), TARGET_L, "take profit"),
         (("profits",), TARGET_L | PLURAL, "take profit"),
+    ),
+    # Cornix reports where the entry orders filled on average: a level, not an entry to buy at
+    "average": (
+        (("entry", "price"), BREAKEVEN, "average entry price"),
+        (("entry",), BREAKEVEN, "average entry price"),
+        (("price",), BREAKEVEN, "average entry price"),
     ),
     "preço": (
         (("de", "entrada"), ENTRY_L | ENTRY_REF, "preço de entrada"),
@@ -234,6 +283,8 @@ PHRASES: dict[str, tuple[tuple[tuple[str, ...], int, str], ...]] = {
         (("price",), ENTRY_L, "buy price"),
     ),
     "entry": (
+        (("targets",), ENTRY_L | ENTRY_REF, "entry targets"),  # Cornix: "Entry Targets:\n1) …"
+        (("target",), ENTRY_L | ENTRY_REF, "entry targets"),  # Cornix: "Entry Target 1 ✅"
         (("zone",), ENTRY_L | ENTRY_REF, "entry zone"),
         (("range",), ENTRY_L | ENTRY_REF, "entry range"),
         (("price",), ENTRY_L | ENTRY_REF, "entry price"),

@@ -14,9 +14,13 @@ How a field is read:
    after a symbol or emoji, a number, a ticker, another label or ``e``/``and``/``com``/``with`` —
    or when a colon follows it. In a question (``Buy PETR4 at 36.50?``) nothing is a label.
 3. Its value follows, after at most a few fillers (``:``, ``R$``, ``de``, ``entre``, ``acima de``,
-   an emoji; for the entry also the ticker): one price for a stop or a numbered target, a price
-   or a range for the entry, a list of prices for ``Alvos:``/``Targets:``. Anything else —
-   another word, a percentage — and the label has no value.
+   an emoji; for the entry also the ticker), on the next line when the label ends its own: one
+   price for a stop or a numbered target, a price or a range for the entry, a list of prices
+   for ``Alvos:``/``Targets:`` — ``39 / 41 / 44``, or numbered, ``1) 39`` and ``2) 41`` on
+   lines of their own. Anything else — another word, a percentage — and the label has no value.
+4. Without an entry label the classifier may still find the entry: ``ticker_entries`` (a ticker
+   opening its line with a price after it) and ``price_line_entry`` (``Preço: 37,50`` on its
+   own line) only point at it.
 
 Invariant: reading never raises and never guesses a price — a label whose value is not a
 clean price simply has no value, and a post is a signal only when the classifier says so. The
@@ -53,6 +57,8 @@ from tgstack.signals.lexicon import (
     PHRASE,
     PHRASES,
     PUNCT,
+    REMINDER,
+    REPORTED,
     SENT,
     SIGNAL_TYPES,
     STOP_L,
@@ -63,12 +69,14 @@ from tgstack.signals.lexicon import (
     TYPE_L,
     TYPE_P,
     TYPE_W,
+    UNIT,
+    WAIT,
     WEAK_L,
     WORD,
 )
 from tgstack.signals.normalise import normalise
 from tgstack.signals.prices import number_token_price
-from tgstack.signals.tickers import is_ticker
+from tgstack.signals.tickers import GENERIC_FUTURES, is_ticker
 
 TOKEN = re.compile(
     r"\d+(?:[.,]\d+)*(?:[^\W\d_]\w*)?"  # a number (1.250,50), with letters glued: 1º, 0x0, 10h
@@ -99,9 +107,12 @@ _GENERIC_ASSET = re.compile(r"[a-z][a-z0-9]{1,11}")
 _SKIP_BEFORE_VALUE = FILL | COLON
 _HARD_STOP = SENT | LIST | CHECK
 # What may come just before a word for it to stand where a label stands.
-_LABEL_PRECEDERS = NL | PUNCT | NUM | TICKER_ANY | LABELS | TYPE_L | TYPE_P | TYPE_W | LINK | JOIN
+_LABEL_PRECEDERS = (
+    NL | PUNCT | NUM | UNIT | TICKER_ANY | LABELS | TYPE_L | TYPE_P | TYPE_W | LINK | JOIN
+)
 BOUNDARY = NL | SENT
 _MAX_SKIPPED = 6
+_NOW = frozenset({"agora", "now", "já", "ja"})
 _BREAKEVEN_ABBREVIATION = "BE"  # in capitals only: "be" is a verb
 _PERCENT = "%"
 # An entry range is narrow. A second end outside _RANGE times the first is not a range end
@@ -157,6 +168,8 @@ def token_flags(token: str) -> int:
     if low.isalpha():
         if _undated_future(low):
             flags |= TICKER_ANY | (TICKER if token.isupper() else 0)
+        elif token in GENERIC_FUTURES:
+            flags |= TICKER_ANY | TICKER
         return flags
     match = _INDEXED.fullmatch(low)
     if match:
@@ -232,7 +245,8 @@ def _phrase(tokens: list[str], i: int) -> tuple[int, int, str] | None:
 
 def _names_type(tokens: list[str], flags: list[int], i: int) -> bool:
     """A lone type word (``Swing``) counts first on its line, after ``Tipo:`` on its line, or
-    on its own in brackets or as a hashtag (``(swing)``, ``#swing``)."""
+    on its own in brackets, as a hashtag or after a pipe (``(swing)``, ``#swing``,
+    ``B3 | SWING``)."""
     if i > 0 and tokens[i - 1] in _TYPE_BRACKETS:
         return True
     k = i - 1
@@ -247,11 +261,11 @@ def _names_type(tokens: list[str], flags: list[int], i: int) -> bool:
     return first
 
 
-_TYPE_BRACKETS = frozenset("(#[")
+_TYPE_BRACKETS = frozenset("(#[|")
 _TARGET_OR_ENTRY = TARGET_L | ENTRY_L
 _TICKER_LABELS = ENTRY_L | ASSET_L  # a ticker may stand between these labels and their value
 _INDEX_MARKS = frozenset("-#")
-_MARKED = LABELS | TYPE_L | TICKER | TYPE_P | TYPE_W | EVENT_WORDS | PHRASE
+_MARKED = LABELS | TYPE_L | TICKER | TYPE_P | TYPE_W | EVENT_WORDS | PHRASE | REPORTED | REMINDER
 
 
 def scan(text: str) -> Scan:
@@ -295,7 +309,15 @@ class Fields:
     """The labelled fields of a post as the scanner read them (any may be missing)."""
 
     asset: str | None = None
-    entry_ticker: str | None = None  # a ticker written between the entry label and its price
+    # a ticker written with the entry label: after it ("Compra PETR4 36,50") or just before
+    # it ("PETR4 compra 36,50")
+    entry_ticker: str | None = None
+    entry_formal: bool = False  # an entry price read after "Label:" (a template, not prose)
+    awaiting: bool = False  # an entry label without a price says the price comes later
+    direction: bool = False  # an entry label without a price ("Tipo: Compra", "COMPRA PETR4")
+    # positions of the unnumbered entry labels read with a price: more than one, each with its
+    # own ticker, and the post holds several calls ("PETR4 — entrada 36,50 …⏎VALE3 — entrada …")
+    priced_entries: list[int] = field(default_factory=list)
     signal_type: str | None = None
     entries: list[tuple[Decimal, Decimal]] = field(default_factory=list)
     targets: dict[int, Decimal] = field(default_factory=dict)
@@ -395,10 +417,14 @@ def _skip_to_value(s: Scan, j: int, *, ticker_ok: bool, formal: bool) -> tuple[i
         symbol = f & PUNCT and (not f & _HARD_STOP or char == "|") and char not in ")]"
         if f & (_SKIP_BEFORE_VALUE | JOIN) or symbol:
             pass
+        elif ticker_ok and char.lower() in _NOW:
+            pass  # "Buy ITUB4 now @ 32.40", "Compra agora 37,50"
         elif ticker_ok and f & TICKER_ANY and ticker is None:
             ticker = j
-        elif f & NL and formal and not crossed_line:
-            crossed_line = True  # "Compra:" with the price on the next line
+        elif f & NL and (formal or skipped == 0) and not crossed_line:
+            # "Compra:" with the price on the next line, or a label ending its line
+            # ("#PETR4 — COMPRA\n💵 37,50")
+            crossed_line = True
         else:
             break
         j += 1
@@ -463,16 +489,28 @@ def read_fields(s: Scan) -> Fields:
         elif j >= n or not flags[j] & NUM:
             j, ticker = _skip_to_value(s, j, ticker_ok=bool(f & _TICKER_LABELS), formal=formal)
         if f & ASSET_L:
-            _read_asset(s, out, i, j, ticker)
+            _read_asset(s, out, i, j, ticker, formal=formal)
+            continue
+        if index is None and j < n and tokens[j] == "1" and (items := _list_items(s, j)):
+            _read_items(out, i, f, items, formal=formal)
+            if f & ENTRY_L:
+                indexed_entries = True
             continue
         price = price_at(s, j) if j < n and flags[j] & NUM else None
         if f & ENTRY_L:
             if formal or price is not None:
                 labelled.add("entry")
+            if ticker is None:
+                ticker = _ticker_before(s, i)
             if ticker is not None and out.entry_ticker is None:
                 out.entry_ticker = tokens[ticker].upper()
                 matches.append(("asset", ticker, ticker, out.entry_ticker))
+            if price is None:
+                out.direction = True
+                out.awaiting = out.awaiting or _says_later(s, i)
             numbered = isinstance(index, int)
+            if price is not None and not numbered:
+                out.priced_entries.append(i)
             if price is None or (out.entries and not (numbered and indexed_entries)):
                 continue  # the first entry, or every numbered one ("Entrada 2: 35,80")
             low = high = price
@@ -483,6 +521,7 @@ def read_fields(s: Scan) -> Fields:
                     end = k
                     low, high = (price, other) if price <= other else (other, price)
             indexed_entries = indexed_entries or numbered
+            out.entry_formal = out.entry_formal or formal
             out.entries.append((low, high))
             matches.append(("entry", i, end, (low, high)))
         elif f & TARGET_L:
@@ -500,6 +539,8 @@ def read_fields(s: Scan) -> Fields:
                     matches.append(("target", i, j, (index, price)))
             else:  # unnumbered: the next free numbers ("Alvos: 39 / 41 / 44")
                 for value, at in [(price, j), *_more_prices(s, j)]:
+                    if value in out.targets.values():
+                        continue  # the same target again ("Resumo: … alvo 40")
                     while next_target in out.targets:
                         next_target += 1
                     out.targets[next_target] = value
@@ -514,6 +555,167 @@ def read_fields(s: Scan) -> Fields:
         at, out.signal_type = s.types[0]
         matches.append(("signal_type", at, at, out.signal_type))
     return out
+
+
+# After an item's number: "1) 39.00", "1. 39.00". Without a mark only first on its line
+# ("1️⃣ 39,00": the keycap folds away).
+_ITEM_MARKS = frozenset(").")
+
+
+def _item(s: Scan, j: int, number: int) -> tuple[Decimal, int] | None:
+    """The price of list item ``number`` starting at ``j`` and its position, or None."""
+    tokens, flags, n = s.tokens, s.flags, len(s.tokens)
+    if j >= n or tokens[j] != str(number):
+        return None
+    k = j + 1
+    if k < n and tokens[k] in _ITEM_MARKS:
+        k += 1
+    elif j > 0 and not flags[j - 1] & NL:
+        return None
+    price = price_at(s, k)
+    return None if price is None else (price, k)
+
+
+def _list_items(s: Scan, j: int) -> list[tuple[int, Decimal, int]]:
+    """A numbered list starting at ``j`` with item 1, one item a line or several on one:
+    ``Take-Profit Targets:\n1) 39.00\n2) 40.00``, ``Alvos: 1) 39 2) 40``. (number, price,
+    price position) for each item, in order; empty when ``j`` starts no such list."""
+    flags, n = s.flags, len(s.tokens)
+    items: list[tuple[int, Decimal, int]] = []
+    number = 1
+    while (found := _item(s, j, number)) is not None:
+        price, k = found
+        items.append((number, price, k))
+        number += 1
+        j = k + 1
+        while j < n and flags[j] & PUNCT and not flags[j] & NL:
+            j += 1  # "1) 39 | 2) 40", "1) 39 (+2.6%)" stops at the "+2.6"
+        if j < n and _item(s, j, number) is None:
+            line_end = j
+            while line_end < n and line_end < k + 8 and not flags[line_end] & NL:
+                line_end += 1
+            j = line_end + 1
+    return items
+
+
+def _read_items(
+    out: Fields, i: int, f: int, items: list[tuple[int, Decimal, int]], *, formal: bool
+) -> None:
+    """The fields of a numbered list after the label at ``i``: every item a target, an entry
+    (the range they span) or — the first — the stop."""
+    if f & TARGET_L:
+        out.labelled.add("target")
+        for number, price, at in items:
+            if number not in out.targets:
+                out.targets[number] = price
+                out.matches.append(("target", i, at, (number, price)))
+    elif f & ENTRY_L:
+        out.labelled.add("entry")
+        if out.entries:
+            return
+        out.entry_formal = out.entry_formal or formal
+        for _, price, at in items:
+            out.entries.append((price, price))
+            out.matches.append(("entry", i, at, (price, price)))
+    elif f & STOP_L:
+        out.labelled.add("stop")
+        if out.stop is None:
+            _, out.stop, at = items[0]
+            out.matches.append(("stop", i, at, out.stop))
+
+
+def _ticker_before(s: Scan, i: int) -> int | None:
+    """The ticker just before the entry label at ``i`` that opens its line (``PETR4 compra``,
+    ``#VALE3 — Buy``; not ``Gráfico de PETR4: entrada do canal …``)."""
+    flags = s.flags
+    k = i - 1
+    if k >= 0 and flags[k] & PUNCT and not flags[k] & _HARD_STOP:
+        k -= 1  # "PETR4: compra", "PETR4 — compra"
+    if k < 0 or not flags[k] & TICKER_ANY:
+        return None
+    b = k - 1
+    while b >= 0 and flags[b] & PUNCT and not flags[b] & (NL | _HARD_STOP):
+        b -= 1
+    return k if b < 0 or flags[b] & NL else None
+
+
+def _says_later(s: Scan, i: int) -> bool:
+    """The sentence of the entry label at ``i`` says its price comes later or is the
+    market's: ``aguardando preço``, ``a definir``, ``a mercado``, ``TBA``."""
+    start, end = s.sentence_of(i)
+    return any(s.flags[k] & WAIT for k in range(start, end))
+
+
+def ticker_entries(s: Scan) -> list[tuple[int, Decimal, Decimal, int]]:
+    """Every ticker that opens its line (after symbols: ``#PETR4``, ``$VALE3``, a bullet)
+    followed directly by a price or a range, with no entry label: ``PETR4 37,50/38,00 alvo
+    40``. (ticker position, low, high, last token of the price) each; the caller decides whether
+    the post's other labels make one an entry."""
+    flags, tokens, n = s.flags, s.tokens, len(s.tokens)
+    found: list[tuple[int, Decimal, Decimal, int]] = []
+    for t in s.tickers:
+        k = t - 1
+        while k >= 0 and flags[k] & PUNCT and not flags[k] & (NL | _HARD_STOP):
+            k -= 1
+        if k >= 0 and not flags[k] & NL:
+            continue
+        j = t + 1  # "PETR4 37,50", "PETR4: 37,50", "PETR4 @ 37.50", "PETR4 | R$ 37,50"
+        while j < n and j <= t + 3 and not flags[j] & (NUM | NL | SENT | CHECK):
+            if not flags[j] & (FILL | COLON | PUNCT):
+                break
+            j += 1
+        price = price_at(s, j)
+        if price is None:
+            continue
+        low = high = price
+        end = j
+        if (k2 := _second_end(s, j)) is not None and (second := price_at(s, k2)):
+            other = _range_end(tokens[j], price, tokens[k2], second)
+            if other is not None:
+                end = k2
+                low, high = (price, other) if price <= other else (other, price)
+        if _quoted_change(s, end + 1):
+            continue  # "VALE3 62,10 (+1,5%)": a quote and the day's change, not an entry
+        found.append((t, low, high, end))
+    return found
+
+
+_PRICE_WORDS = frozenset({"preço", "preco", "price"})
+
+
+def price_line_entry(s: Scan) -> tuple[int, Decimal, Decimal, int] | None:
+    """``Preço: 37,50`` opening its line (after symbols): (position, low, high, last token of
+    the price) — the entry when another line names the direction alone (``Tipo: Compra``)."""
+    flags, tokens, n = s.flags, s.tokens, len(s.tokens)
+    for i in range(n - 2):
+        if tokens[i].lower() not in _PRICE_WORDS or not flags[i + 1] & COLON:
+            continue
+        k = i - 1
+        while k >= 0 and flags[k] & PUNCT and not flags[k] & (NL | _HARD_STOP):
+            k -= 1
+        if k >= 0 and not flags[k] & NL:
+            continue
+        j, _ = _skip_to_value(s, i + 1, ticker_ok=False, formal=False)
+        price = price_at(s, j)
+        if price is None:
+            continue
+        low = high = price
+        end = j
+        if (k2 := _second_end(s, j)) is not None and (second := price_at(s, k2)):
+            other = _range_end(tokens[j], price, tokens[k2], second)
+            if other is not None:
+                end = k2
+                low, high = (price, other) if price <= other else (other, price)
+        return i, low, high, end
+    return None
+
+
+def _quoted_change(s: Scan, k: int) -> bool:
+    """A signed percentage at ``k`` (``+1,5%``, ``(-0,8%)``): a price's change on the day."""
+    tokens, n = s.tokens, len(s.tokens)
+    if k < n and tokens[k] == "(":
+        k += 1
+    return k + 2 < n and tokens[k] in "+-" and bool(s.flags[k + 1] & NUM) and tokens[k + 2] == "%"
 
 
 def _more_prices(s: Scan, j: int) -> list[tuple[Decimal, int]]:
@@ -532,8 +734,9 @@ def _more_prices(s: Scan, j: int) -> list[tuple[Decimal, int]]:
     return found
 
 
-def _read_asset(s: Scan, out: Fields, i: int, j: int, ticker: int | None) -> None:
-    """The asset after an asset label: a ticker, else the old parser's generic word."""
+def _read_asset(s: Scan, out: Fields, i: int, j: int, ticker: int | None, *, formal: bool) -> None:
+    """The asset after an asset label: a ticker, else — after ``Label:`` only — the old
+    parser's generic word (``Ativo: AAPL``; not ``…, papel abriu em gap``)."""
     if out.asset is not None:
         return
     flags, tokens, n = s.flags, s.tokens, len(s.tokens)
@@ -541,7 +744,7 @@ def _read_asset(s: Scan, out: Fields, i: int, j: int, ticker: int | None) -> Non
     if at is None and j < n and flags[j] & WORD and not flags[j] & (LABELS | EVENT_WORDS):
         # "Ativo: Petrobras (PETR4)": the ticker in brackets beats the company's name
         at = next((k for k in range(j + 1, min(j + 4, n)) if flags[k] & TICKER_ANY), None)
-        if at is None and _GENERIC_ASSET.fullmatch(s.low(j)) and tokens[j].isascii():
+        if at is None and formal and _GENERIC_ASSET.fullmatch(s.low(j)) and tokens[j].isascii():
             at = j
     if at is not None:
         out.asset = tokens[at].upper()

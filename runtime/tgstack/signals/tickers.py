@@ -13,8 +13,12 @@ mini / full future         3 letters + FUT, or + month code + 2        WINFUT, W
 =========================  ==========================================  ======================
 
 A root is four characters, a letter first and at least three letters in all (``B3SA``,
-``M1TA``). Invariant: ``ticker_shape`` says only whether a word *looks like* a B3 ticker; it
-never consults a list of listed companies, so a ticker listed tomorrow is read today.
+``M1TA``). Day-trade channels also name the current mini or full index and dollar contract
+without its month — ``WIN``, ``WDO``, ``IND``, ``DOL`` — read as tickers in capitals only
+(``GENERIC_FUTURES``; ``win`` is a word).
+
+Invariant: ``ticker_shape`` says only whether a word *looks like* a B3 ticker; it never
+consults a list of listed companies, so a ticker listed tomorrow is read today.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ _SHAPES = (
     ("stock", rf"{_ROOT}\d{{1,2}}"),
     ("option", rf"{_ROOT}[a-x]\d{{1,3}}(?:w[1-5])?"),
 )
+# The current contract, as day-trade channels write it: "WIN compra 125.300".
+GENERIC_FUTURES = frozenset({"WIN", "WDO", "IND", "DOL"})
 _TICKER = re.compile("|".join(f"(?P<{name}>{rule})" for name, rule in _SHAPES))
 
 
