@@ -553,6 +553,59 @@ def test_several_calls_in_one_post_need_review_without_an_asset(text: str) -> No
     assert classify(text) == Classification("needs_review", None, missing=("asset",))
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "#WEGE3 📈 Compramos a 38.20, alvos 39.50 e 40.80, stop 37.40",
+        "Comprei WEGE3 a 38,20, alvo 39,50, stop 37,40",
+        "Entramos em WEGE3 a 38,20. Alvo: 39,50. Stop: 37,40",
+        "Compre WEGE3 em 38,20 | Alvo 39,50 | Stop 37,40",
+        "Bought WEGE3 at 38.20, TP 39.50, SL 37.40",
+        "We just bought WEGE3 @ 38.20, TP 39.50, SL 37.40",
+        "Entrada feita em WEGE3 a 38,20\nAlvo 1: 39,50\nStop: 37,40",
+        "Acabamos de comprar WEGE3 a 38,20. Alvo 39,50 / stop 37,40",
+        "Comprem! WEGE3 a 38,20 alvo 39,50 stop 37,40",
+    ],
+)
+def test_a_buy_the_channel_reports_or_orders_is_the_entry_beside_a_target_or_stop(
+    text: str,
+) -> None:
+    signal = parse_signal(text)
+    assert signal is not None
+    assert (signal.asset, signal.buy_min, signal.buy_max, signal.target_1, signal.stop) == (
+        "WEGE3",
+        D("38.20"),
+        D("38.20"),
+        D("39.50"),
+        D("37.40"),
+    )
+
+
+@given(
+    st.sampled_from(
+        [
+            "Compramos",
+            "Comprei",
+            "Entramos em",
+            "Entrei em",
+            "Compre",
+            "Comprem",
+            "Bought",
+            "We bought",
+            "Entrada feita em",
+            "Compra feita:",
+        ]
+    ),
+    st.decimals(min_value=D("0.05"), max_value=D("9999.99"), places=2),
+)
+def test_any_reported_or_ordered_buy_with_a_plan_is_the_entry(verb: str, value: Decimal) -> None:
+    written = _price(value)
+    signal = parse_signal(f"{verb} PETR4 a {written}, alvo {_price(value * 2)}, stop {written}")
+    assert signal is not None, (verb, written)
+    assert (signal.asset, signal.buy_min, signal.stop) == ("PETR4", value, value)
+    assert classify(f"{verb} PETR4 a {written}").kind == "chatter" or verb.startswith("Compre")
+
+
 def test_a_follow_ups_asset_is_the_ticker_beside_its_event() -> None:
     assert classify("Bom dia! VALE3 segue firme. PETR4 stopou.").asset == "PETR4"
 

@@ -173,7 +173,12 @@ def _unlabelled_entry(s: Scan, fields: Fields, asset: str | None) -> Signal | No
     right after it, when the post labels a target or a stop; or ``Tipo: Compra`` … ``Preço:
     37,50`` — a line naming the price after a line naming the direction alone."""
     found = None
-    if s.tickers and fields.labelled & _TARGET_OR_STOP and (every := ticker_entries(s)):
+    # "Comprem! PETR4 a 37,50 …": after a direction alone, a ticker may open its sentence
+    if (
+        s.tickers
+        and fields.labelled & _TARGET_OR_STOP
+        and (every := ticker_entries(s, sentence=fields.direction))
+    ):
         found = every[0]
         if len({s.tokens[t].upper() for t, *_ in every}) > 1:
             fields.priced_entries.extend(t for t, *_ in every)  # one call a line: several
