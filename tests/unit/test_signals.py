@@ -581,6 +581,64 @@ def test_a_buy_the_channel_reports_or_orders_is_the_entry_beside_a_target_or_sto
     )
 
 
+@pytest.mark.parametrize(
+    ("text", "asset"),
+    [
+        ("MGLU3 opção MGLUL420 compra 0,42 alvo 0,70 stop 0,25", "MGLUL420"),
+        ("PETR4 (call PETRJ290) compra 1,20 alvo 1,80 stop 0,90", "PETRJ290"),
+        ("Opção de VALE3: VALEX65W2 entrada 2,10 alvo 2,80 stop 1,60", "VALEX65W2"),
+        ("Ativo: VALE3\nOpção: VALEF620\nCompra: 0,95\nAlvo: 1,60\nStop: 0,55", "VALEF620"),
+        ("#BOVA11 👉 BOVAX130 compra 2,10 alvo 3 stop 1,50", "BOVAX130"),
+        # the entry written with the stock is the stock's
+        ("PETR4 compra 37,50 alvo 40 stop 36. Para quem opera opções: PETRJ380", "PETR4"),
+    ],
+)
+def test_an_option_named_with_its_underlying_is_the_asset(text: str, asset: str) -> None:
+    signal = parse_signal(text)
+    assert signal is not None
+    assert signal.asset == asset
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "asset"),
+    [
+        ("MGLUL420 (MGLU3) bateu o alvo", "target_hit", "MGLUL420"),
+        ("PETRJ290 (PETR4) atingiu o alvo 1 ✅", "target_hit", "PETRJ290"),
+        ("VALEX65W2 da VALE3 bateu alvo final 🎯", "target_hit", "VALEX65W2"),
+        ("Stop na PETRJ290 (PETR4) ❌", "stopped", "PETRJ290"),
+        ("Desconsiderem a call PETRJ290 de PETR4", "cancelled", "PETRJ290"),
+        ("Encerramos a opção ITUBL330 de ITUB4 com lucro de 40%", "closed", "ITUBL330"),
+    ],
+)
+def test_a_follow_up_naming_an_option_and_its_underlying_is_the_options(
+    text: str, kind: str, asset: str
+) -> None:
+    found = classify(text)
+    assert (found.kind, found.asset) == (kind, asset)
+
+
+_ROOTS = st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=4, max_size=4).filter(
+    lambda root: root not in {"ALVO", "GAIN", "LOSS", "STOP"}
+)
+
+
+@given(
+    _ROOTS,
+    st.sampled_from("ABCDEFGHIJKLMNOPQRSTUVWX"),
+    st.integers(min_value=1, max_value=999),
+    st.decimals(min_value=D("0.05"), max_value=D("9.99"), places=2),
+)
+def test_any_option_named_beside_its_underlying_is_the_asset(
+    root: str, series: str, strike: int, premium: Decimal
+) -> None:
+    option = f"{root}{series}{strike}"
+    levels = f"compra {_price(premium)} alvo {_price(premium * 2)} stop {_price(premium / 2)}"
+    text = f"{root}3 opção {option} {levels}"
+    signal = parse_signal(text)
+    assert signal is not None, text
+    assert (signal.asset, signal.buy_min) == (option, premium), text
+
+
 @given(
     st.sampled_from(
         [

@@ -77,6 +77,7 @@ from tgstack.signals.scanner import (
     scan,
     ticker_entries,
 )
+from tgstack.signals.tickers import option_on
 
 CHATTER = Classification("chatter")
 _TARGET_OR_STOP = frozenset({"target", "stop"})
@@ -122,6 +123,22 @@ def _asset(s: Scan, fields: Fields) -> str | None:
     if fields.entry_ticker is not None:
         return fields.entry_ticker
     return s.tokens[s.tickers[0]].upper() if s.tickers else None
+
+
+def _on_option(s: Scan, fields: Fields, asset: str | None) -> str | None:
+    """The option the post names on ``asset``, else ``asset``: in ``MGLU3 opção MGLUL420
+    compra 0,42``, ``PETR4 (call PETRJ290) compra 1,20`` or ``MGLUL420 (MGLU3) bateu o alvo``
+    the price is the option's, and the stock only says what it is an option on."""
+    if asset is None or (len(s.tickers) < 2 and fields.asset is None):
+        return asset
+    if fields.entry_ticker == asset:
+        return asset  # "PETR4 compra 37,50 …": the entry written with the stock is the stock's
+    for t in s.tickers:
+        if option_on(word := s.tokens[t].upper(), asset):
+            if (match := ("asset", t, t, word)) not in fields.matches:
+                fields.matches.append(match)
+            return word
+    return asset
 
 
 def _signal(asset: str | None, fields: Fields) -> Signal | None:
@@ -196,7 +213,7 @@ def _unlabelled_entry(s: Scan, fields: Fields, asset: str | None) -> Signal | No
     fields.entries.append((low, high))
     fields.matches.append(("entry", at, end, (low, high)))
     fields.matches.sort(key=lambda match: match[1])  # --explain lists them in reading order
-    return _signal(fields.asset or s.tokens[at].upper(), fields)
+    return _signal(_on_option(s, fields, fields.asset or s.tokens[at].upper()), fields)
 
 
 def _line_of(s: Scan, at: int) -> tuple[int, int]:
@@ -263,7 +280,7 @@ def analyse(text: str | None) -> Analysis:
         return Analysis(CHATTER)
     s = scan(text)
     fields = read_fields(s)
-    asset = _asset(s, fields)
+    asset = _on_option(s, fields, _asset(s, fields))
     signal = _signal(asset, fields)
     if signal is not None and not fields.entry_formal and _reported(s):
         signal = None  # "Segundo o BTG, compra de PETR4 em 36,50": news, not a call
@@ -277,6 +294,8 @@ def analyse(text: str | None) -> Analysis:
     named = set()
     if events and len(s.tickers) > 1:
         named = {name for e in events for name in _event_tickers(s, e.at)}
+        if len(named) > 1:  # "MGLUL420 (MGLU3) bateu o alvo": one trade, on the option
+            named = {_on_option(s, fields, name) or name for name in named}
     if signal is not None and _several_calls(s, fields):
         if len(named) > 1:  # "PETR4 37,50 alvo 40 ✅ / VALE3 61,80 stop 59 ❌": a summary
             return Analysis(CHATTER, s, fields, events)
@@ -287,7 +306,7 @@ def analyse(text: str | None) -> Analysis:
         if fields.asset is None and named:
             if len(named) > 1:  # "PETR4 ✅ alvo 1 / ITUB4 ❌ stop": a summary of the day
                 return Analysis(CHATTER, s, fields, events)
-            asset = named.pop()
+            asset = _on_option(s, fields, named.pop())
         found = Classification(
             event.kind, asset, target=event.target, stop=event.stop, result=event.result
         )

@@ -135,6 +135,8 @@ _WORDS: dict[int, Iterable[str]] = {
         " inicial sugerido sugerida móvel movel"
         # where a price stands: "na faixa de 10,50 a 10,80", "no patamar de", "at the level of"
         " faixa patamar nível nivel level taxa rate"
+        # the instrument's kind before its ticker: "compra da call PETRJ380 a 0,95"
+        " call put opção opcao option"
     ),
     CONN: _w("a à até ate e to and ou or ao"),
     LIST: _w("e and"),
@@ -189,7 +191,8 @@ _WORDS: dict[int, Iterable[str]] = {
     ),
     TRADE: _w(
         "operação operacao posição posicao trade position sinal signal call ordem order"
-        " recomendação recomendacao montagem compra entrada entry setup"
+        " recomendação recomendacao montagem compra entrada entry setup opção opcao opções"
+        " opcoes option options"
     ),
     GAIN: _w("gain gains ganho ganhos lucro lucros profit positivo positiva positive"),
     LOSS: _w("loss prejuízo prejuizo negativo negativa negative perda perdas"),

@@ -59,6 +59,7 @@ from tgstack.signals.lexicon import (
     ORDINALS,
     PHRASE,
     PHRASES,
+    PLURAL,
     PUNCT,
     REMINDER,
     REPORTED,
@@ -66,6 +67,7 @@ from tgstack.signals.lexicon import (
     SIGNAL_TYPES,
     STOP_L,
     SUPPRESS,
+    SYMBOL_L,
     TARGET_L,
     TICKER,
     TICKER_ANY,
@@ -539,6 +541,8 @@ def read_fields(s: Scan) -> Fields:
             out.entries.append((low, high))
             matches.append(("entry", i, end, (low, high)))
         elif f & TARGET_L:
+            if price is None and isinstance(index, int) and _bare_index(s, i, j):
+                price, j, index = Decimal(index), j - 1, None  # "alvo 3 stop 1,50": a price
             if formal or price is not None:
                 labelled.add("target")
             if price is None:
@@ -588,6 +592,18 @@ def _price_or_range(s: Scan, j: int, price: Decimal) -> tuple[Decimal, Decimal, 
             end = k
             low, high = (price, other) if price <= other else (other, price)
     return low, high, end
+
+
+def _bare_index(s: Scan, i: int, j: int) -> bool:
+    """``alvo 3 stop 1,50``: the one digit after the target label at ``i`` (ending at ``j``)
+    is its price, not its number — no colon, no price after it, and the next field's label (or
+    a separator and that label) comes next."""
+    flags, n = s.flags, len(s.flags)
+    if flags[i] & (INDEXED | PLURAL) or j - 1 <= i or not flags[j - 1] & NUM:
+        return False
+    if j < n and flags[j] & PUNCT and not flags[j] & (NL | COLON | CHECK):
+        j += 1
+    return j < n and bool(flags[j] & LABELS) and not flags[j] & (WEAK_L | SYMBOL_L)
 
 
 # After an item's number: "1) 39.00", "1. 39.00". Without a mark only first on its line
