@@ -582,6 +582,43 @@ def test_a_buy_the_channel_reports_or_orders_is_the_entry_beside_a_target_or_sto
 
 
 @pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # a fill without a plan, a recap, a reminder, a question: no new signal
+        ("Comprei PETR4 a 37,50", {"kind": "chatter"}),
+        ("Entrada executada em PETR4 a 37,60 ✅", {"kind": "chatter"}),
+        ("Lembrando: compramos PETR4 a 37,50, alvo 40, stop 36.", {"kind": "chatter"}),
+        ("Comprando PETR4 a 37,50? Alvo 40?", {"kind": "chatter"}),
+        (
+            "Compramos PETR4 a 37,50 e vendemos a 39 ✅",
+            {"kind": "closed", "asset": "PETR4", "result": "gain"},
+        ),
+        (
+            "Comprei VALE3 a 61,20 e vendi a 60,10",
+            {"kind": "closed", "asset": "VALE3", "result": "loss"},
+        ),
+        (
+            "Compramos PETR4 a 37,50 e vendemos a 37,50",
+            {"kind": "closed", "asset": "PETR4", "result": "breakeven"},
+        ),
+        (
+            "Compramos PETR4 a 37,50 e já bateu o alvo 1 ✅",
+            {"kind": "target_hit", "asset": "PETR4", "target": 1, "stop": None},
+        ),
+        (
+            "Resumo: compramos PETR4 a 37,50 e vendemos a 39; compramos VALE3 a 61 e vendemos a 60",
+            {"kind": "chatter"},
+        ),
+        ("PETR4 closed at 38.20, up 2.1% on the day.", {"kind": "chatter"}),
+    ],
+)
+def test_a_buy_reported_in_a_follow_up_or_recap_is_no_new_signal(
+    text: str, expected: dict[str, object]
+) -> None:
+    assert classify(text).to_dict() == expected
+
+
+@pytest.mark.parametrize(
     ("text", "asset"),
     [
         ("MGLU3 opção MGLUL420 compra 0,42 alvo 0,70 stop 0,25", "MGLUL420"),

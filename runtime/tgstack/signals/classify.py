@@ -59,6 +59,7 @@ from tgstack.signals.lexicon import (
     LINK,
     LIST,
     NL,
+    NUM,
     PUNCT,
     REMINDER,
     REPORTED,
@@ -68,10 +69,11 @@ from tgstack.signals.lexicon import (
     TARGET_L,
     TICKER_ANY,
 )
-from tgstack.signals.model import Classification, Signal
+from tgstack.signals.model import Classification, Result, Signal
 from tgstack.signals.scanner import (
     Fields,
     Scan,
+    price_at,
     price_line_entry,
     read_fields,
     scan,
@@ -265,6 +267,25 @@ def _event_tickers(s: Scan, at: int) -> set[str]:
     return named
 
 
+def _instruments(s: Scan) -> set[str]:
+    """The tickers the post names but an option's underlying (``PETRJ290 (PETR4)`` is one)."""
+    names = {s.tokens[t].upper() for t in s.tickers}
+    if len(names) < 2:
+        return names
+    return {name for name in names if not any(option_on(other, name) for other in names)}
+
+
+def _sold_at(s: Scan, fields: Fields, subject: int | None) -> Result | None:
+    """A close at a price against the post's buy: ``Compramos a 37,50 e vendemos a 39`` is a
+    gain, ``… e vendi a 36`` a loss, the same price breakeven; None without both prices."""
+    sold = price_at(s, subject) if subject is not None and s.flags[subject] & NUM else None
+    bought = fields.bought or (fields.entries[0] if fields.entries else None)
+    if sold is None or bought is None or len(_instruments(s)) > 1:
+        return None  # "Vendemos PETR4 a 39 e compramos VALE3 a 61": not the same trade
+    low, high = bought
+    return "gain" if sold > high else "loss" if sold < low else "breakeven"
+
+
 class Analysis(NamedTuple):
     """``classify``'s answer with what it was decided on (``--explain`` shows it)."""
 
@@ -307,8 +328,11 @@ def analyse(text: str | None) -> Analysis:
             if len(named) > 1:  # "PETR4 ✅ alvo 1 / ITUB4 ❌ stop": a summary of the day
                 return Analysis(CHATTER, s, fields, events)
             asset = _on_option(s, fields, named.pop())
+        result = event.result
+        if event.kind == "closed" and result is None:
+            result = _sold_at(s, fields, event.subject)
         found = Classification(
-            event.kind, asset, target=event.target, stop=event.stop, result=event.result
+            event.kind, asset, target=event.target, stop=event.stop, result=result
         )
         return Analysis(found, s, fields, events)
     if signal is not None:

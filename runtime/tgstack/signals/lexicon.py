@@ -149,6 +149,8 @@ _WORDS: dict[int, Iterable[str]] = {
         " deu"
         " triggered filled smashed"
     ),
+    # a target reached ("realizamos 50% no alvo 1"), else a close ("realizamos lucro")
+    HIT | CLOSE: _w("realizamos realizei"),
     # "realizem parcial no alvo 1", "parcial no alvo 1", "saída no alvo 2", "saída no stop"
     HIT | DIRECTIVE: _w("realizar realize realizem parcial saída saida"),
     MOVE: _w(
@@ -165,7 +167,10 @@ _WORDS: dict[int, Iterable[str]] = {
     CLOSE: _w(
         "encerrado encerrada encerrados encerradas encerramos fechado fechada fechados"
         " fechadas fechamos zerado zerada zerados zeradas zeramos finalizado finalizada"
-        " finalizamos liquidado liquidada liquidamos saímos saimos closed exited"
+        " finalizamos liquidado liquidada liquidamos saímos saimos closed exited zerei encerrei"
+        " fechei finalizei liquidei"
+        # a sale reported: "vendemos a 39", "sold at 39.20" (not "venda", a short signal)
+        " vendemos vendi sold"
     ),
     CLOSE | DIRECTIVE: _w(
         "encerrar encerre encerrem encerrando fechar feche fechem zerar zere zerem zerando"
@@ -201,7 +206,10 @@ _WORDS: dict[int, Iterable[str]] = {
     ORDINAL: list(ORDINALS),
     LINK: _w("e and com with"),
     DEST: _w("para pra to na no em at"),
-    ARTICLE: _w("o a os as um uma the essa esta nossa nosso sua seu in on for by of our"),
+    ARTICLE: _w(
+        "o a os as um uma the essa esta nossa nosso sua seu in on for by of our toda todo todas"
+        " todos"
+    ),
     FIRST_PERSON: _w("we nós i eu"),
     UNIT: _w("pts pt pontos points reais"),
     REMINDER: _w(
