@@ -11,16 +11,23 @@ is its signal, or None. The decision, in order:
    range right after it (``PETR4 37,50/38,00 alvo 40 stop 36``, ``#PETR4 37,50 🎯 40``) is the
    entry when the post labels a target or a stop — not when a signed change follows the price
    (``VALE3 62,10 (+1,5%)``: a quote); so is ``Preço: 37,50`` on its own line when another
-   line names the direction alone (``Tipo: Compra``).
+   line names the direction alone (``Tipo: Compra``). A buy the channel *reports*
+   (``Compramos a 38.20``, ``Comprei PETR4 a 37,50``, ``Bought``, ``Entrada feita em``) is the
+   entry only in a post that also labels a target or a stop: alone it is a fill, and in a
+   recap (``Compramos PETR4 a 37,50 e vendemos a 39 ✅``) the event wins — a close, its result
+   the sale against the buy. An option named beside its underlying is the asset (``MGLU3
+   opção MGLUL420 compra 0,42``: the price is the option's), unless the entry is written with
+   the stock itself (``PETR4 compra 37,50 …``).
 3. Otherwise a post with an event is that **follow-up**: the first of cancelled, stopped,
    closed, target_hit, stop_moved that it reports (``alvo 2 atingido, stop na entrada`` is a
    target_hit that also carries the new stop). Its asset is the labelled one, else the ticker
    nearest its event on the event's line (``VALE3 segue firme. PETR4 stopou.`` is PETR4),
-   else the post's first. A follow-up has no ticker at all when it replies to its signal
-   (``Alvo 1 ✅``): the poller links it by ``reply_to_msg_id``. **Summaries** are chatter: when
-   the events of a post are said of two or more different tickers (``PETR4 ✅ alvo 1`` and
-   ``ITUB4 ❌ stop`` on two lines, ``PETR4, VALE3 e ITUB4 no gain``), it reports the day, not
-   one trade, and no single signal can take it.
+   else the post's first; an option and its underlying are one trade, the option's
+   (``MGLUL420 (MGLU3) bateu o alvo``). A follow-up has no ticker at all when it replies to
+   its signal (``Alvo 1 ✅``): the poller links it by ``reply_to_msg_id``. **Summaries** are
+   chatter: when the events of a post are said of two or more different tickers (``PETR4 ✅
+   alvo 1`` and ``ITUB4 ❌ stop`` on two lines, ``PETR4, VALE3 e ITUB4 no gain``), it reports
+   the day, not one trade, and no single signal can take it.
 4. Otherwise a post that carries signal labels and an asset but cannot be completed (no entry
    price, say) **needs review**: an asset with an entry label, or with two of target, stop and
    type; a direction word with its ticker (``Compra PETR4``, ``PETR4 compra``, ``Buy VALE3``)

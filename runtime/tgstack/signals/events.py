@@ -24,9 +24,11 @@ stop_moved      movido, mover, subir, ajustado, novo, móvel,    the stop, then 
                 ``SL @ entry``; ``com stop em 38,50`` only
                 beside a target reached
 closed          encerrado, zeramos, fechado, finalizado,        a trade or signal noun, a result
-                saímos, closed, close, exit                    (gain, loss, lucro), the ticker
-                                                               after it, or nothing else in the
-                                                               sentence (``Encerrado ✅``)
+                saímos, vendemos, vendi, closed, close, exit,  (gain, loss, lucro), the ticker
+                sold; realizamos without a target              after it, or nothing else in the
+                                                               sentence (``Encerrado ✅``); the
+                                                               channel's own close also its
+                                                               price (``vendemos a 39``)
 cancelled       cancelado, cancelar, desconsiderem, ignore,     a trade or signal noun, the
                 cancelled, invalidated                         ticker, nothing else, or nothing
                                                                else in its clause when another

@@ -18,6 +18,9 @@ How a field is read:
    price for a stop or a numbered target, a price or a range for the entry, a list of prices
    for ``Alvos:``/``Targets:`` — ``39 / 41 / 44``, or numbered, ``1) 39`` and ``2) 41`` on
    lines of their own. Anything else — another word, a percentage — and the label has no value.
+   A buy the channel reports (``compramos``, ``bought``, ``entrada feita``: ``BOUGHT``) is read
+   like an entry label but kept aside (``Fields.bought``): it becomes the entry only when the
+   post also labels a target or a stop; the imperative (``compre``) is a label like ``compra``.
 4. Without an entry label the classifier may still find the entry: ``ticker_entries`` (a ticker
    opening its line with a price after it) and ``price_line_entry`` (``Preço: 37,50`` on its
    own line) only point at it.
