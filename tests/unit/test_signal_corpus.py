@@ -62,6 +62,17 @@ def test_the_corpus_holds_every_format_the_issue_names() -> None:
         "result-sign",
         "math-sans-bold",
         "double-struck",
+        # the third round: a buy the channel reports or orders (its plan makes it the entry;
+        # without one, or in a recap, it is no new signal)
+        "buy-verb",
+        "imperative",
+        "fill",
+        "recap",
+        "position-opened",
+        # an option named with its underlying: the option is the asset
+        "option-underlying",
+        # a sale reported ("vendemos a 39"): a close, its result against the buy
+        "sell-verb",
     ):
         assert tags[tag] >= 1, tag
 

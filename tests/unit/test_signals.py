@@ -553,6 +553,154 @@ def test_several_calls_in_one_post_need_review_without_an_asset(text: str) -> No
     assert classify(text) == Classification("needs_review", None, missing=("asset",))
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "#WEGE3 📈 Compramos a 38.20, alvos 39.50 e 40.80, stop 37.40",
+        "Comprei WEGE3 a 38,20, alvo 39,50, stop 37,40",
+        "Entramos em WEGE3 a 38,20. Alvo: 39,50. Stop: 37,40",
+        "Compre WEGE3 em 38,20 | Alvo 39,50 | Stop 37,40",
+        "Bought WEGE3 at 38.20, TP 39.50, SL 37.40",
+        "We just bought WEGE3 @ 38.20, TP 39.50, SL 37.40",
+        "Entrada feita em WEGE3 a 38,20\nAlvo 1: 39,50\nStop: 37,40",
+        "Acabamos de comprar WEGE3 a 38,20. Alvo 39,50 / stop 37,40",
+        "Comprem! WEGE3 a 38,20 alvo 39,50 stop 37,40",
+    ],
+)
+def test_a_buy_the_channel_reports_or_orders_is_the_entry_beside_a_target_or_stop(
+    text: str,
+) -> None:
+    signal = parse_signal(text)
+    assert signal is not None
+    assert (signal.asset, signal.buy_min, signal.buy_max, signal.target_1, signal.stop) == (
+        "WEGE3",
+        D("38.20"),
+        D("38.20"),
+        D("39.50"),
+        D("37.40"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # a fill without a plan, a recap, a reminder, a question: no new signal
+        ("Comprei PETR4 a 37,50", {"kind": "chatter"}),
+        ("Entrada executada em PETR4 a 37,60 ✅", {"kind": "chatter"}),
+        ("Lembrando: compramos PETR4 a 37,50, alvo 40, stop 36.", {"kind": "chatter"}),
+        ("Comprando PETR4 a 37,50? Alvo 40?", {"kind": "chatter"}),
+        (
+            "Compramos PETR4 a 37,50 e vendemos a 39 ✅",
+            {"kind": "closed", "asset": "PETR4", "result": "gain"},
+        ),
+        (
+            "Comprei VALE3 a 61,20 e vendi a 60,10",
+            {"kind": "closed", "asset": "VALE3", "result": "loss"},
+        ),
+        (
+            "Compramos PETR4 a 37,50 e vendemos a 37,50",
+            {"kind": "closed", "asset": "PETR4", "result": "breakeven"},
+        ),
+        (
+            "Compramos PETR4 a 37,50 e já bateu o alvo 1 ✅",
+            {"kind": "target_hit", "asset": "PETR4", "target": 1, "stop": None},
+        ),
+        (
+            "Resumo: compramos PETR4 a 37,50 e vendemos a 39; compramos VALE3 a 61 e vendemos a 60",
+            {"kind": "chatter"},
+        ),
+        ("PETR4 closed at 38.20, up 2.1% on the day.", {"kind": "chatter"}),
+    ],
+)
+def test_a_buy_reported_in_a_follow_up_or_recap_is_no_new_signal(
+    text: str, expected: dict[str, object]
+) -> None:
+    assert classify(text).to_dict() == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "asset"),
+    [
+        ("MGLU3 opção MGLUL420 compra 0,42 alvo 0,70 stop 0,25", "MGLUL420"),
+        ("PETR4 (call PETRJ290) compra 1,20 alvo 1,80 stop 0,90", "PETRJ290"),
+        ("Opção de VALE3: VALEX65W2 entrada 2,10 alvo 2,80 stop 1,60", "VALEX65W2"),
+        ("Ativo: VALE3\nOpção: VALEF620\nCompra: 0,95\nAlvo: 1,60\nStop: 0,55", "VALEF620"),
+        ("#BOVA11 👉 BOVAX130 compra 2,10 alvo 3 stop 1,50", "BOVAX130"),
+        # the entry written with the stock is the stock's
+        ("PETR4 compra 37,50 alvo 40 stop 36. Para quem opera opções: PETRJ380", "PETR4"),
+    ],
+)
+def test_an_option_named_with_its_underlying_is_the_asset(text: str, asset: str) -> None:
+    signal = parse_signal(text)
+    assert signal is not None
+    assert signal.asset == asset
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "asset"),
+    [
+        ("MGLUL420 (MGLU3) bateu o alvo", "target_hit", "MGLUL420"),
+        ("PETRJ290 (PETR4) atingiu o alvo 1 ✅", "target_hit", "PETRJ290"),
+        ("VALEX65W2 da VALE3 bateu alvo final 🎯", "target_hit", "VALEX65W2"),
+        ("Stop na PETRJ290 (PETR4) ❌", "stopped", "PETRJ290"),
+        ("Desconsiderem a call PETRJ290 de PETR4", "cancelled", "PETRJ290"),
+        ("Encerramos a opção ITUBL330 de ITUB4 com lucro de 40%", "closed", "ITUBL330"),
+    ],
+)
+def test_a_follow_up_naming_an_option_and_its_underlying_is_the_options(
+    text: str, kind: str, asset: str
+) -> None:
+    found = classify(text)
+    assert (found.kind, found.asset) == (kind, asset)
+
+
+_ROOTS = st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=4, max_size=4).filter(
+    lambda root: root not in {"ALVO", "GAIN", "LOSS", "STOP"}
+)
+
+
+@given(
+    _ROOTS,
+    st.sampled_from("ABCDEFGHIJKLMNOPQRSTUVWX"),
+    st.integers(min_value=1, max_value=999),
+    st.decimals(min_value=D("0.05"), max_value=D("9.99"), places=2),
+)
+def test_any_option_named_beside_its_underlying_is_the_asset(
+    root: str, series: str, strike: int, premium: Decimal
+) -> None:
+    option = f"{root}{series}{strike}"
+    levels = f"compra {_price(premium)} alvo {_price(premium * 2)} stop {_price(premium / 2)}"
+    text = f"{root}3 opção {option} {levels}"
+    signal = parse_signal(text)
+    assert signal is not None, text
+    assert (signal.asset, signal.buy_min) == (option, premium), text
+
+
+@given(
+    st.sampled_from(
+        [
+            "Compramos",
+            "Comprei",
+            "Entramos em",
+            "Entrei em",
+            "Compre",
+            "Comprem",
+            "Bought",
+            "We bought",
+            "Entrada feita em",
+            "Compra feita:",
+        ]
+    ),
+    st.decimals(min_value=D("0.05"), max_value=D("9999.99"), places=2),
+)
+def test_any_reported_or_ordered_buy_with_a_plan_is_the_entry(verb: str, value: Decimal) -> None:
+    written = _price(value)
+    signal = parse_signal(f"{verb} PETR4 a {written}, alvo {_price(value * 2)}, stop {written}")
+    assert signal is not None, (verb, written)
+    assert (signal.asset, signal.buy_min, signal.stop) == ("PETR4", value, value)
+    assert classify(f"{verb} PETR4 a {written}").kind == "chatter" or verb.startswith("Compre")
+
+
 def test_a_follow_ups_asset_is_the_ticker_beside_its_event() -> None:
     assert classify("Bom dia! VALE3 segue firme. PETR4 stopou.").asset == "PETR4"
 

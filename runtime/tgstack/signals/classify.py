@@ -11,16 +11,23 @@ is its signal, or None. The decision, in order:
    range right after it (``PETR4 37,50/38,00 alvo 40 stop 36``, ``#PETR4 37,50 🎯 40``) is the
    entry when the post labels a target or a stop — not when a signed change follows the price
    (``VALE3 62,10 (+1,5%)``: a quote); so is ``Preço: 37,50`` on its own line when another
-   line names the direction alone (``Tipo: Compra``).
+   line names the direction alone (``Tipo: Compra``). A buy the channel *reports*
+   (``Compramos a 38.20``, ``Comprei PETR4 a 37,50``, ``Bought``, ``Entrada feita em``) is the
+   entry only in a post that also labels a target or a stop: alone it is a fill, and in a
+   recap (``Compramos PETR4 a 37,50 e vendemos a 39 ✅``) the event wins — a close, its result
+   the sale against the buy. An option named beside its underlying is the asset (``MGLU3
+   opção MGLUL420 compra 0,42``: the price is the option's), unless the entry is written with
+   the stock itself (``PETR4 compra 37,50 …``).
 3. Otherwise a post with an event is that **follow-up**: the first of cancelled, stopped,
    closed, target_hit, stop_moved that it reports (``alvo 2 atingido, stop na entrada`` is a
    target_hit that also carries the new stop). Its asset is the labelled one, else the ticker
    nearest its event on the event's line (``VALE3 segue firme. PETR4 stopou.`` is PETR4),
-   else the post's first. A follow-up has no ticker at all when it replies to its signal
-   (``Alvo 1 ✅``): the poller links it by ``reply_to_msg_id``. **Summaries** are chatter: when
-   the events of a post are said of two or more different tickers (``PETR4 ✅ alvo 1`` and
-   ``ITUB4 ❌ stop`` on two lines, ``PETR4, VALE3 e ITUB4 no gain``), it reports the day, not
-   one trade, and no single signal can take it.
+   else the post's first; an option and its underlying are one trade, the option's
+   (``MGLUL420 (MGLU3) bateu o alvo``). A follow-up has no ticker at all when it replies to
+   its signal (``Alvo 1 ✅``): the poller links it by ``reply_to_msg_id``. **Summaries** are
+   chatter: when the events of a post are said of two or more different tickers (``PETR4 ✅
+   alvo 1`` and ``ITUB4 ❌ stop`` on two lines, ``PETR4, VALE3 e ITUB4 no gain``), it reports
+   the day, not one trade, and no single signal can take it.
 4. Otherwise a post that carries signal labels and an asset but cannot be completed (no entry
    price, say) **needs review**: an asset with an entry label, or with two of target, stop and
    type; a direction word with its ticker (``Compra PETR4``, ``PETR4 compra``, ``Buy VALE3``)
@@ -59,6 +66,7 @@ from tgstack.signals.lexicon import (
     LINK,
     LIST,
     NL,
+    NUM,
     PUNCT,
     REMINDER,
     REPORTED,
@@ -68,15 +76,17 @@ from tgstack.signals.lexicon import (
     TARGET_L,
     TICKER_ANY,
 )
-from tgstack.signals.model import Classification, Signal
+from tgstack.signals.model import Classification, Result, Signal
 from tgstack.signals.scanner import (
     Fields,
     Scan,
+    price_at,
     price_line_entry,
     read_fields,
     scan,
     ticker_entries,
 )
+from tgstack.signals.tickers import option_on
 
 CHATTER = Classification("chatter")
 _TARGET_OR_STOP = frozenset({"target", "stop"})
@@ -122,6 +132,22 @@ def _asset(s: Scan, fields: Fields) -> str | None:
     if fields.entry_ticker is not None:
         return fields.entry_ticker
     return s.tokens[s.tickers[0]].upper() if s.tickers else None
+
+
+def _on_option(s: Scan, fields: Fields, asset: str | None) -> str | None:
+    """The option the post names on ``asset``, else ``asset``: in ``MGLU3 opção MGLUL420
+    compra 0,42``, ``PETR4 (call PETRJ290) compra 1,20`` or ``MGLUL420 (MGLU3) bateu o alvo``
+    the price is the option's, and the stock only says what it is an option on."""
+    if asset is None or (len(s.tickers) < 2 and fields.asset is None):
+        return asset
+    if fields.entry_ticker == asset:
+        return asset  # "PETR4 compra 37,50 …": the entry written with the stock is the stock's
+    for t in s.tickers:
+        if option_on(word := s.tokens[t].upper(), asset):
+            if (match := ("asset", t, t, word)) not in fields.matches:
+                fields.matches.append(match)
+            return word
+    return asset
 
 
 def _signal(asset: str | None, fields: Fields) -> Signal | None:
@@ -173,7 +199,12 @@ def _unlabelled_entry(s: Scan, fields: Fields, asset: str | None) -> Signal | No
     right after it, when the post labels a target or a stop; or ``Tipo: Compra`` … ``Preço:
     37,50`` — a line naming the price after a line naming the direction alone."""
     found = None
-    if s.tickers and fields.labelled & _TARGET_OR_STOP and (every := ticker_entries(s)):
+    # "Comprem! PETR4 a 37,50 …": after a direction alone, a ticker may open its sentence
+    if (
+        s.tickers
+        and fields.labelled & _TARGET_OR_STOP
+        and (every := ticker_entries(s, sentence=fields.direction))
+    ):
         found = every[0]
         if len({s.tokens[t].upper() for t, *_ in every}) > 1:
             fields.priced_entries.extend(t for t, *_ in every)  # one call a line: several
@@ -191,7 +222,7 @@ def _unlabelled_entry(s: Scan, fields: Fields, asset: str | None) -> Signal | No
     fields.entries.append((low, high))
     fields.matches.append(("entry", at, end, (low, high)))
     fields.matches.sort(key=lambda match: match[1])  # --explain lists them in reading order
-    return _signal(fields.asset or s.tokens[at].upper(), fields)
+    return _signal(_on_option(s, fields, fields.asset or s.tokens[at].upper()), fields)
 
 
 def _line_of(s: Scan, at: int) -> tuple[int, int]:
@@ -243,6 +274,25 @@ def _event_tickers(s: Scan, at: int) -> set[str]:
     return named
 
 
+def _instruments(s: Scan) -> set[str]:
+    """The tickers the post names but an option's underlying (``PETRJ290 (PETR4)`` is one)."""
+    names = {s.tokens[t].upper() for t in s.tickers}
+    if len(names) < 2:
+        return names
+    return {name for name in names if not any(option_on(other, name) for other in names)}
+
+
+def _sold_at(s: Scan, fields: Fields, subject: int | None) -> Result | None:
+    """A close at a price against the post's buy: ``Compramos a 37,50 e vendemos a 39`` is a
+    gain, ``… e vendi a 36`` a loss, the same price breakeven; None without both prices."""
+    sold = price_at(s, subject) if subject is not None and s.flags[subject] & NUM else None
+    bought = fields.bought or (fields.entries[0] if fields.entries else None)
+    if sold is None or bought is None or len(_instruments(s)) > 1:
+        return None  # "Vendemos PETR4 a 39 e compramos VALE3 a 61": not the same trade
+    low, high = bought
+    return "gain" if sold > high else "loss" if sold < low else "breakeven"
+
+
 class Analysis(NamedTuple):
     """``classify``'s answer with what it was decided on (``--explain`` shows it)."""
 
@@ -258,7 +308,7 @@ def analyse(text: str | None) -> Analysis:
         return Analysis(CHATTER)
     s = scan(text)
     fields = read_fields(s)
-    asset = _asset(s, fields)
+    asset = _on_option(s, fields, _asset(s, fields))
     signal = _signal(asset, fields)
     if signal is not None and not fields.entry_formal and _reported(s):
         signal = None  # "Segundo o BTG, compra de PETR4 em 36,50": news, not a call
@@ -272,6 +322,8 @@ def analyse(text: str | None) -> Analysis:
     named = set()
     if events and len(s.tickers) > 1:
         named = {name for e in events for name in _event_tickers(s, e.at)}
+        if len(named) > 1:  # "MGLUL420 (MGLU3) bateu o alvo": one trade, on the option
+            named = {_on_option(s, fields, name) or name for name in named}
     if signal is not None and _several_calls(s, fields):
         if len(named) > 1:  # "PETR4 37,50 alvo 40 ✅ / VALE3 61,80 stop 59 ❌": a summary
             return Analysis(CHATTER, s, fields, events)
@@ -282,9 +334,12 @@ def analyse(text: str | None) -> Analysis:
         if fields.asset is None and named:
             if len(named) > 1:  # "PETR4 ✅ alvo 1 / ITUB4 ❌ stop": a summary of the day
                 return Analysis(CHATTER, s, fields, events)
-            asset = named.pop()
+            asset = _on_option(s, fields, named.pop())
+        result = event.result
+        if event.kind == "closed" and result is None:
+            result = _sold_at(s, fields, event.subject)
         found = Classification(
-            event.kind, asset, target=event.target, stop=event.stop, result=event.result
+            event.kind, asset, target=event.target, stop=event.stop, result=result
         )
         return Analysis(found, s, fields, events)
     if signal is not None:

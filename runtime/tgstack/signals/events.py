@@ -24,9 +24,11 @@ stop_moved      movido, mover, subir, ajustado, novo, móvel,    the stop, then 
                 ``SL @ entry``; ``com stop em 38,50`` only
                 beside a target reached
 closed          encerrado, zeramos, fechado, finalizado,        a trade or signal noun, a result
-                saímos, closed, close, exit                    (gain, loss, lucro), the ticker
-                                                               after it, or nothing else in the
-                                                               sentence (``Encerrado ✅``)
+                saímos, vendemos, vendi, closed, close, exit,  (gain, loss, lucro), the ticker
+                sold; realizamos without a target              after it, or nothing else in the
+                                                               sentence (``Encerrado ✅``); the
+                                                               channel's own close also its
+                                                               price (``vendemos a 39``)
 cancelled       cancelado, cancelar, desconsiderem, ignore,     a trade or signal noun, the
                 cancelled, invalidated                         ticker, nothing else, or nothing
                                                                else in its clause when another
@@ -372,6 +374,8 @@ def _result(s: Scan, at: int) -> Result | None:
             flags[k] & TARGET_L
             and not flags[k] & _NOT_SUBJECT
             and not any(s.low(b) in _SHORT_OF for b in range(max(start, k - 3), k))
+            # not the target of a new call ("vendemos PETR4 a 39 e compramos VALE3 …, alvo 64")
+            and not any(flags[b] & ENTRY_L for b in range(min(at, k), max(at, k)))
             for k in range(start, end)
         ):
             return "gain"
@@ -379,6 +383,42 @@ def _result(s: Scan, at: int) -> Result | None:
     if len(signs) == 1:
         return "gain" if "+" in signs else "loss"
     return None
+
+
+# The channel's own close, which may name its price (not "PETR4 closed at 38.20", "fechado a
+# 37,50": the market's close).
+_SOLD = frozenset(
+    {
+        "vendemos",
+        "vendi",
+        "sold",
+        "realizamos",
+        "realizei",
+        "zeramos",
+        "zerei",
+        "encerramos",
+        "encerrei",
+        "fechamos",
+        "fechei",
+        "saímos",
+        "saimos",
+        "liquidamos",
+        "liquidei",
+        "finalizamos",
+        "finalizei",
+        "exited",
+    }
+)
+
+
+def _price_after(s: Scan, at: int) -> int | None:
+    """The price a close word says it closed at: ``vendemos a 39``, ``sold at 39.20``,
+    ``zeramos em R$ 38`` — after ``a``/``em``/``at``/``@`` (not ``fechamos 3 operações``)."""
+    flags, n = s.flags, len(s.flags)
+    k = at + 1
+    while k < n and k <= at + 3 and flags[k] & (FILL | DEST) and not flags[k] & (NUM | NL):
+        k += 1
+    return k if k > at + 1 and price_at(s, k) is not None else None
 
 
 def _bullet(s: Scan, at: int) -> bool:
@@ -433,17 +473,21 @@ def find_events(s: Scan) -> list[Event]:
         if _conditional(s, at, directive):
             continue
         directive = directive or _after(s, at)
+        hit = None
         if f & HIT:
-            ref = _search(s, at, TARGET_L | STOP_L, gap=1, skip=TRADE, exclude=_NOT_SUBJECT)
+            hit = _search(s, at, TARGET_L | STOP_L, gap=1, skip=TRADE, exclude=_NOT_SUBJECT)
+        if f & HIT and (hit is not None or not f & CLOSE):
+            # "realizamos" with no target or stop is a close: "Realizamos lucro em PETR4"
+            ref = hit
             if ref is not None and _is_stop(flags[ref]):
                 events.append(Event("stopped", at, directive, ref))
             elif ref is not None and not _counted(s, ref):
                 target = _target_of(s, ref)
                 events.append(Event("target_hit", at, directive, ref, target=target))
         elif f & CHECK:  # "TP1 ✅", "Alvo 1: 39,00 ✅", "✅ Alvo 1 — PETR4" (no price after)
-            ref = None
-            if not _bullet(s, at):
-                ref = _search(s, at, TARGET_L, gap=0, ahead=False, exclude=_NOT_SUBJECT)
+            ref = _search(s, at, TARGET_L, gap=0, ahead=False, exclude=_NOT_SUBJECT)
+            if ref is not None and _priced(s, ref) and _bullet(s, at):
+                ref = None  # "✅ Alvo: 39 ✅ Stop: 35": bullets; not "TP1 ✅ SL → BE"
             if ref is None:
                 ref = _search(s, at, TARGET_L, gap=0, back=False, exclude=_NOT_SUBJECT)
                 if ref is not None and _priced(s, ref):
@@ -476,6 +520,8 @@ def find_events(s: Scan) -> list[Event]:
                 continue
             if ref is None:
                 ref = _search(s, at, TICKER_ANY, gap=0, back=False)
+            if ref is None and s.low(at) in _SOLD:
+                ref = _price_after(s, at)  # "vendemos a 39", "sold at 39.20", "zerei em 38"
             if ref is not None or _alone(s, at):
                 events.append(Event("closed", at, directive, ref, result=_result(s, at)))
         elif f & (GAIN | LOSS) and not f & (CLOSE | CANCEL):

@@ -68,6 +68,9 @@ WAIT = 1 << 46  # the price comes later, or is the market's: "aguardando", "a de
 REPORTED = 1 << 47  # someone else's call: a source or a rating action ("segundo", "eleva", "UBS")
 UNIT = 1 << 48  # a price's unit after it ("125.300 pts", "37,50 reais"): a label may follow
 REMINDER = 1 << 49  # an open trade recalled, not a new call ("seguimos", "continua", "still")
+# A buy the channel reports as done or doing ("compramos", "comprei", "entramos", "bought",
+# "entrada feita"): an entry label only in a post that also labels a target or a stop.
+BOUGHT = 1 << 50
 
 LABELS = ASSET_L | ENTRY_L | TARGET_L | STOP_L
 EVENT_WORDS = HIT | MOVE | CLOSE | CANCEL | STOPPED | STOPPED_W | CHECK | GAIN | LOSS
@@ -113,7 +116,9 @@ def _w(words: str) -> list[str]:
 _WORDS: dict[int, Iterable[str]] = {
     ASSET_L: _w("ativo papel ticker asset ação acao symbol símbolo simbolo"),
     ASSET_L | WEAK_L: _w("stock par pair código codigo"),
-    ENTRY_L: _w("compra comprar entrada buy entry long"),
+    # the imperative too: "Compre ITUB4 em 32,10", "Comprem VALE3 na zona de 60,80"
+    ENTRY_L: _w("compra comprar compre comprem entrada entrem buy entry long"),
+    ENTRY_L | BOUGHT: _w("compramos comprei comprando entramos entrei entrando bought buying"),
     TARGET_L: _w("alvo target tp objetivo"),
     TARGET_L | PLURAL: _w("alvos targets tps objetivos"),
     TARGET_L | WEAK_L: ["gain"],
@@ -125,11 +130,13 @@ _WORDS: dict[int, Iterable[str]] = {
     FILL: _w(
         "de em entre na no a à at acima abaixo above below from of is preço preco price partir"
         " zona zone região regiao área area around próximo proximo perto torno near aprox"
-        " approx approximately até ate up to do da the r us brl usd reais between"
+        " approx approximately até ate up to do da the r us brl usd reais between on"
         # a label's qualifier: "Alvo sugerido: 40", "Stop inicial: 36", "Stop móvel em 38"
         " inicial sugerido sugerida móvel movel"
         # where a price stands: "na faixa de 10,50 a 10,80", "no patamar de", "at the level of"
         " faixa patamar nível nivel level taxa rate"
+        # the instrument's kind before its ticker: "compra da call PETRJ380 a 0,95"
+        " call put opção opcao option"
     ),
     CONN: _w("a à até ate e to and ou or ao"),
     LIST: _w("e and"),
@@ -142,6 +149,8 @@ _WORDS: dict[int, Iterable[str]] = {
         " deu"
         " triggered filled smashed"
     ),
+    # a target reached ("realizamos 50% no alvo 1"), else a close ("realizamos lucro")
+    HIT | CLOSE: _w("realizamos realizei"),
     # "realizem parcial no alvo 1", "parcial no alvo 1", "saída no alvo 2", "saída no stop"
     HIT | DIRECTIVE: _w("realizar realize realizem parcial saída saida"),
     MOVE: _w(
@@ -158,7 +167,10 @@ _WORDS: dict[int, Iterable[str]] = {
     CLOSE: _w(
         "encerrado encerrada encerrados encerradas encerramos fechado fechada fechados"
         " fechadas fechamos zerado zerada zerados zeradas zeramos finalizado finalizada"
-        " finalizamos liquidado liquidada liquidamos saímos saimos closed exited"
+        " finalizamos liquidado liquidada liquidamos saímos saimos closed exited zerei encerrei"
+        " fechei finalizei liquidei"
+        # a sale reported: "vendemos a 39", "sold at 39.20" (not "venda", a short signal)
+        " vendemos vendi sold"
     ),
     CLOSE | DIRECTIVE: _w(
         "encerrar encerre encerrem encerrando fechar feche fechem zerar zere zerem zerando"
@@ -180,11 +192,12 @@ _WORDS: dict[int, Iterable[str]] = {
     AUX: _w(
         "foi foram fomos é está esta era será vai vão was were is are has have had been got"
         " getting já ja hoje agora ontem now today just finally finalmente aqui here"
-        " manualmente manually deu"
+        " manualmente manually deu went going"
     ),
     TRADE: _w(
         "operação operacao posição posicao trade position sinal signal call ordem order"
-        " recomendação recomendacao montagem compra entrada entry setup"
+        " recomendação recomendacao montagem compra entrada entry setup opção opcao opções"
+        " opcoes option options"
     ),
     GAIN: _w("gain gains ganho ganhos lucro lucros profit positivo positiva positive"),
     LOSS: _w("loss prejuízo prejuizo negativo negativa negative perda perdas"),
@@ -193,8 +206,11 @@ _WORDS: dict[int, Iterable[str]] = {
     ORDINAL: list(ORDINALS),
     LINK: _w("e and com with"),
     DEST: _w("para pra to na no em at"),
-    ARTICLE: _w("o a os as um uma the essa esta nossa nosso sua seu in on for by of our"),
-    FIRST_PERSON: _w("we nós"),
+    ARTICLE: _w(
+        "o a os as um uma the essa esta nossa nosso sua seu in on for by of our toda todo todas"
+        " todos"
+    ),
+    FIRST_PERSON: _w("we nós i eu"),
     UNIT: _w("pts pt pontos points reais"),
     REMINDER: _w(
         "lembrete lembrando relembrando reminder still continua continuam seguimos mantemos"
@@ -282,7 +298,31 @@ PHRASES: dict[str, tuple[tuple[tuple[str, ...], int, str], ...]] = {
         (("range",), ENTRY_L, "buy range"),
         (("price",), ENTRY_L, "buy price"),
     ),
+    # a buy reported as done: "Entrada feita em BBAS3 a 27,80", "Entry filled on PETR4"
+    "entrada": tuple(
+        ((done,), ENTRY_L | BOUGHT, "entrada feita")
+        for done in ("feita", "realizada", "executada", "efetuada")
+    ),
+    "compra": tuple(
+        ((done,), ENTRY_L | BOUGHT, "compra feita")
+        for done in ("feita", "realizada", "executada", "efetuada")
+    ),
+    "posição": ((("aberta",), ENTRY_L | BOUGHT, "posição aberta"),),
+    "posicao": ((("aberta",), ENTRY_L | BOUGHT, "posição aberta"),),
+    "abrimos": (
+        (("posição",), ENTRY_L | BOUGHT, "abrimos posição"),
+        (("posicao",), ENTRY_L | BOUGHT, "abrimos posição"),
+    ),
+    "montamos": (
+        (("posição",), ENTRY_L | BOUGHT, "abrimos posição"),
+        (("posicao",), ENTRY_L | BOUGHT, "abrimos posição"),
+    ),
+    # "acabamos de comprar": "just", before the verb
+    "acabamos": ((("de",), AUX, "acabamos de"),),
+    "acabei": ((("de",), AUX, "acabamos de"),),
     "entry": (
+        (("filled",), ENTRY_L | BOUGHT, "entrada feita"),
+        (("taken",), ENTRY_L | BOUGHT, "entrada feita"),
         (("targets",), ENTRY_L | ENTRY_REF, "entry targets"),  # Cornix: "Entry Targets:\n1) …"
         (("target",), ENTRY_L | ENTRY_REF, "entry targets"),  # Cornix: "Entry Target 1 ✅"
         (("zone",), ENTRY_L | ENTRY_REF, "entry zone"),
@@ -299,7 +339,10 @@ PHRASES: dict[str, tuple[tuple[tuple[str, ...], int, str], ...]] = {
     ),
     "swing": ((("trade",), TYPE_P, "swing trade"),),
     "day": ((("trade",), TYPE_P, "day trade"),),
-    "position": ((("trade",), TYPE_P, "position trade"),),
+    "position": (
+        (("trade",), TYPE_P, "position trade"),
+        (("opened",), ENTRY_L | BOUGHT, "posição aberta"),
+    ),
     "break": ((("even",), BREAKEVEN, "breakeven"),),
     "zero": ((("a", "zero"), BREAKEVEN, "0x0"), (("x", "zero"), BREAKEVEN, "0x0")),
     "0": ((("x", "0"), BREAKEVEN, "0x0"),),

@@ -18,6 +18,9 @@ How a field is read:
    price for a stop or a numbered target, a price or a range for the entry, a list of prices
    for ``Alvos:``/``Targets:`` — ``39 / 41 / 44``, or numbered, ``1) 39`` and ``2) 41`` on
    lines of their own. Anything else — another word, a percentage — and the label has no value.
+   A buy the channel reports (``compramos``, ``bought``, ``entrada feita``: ``BOUGHT``) is read
+   like an entry label but kept aside (``Fields.bought``): it becomes the entry only when the
+   post also labels a target or a stop; the imperative (``compre``) is a label like ``compra``.
 4. Without an entry label the classifier may still find the entry: ``ticker_entries`` (a ticker
    opening its line with a price after it) and ``price_line_entry`` (``Preço: 37,50`` on its
    own line) only point at it.
@@ -35,6 +38,8 @@ from decimal import Decimal
 
 from tgstack.signals.lexicon import (
     ASSET_L,
+    AUX,
+    BOUGHT,
     BREAKEVEN,
     CHECK,
     COLON,
@@ -43,6 +48,7 @@ from tgstack.signals.lexicon import (
     EVENT_WORDS,
     FILL,
     FINAL,
+    FIRST_PERSON,
     INDEXED,
     JOIN,
     LABELS,
@@ -56,6 +62,7 @@ from tgstack.signals.lexicon import (
     ORDINALS,
     PHRASE,
     PHRASES,
+    PLURAL,
     PUNCT,
     REMINDER,
     REPORTED,
@@ -63,6 +70,7 @@ from tgstack.signals.lexicon import (
     SIGNAL_TYPES,
     STOP_L,
     SUPPRESS,
+    SYMBOL_L,
     TARGET_L,
     TICKER,
     TICKER_ANY,
@@ -112,7 +120,11 @@ _LABEL_PRECEDERS = (
 )
 BOUNDARY = NL | SENT
 _MAX_SKIPPED = 6
-_NOW = frozenset({"agora", "now", "já", "ja"})
+_TARGET_OR_STOP = frozenset({"target", "stop"})
+_NOW = frozenset({"agora", "now", "já", "ja", "hoje", "today"})
+# What may stand before an entry verb where a label stands: "Hoje compramos", "We bought",
+# "Just bought", "Acabamos de comprar", "Went long".
+_BEFORE_VERB = AUX | FIRST_PERSON | JOIN
 _BREAKEVEN_ABBREVIATION = "BE"  # in capitals only: "be" is a verb
 _PERCENT = "%"
 # An entry range is narrow. A second end outside _RANGE times the first is not a range end
@@ -318,6 +330,9 @@ class Fields:
     # positions of the unnumbered entry labels read with a price: more than one, each with its
     # own ticker, and the post holds several calls ("PETR4 — entrada 36,50 …⏎VALE3 — entrada …")
     priced_entries: list[int] = field(default_factory=list)
+    # a buy reported as done ("Compramos PETR4 a 37,50"): the entry only when the post also
+    # labels a target or a stop; else a fill or a recap, kept to tell a close's result
+    bought: tuple[Decimal, Decimal] | None = None
     signal_type: str | None = None
     entries: list[tuple[Decimal, Decimal]] = field(default_factory=list)
     targets: dict[int, Decimal] = field(default_factory=dict)
@@ -338,6 +353,9 @@ def at_label_position(s: Scan, i: int) -> bool:
             j -= 1
     while j >= 0 and flags[j] & FINAL:
         j -= 1  # "Final target:", "Último alvo"
+    if flags[i] & ENTRY_L:
+        while j >= 0 and flags[j] & _BEFORE_VERB:
+            j -= 1  # "Hoje compramos", "We just bought", "Acabamos de comprar"
     return j < 0 or bool(flags[j] & _LABEL_PRECEDERS)
 
 
@@ -470,6 +488,7 @@ def read_fields(s: Scan) -> Fields:
     labelled, matches = out.labelled, out.matches
     indexed_entries = False
     next_target = 1
+    bought: list[tuple[int, int]] = []  # (label, last token of its price) of reported buys
     for i in s.labels:
         f = flags[i]
         if f & TYPE_L or (s.has_question and s.in_question(i)):
@@ -498,7 +517,7 @@ def read_fields(s: Scan) -> Fields:
             continue
         price = price_at(s, j) if j < n and flags[j] & NUM else None
         if f & ENTRY_L:
-            if formal or price is not None:
+            if (formal or price is not None) and not f & BOUGHT:
                 labelled.add("entry")
             if ticker is None:
                 ticker = _ticker_before(s, i)
@@ -509,22 +528,24 @@ def read_fields(s: Scan) -> Fields:
                 out.direction = True
                 out.awaiting = out.awaiting or _says_later(s, i)
             numbered = isinstance(index, int)
+            if price is not None and f & BOUGHT:
+                low, high, end = _price_or_range(s, j, price)
+                bought.append((i, end))
+                if out.bought is None:
+                    out.bought = (low, high)
+                continue
             if price is not None and not numbered:
                 out.priced_entries.append(i)
             if price is None or (out.entries and not (numbered and indexed_entries)):
                 continue  # the first entry, or every numbered one ("Entrada 2: 35,80")
-            low = high = price
-            end = j
-            if (k := _second_end(s, j)) is not None and (second := price_at(s, k)):
-                other = _range_end(tokens[j], price, tokens[k], second)
-                if other is not None:
-                    end = k
-                    low, high = (price, other) if price <= other else (other, price)
+            low, high, end = _price_or_range(s, j, price)
             indexed_entries = indexed_entries or numbered
             out.entry_formal = out.entry_formal or formal
             out.entries.append((low, high))
             matches.append(("entry", i, end, (low, high)))
         elif f & TARGET_L:
+            if price is None and isinstance(index, int) and _bare_index(s, i, j):
+                price, j, index = Decimal(index), j - 1, None  # "alvo 3 stop 1,50": a price
             if formal or price is not None:
                 labelled.add("target")
             if price is None:
@@ -551,10 +572,41 @@ def read_fields(s: Scan) -> Fields:
             if price is not None and out.stop is None:
                 out.stop = price
                 matches.append(("stop", i, j, price))
+    if bought and out.bought is not None and not out.entries and labelled & _TARGET_OR_STOP:
+        # "Compramos PETR4 a 37,50, alvo 40, stop 36": the channel's buy, with its plan
+        labelled.add("entry")
+        out.entries.append(out.bought)
+        out.priced_entries.extend(i for i, _ in bought)
+        matches.append(("entry", bought[0][0], bought[0][1], out.bought))
+        matches.sort(key=lambda match: match[1])
     if s.types:
         at, out.signal_type = s.types[0]
         matches.append(("signal_type", at, at, out.signal_type))
     return out
+
+
+def _price_or_range(s: Scan, j: int, price: Decimal) -> tuple[Decimal, Decimal, int]:
+    """The price at ``j`` or the range it opens: (low, high, last token)."""
+    low = high = price
+    end = j
+    if (k := _second_end(s, j)) is not None and (second := price_at(s, k)):
+        other = _range_end(s.tokens[j], price, s.tokens[k], second)
+        if other is not None:
+            end = k
+            low, high = (price, other) if price <= other else (other, price)
+    return low, high, end
+
+
+def _bare_index(s: Scan, i: int, j: int) -> bool:
+    """``alvo 3 stop 1,50``: the one digit after the target label at ``i`` (ending at ``j``)
+    is its price, not its number — no colon, no price after it, and the next field's label (or
+    a separator and that label) comes next."""
+    flags, n = s.flags, len(s.flags)
+    if flags[i] & (INDEXED | PLURAL) or j - 1 <= i or not flags[j - 1] & NUM:
+        return False
+    if j < n and flags[j] & PUNCT and not flags[j] & (NL | COLON | CHECK):
+        j += 1
+    return j < n and bool(flags[j] & LABELS) and not flags[j] & (WEAK_L | SYMBOL_L)
 
 
 # After an item's number: "1) 39.00", "1. 39.00". Without a mark only first on its line
@@ -646,18 +698,20 @@ def _says_later(s: Scan, i: int) -> bool:
     return any(s.flags[k] & WAIT for k in range(start, end))
 
 
-def ticker_entries(s: Scan) -> list[tuple[int, Decimal, Decimal, int]]:
-    """Every ticker that opens its line (after symbols: ``#PETR4``, ``$VALE3``, a bullet)
-    followed directly by a price or a range, with no entry label: ``PETR4 37,50/38,00 alvo
-    40``. (ticker position, low, high, last token of the price) each; the caller decides whether
-    the post's other labels make one an entry."""
-    flags, tokens, n = s.flags, s.tokens, len(s.tokens)
+def ticker_entries(s: Scan, *, sentence: bool = False) -> list[tuple[int, Decimal, Decimal, int]]:
+    """Every ticker that opens its line (after symbols: ``#PETR4``, ``$VALE3``, a bullet) — or,
+    with ``sentence``, its sentence (``Comprem! PETR4 a 37,50``) — followed directly by a price
+    or a range, with no entry label: ``PETR4 37,50/38,00 alvo 40``. (ticker position, low, high,
+    last token of the price) each; the caller decides whether the post's other labels make one
+    an entry."""
+    flags, n = s.flags, len(s.tokens)
     found: list[tuple[int, Decimal, Decimal, int]] = []
+    opens = NL | SENT if sentence else NL
     for t in s.tickers:
         k = t - 1
         while k >= 0 and flags[k] & PUNCT and not flags[k] & (NL | _HARD_STOP):
             k -= 1
-        if k >= 0 and not flags[k] & NL:
+        if k >= 0 and not flags[k] & opens:
             continue
         j = t + 1  # "PETR4 37,50", "PETR4: 37,50", "PETR4 @ 37.50", "PETR4 | R$ 37,50"
         while j < n and j <= t + 3 and not flags[j] & (NUM | NL | SENT | CHECK):
@@ -667,13 +721,7 @@ def ticker_entries(s: Scan) -> list[tuple[int, Decimal, Decimal, int]]:
         price = price_at(s, j)
         if price is None:
             continue
-        low = high = price
-        end = j
-        if (k2 := _second_end(s, j)) is not None and (second := price_at(s, k2)):
-            other = _range_end(tokens[j], price, tokens[k2], second)
-            if other is not None:
-                end = k2
-                low, high = (price, other) if price <= other else (other, price)
+        low, high, end = _price_or_range(s, j, price)
         if _quoted_change(s, end + 1):
             continue  # "VALE3 62,10 (+1,5%)": a quote and the day's change, not an entry
         found.append((t, low, high, end))
@@ -699,13 +747,7 @@ def price_line_entry(s: Scan) -> tuple[int, Decimal, Decimal, int] | None:
         price = price_at(s, j)
         if price is None:
             continue
-        low = high = price
-        end = j
-        if (k2 := _second_end(s, j)) is not None and (second := price_at(s, k2)):
-            other = _range_end(tokens[j], price, tokens[k2], second)
-            if other is not None:
-                end = k2
-                low, high = (price, other) if price <= other else (other, price)
+        low, high, end = _price_or_range(s, j, price)
         return i, low, high, end
     return None
 

@@ -17,6 +17,9 @@ A root is four characters, a letter first and at least three letters in all (``B
 without its month — ``WIN``, ``WDO``, ``IND``, ``DOL`` — read as tickers in capitals only
 (``GENERIC_FUTURES``; ``win`` is a word).
 
+An option and its underlying share the root: ``MGLUL420`` and ``VALEX65W2`` are options on
+``MGLU3`` and ``VALE3`` (``option_on``), ``BOVAX130`` on ``BOVA11``.
+
 Invariant: ``ticker_shape`` says only whether a word *looks like* a B3 ticker; it never
 consults a list of listed companies, so a ticker listed tomorrow is read today.
 """
@@ -47,3 +50,14 @@ def ticker_shape(word: str) -> str | None:
 
 def is_ticker(word: str) -> bool:
     return _TICKER.fullmatch(word.lower()) is not None
+
+
+def option_on(word: str, underlying: str) -> bool:
+    """Is ``word`` an option on ``underlying`` — another ticker with the same four-character
+    root (``MGLUL420`` on ``MGLU3``, ``BOVAX130`` on ``BOVA11``; not ``PETRJ290`` on itself)?"""
+    return (
+        len(word) > 5
+        and word[:4].lower() == underlying[:4].lower()
+        and ticker_shape(word) == "option"
+        and ticker_shape(underlying) not in (None, "option", "future")
+    )
