@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tgstack.models import MessageRecord, StoredMessage
-from tgstack.poller.processing import EVENT_KINDS, decide, failed
+from tgstack.poller.processing import decide, failed
+from tgstack.signals.model import EVENT_KINDS
 
 CHANNEL = -1001649127710
 WHEN = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)

@@ -22,9 +22,9 @@ from typing import Any, Literal
 
 from tgstack.models import MessageKey, StoredMessage
 from tgstack.signals import Classification, Kind, Signal, classify
+from tgstack.signals.model import EVENT_KINDS
 
 ResultState = Literal["processed", "ignored", "failed"]
-EVENT_KINDS = frozenset({"target_hit", "stop_moved", "stopped", "closed", "cancelled"})
 
 
 def _exact(value: Decimal | None) -> str | None:

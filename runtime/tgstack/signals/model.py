@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 Kind = Literal[
     "signal",
@@ -21,17 +21,9 @@ Kind = Literal[
     "needs_review",
     "chatter",
 ]
-KINDS: tuple[Kind, ...] = (
-    "signal",
-    "target_hit",
-    "stop_moved",
-    "stopped",
-    "closed",
-    "cancelled",
-    "needs_review",
-    "chatter",
-)
+KINDS: tuple[Kind, ...] = get_args(Kind)
 EventKind = Literal["target_hit", "stop_moved", "stopped", "closed", "cancelled"]
+EVENT_KINDS: frozenset[EventKind] = frozenset(get_args(EventKind))
 # A target reached: its number, or "final" (the last one, or all of them).
 Target = int | Literal["final"]
 # Where a stop was moved: a price, "entry" (breakeven) or a target's price ("target_1", …).
