@@ -119,7 +119,8 @@ AS $$
     LIMIT 1
 $$;
 
--- A stop level of a follow-up as a price of its signal: entry is the middle of the entry range.
+-- A stop level of a follow-up as a price of its signal: entry is the middle of the entry range
+-- (without the 16 decimal places numeric division gives: 36.85, not 36.8500000000000000).
 CREATE OR REPLACE FUNCTION tp_capital.resolve_stop(
     p_stop numeric, p_stop_ref text, p_signal tp_capital.signals)
 RETURNS numeric
@@ -127,7 +128,7 @@ LANGUAGE sql IMMUTABLE
 AS $$
     SELECT CASE
         WHEN p_stop IS NOT NULL THEN p_stop
-        WHEN p_stop_ref = 'entry' THEN (p_signal.buy_min + p_signal.buy_max) / 2
+        WHEN p_stop_ref = 'entry' THEN trim_scale((p_signal.buy_min + p_signal.buy_max) / 2)
         WHEN p_stop_ref = 'target_1' THEN p_signal.target_1
         WHEN p_stop_ref = 'target_2' THEN p_signal.target_2
         WHEN p_stop_ref = 'target_final' THEN p_signal.target_final

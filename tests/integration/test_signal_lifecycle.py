@@ -338,6 +338,7 @@ def test_the_sample_channel_ends_with_its_petr4_trade_closed_in_gain(
         " GROUP BY s.id",
     )
     assert trades == [(1002, "closed", Decimal("36.85"), "gain", [1007, 1019])]
+    assert str(trades[0][2]) == "36.85"  # the middle of 36,50 a 37,20, as the API shows it
 
 
 def test_deleting_the_follow_up_that_ended_a_signal_gives_it_back_its_later_follow_ups(
