@@ -39,7 +39,7 @@ from tgstack import jsonb, metrics
 from tgstack.gateway.reconcile import StoredPost
 from tgstack.gateway.watermark import Watermark
 from tgstack.models import MessageKey, MessageRecord, StoredMessage, sanitize_text
-from tgstack.poller.processing import ProcessingResult
+from tgstack.poller.processing import DEFAULT_LINK_WINDOW, ProcessingResult
 
 __all__ = [
     "Database",
@@ -147,8 +147,6 @@ _UNLINKED_EVENTS = (
     "SELECT count(*) FROM tp_capital.signal_events"
     " WHERE signal_id IS NULL AND retired_at IS NULL AND telegram_date > now() - interval '1 day'"
 )
-# How far back a follow-up that names only its asset looks for its signal (sql/061).
-DEFAULT_LINK_WINDOW = timedelta(days=14)
 _POLLING_LAG = (
     "SELECT coalesce(extract(epoch FROM now() - min(received_at)), 0)"
     " FROM telegram_gateway.messages"

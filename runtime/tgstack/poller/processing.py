@@ -17,6 +17,7 @@ retires the signal, an edit that completes a review retires the review.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -25,6 +26,9 @@ from tgstack.signals import Classification, Kind, Signal, classify
 from tgstack.signals.model import EVENT_KINDS
 
 ResultState = Literal["processed", "ignored", "failed"]
+# How far back a follow-up that names only its asset looks for its signal (sql/061; the
+# setting TGSTACK_POLLER_SIGNAL_LINK_WINDOW_HOURS overrides it in the service).
+DEFAULT_LINK_WINDOW = timedelta(days=14)
 
 
 def _exact(value: Decimal | None) -> str | None:

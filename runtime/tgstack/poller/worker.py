@@ -16,7 +16,7 @@ from typing import Protocol
 
 from tgstack import metrics
 from tgstack.models import MessageKey, StoredMessage
-from tgstack.poller.processing import ProcessingResult, decide
+from tgstack.poller.processing import DEFAULT_LINK_WINDOW, ProcessingResult, decide
 
 log = logging.getLogger("tgstack.poller")
 
@@ -82,7 +82,7 @@ class SignalWorker:
         batch_size: int = 100,
         lease_seconds: int = 60,
         max_attempts: int = 3,
-        link_window: timedelta = timedelta(days=14),
+        link_window: timedelta = DEFAULT_LINK_WINDOW,
     ) -> None:
         self.store = store
         self.consumer = consumer
