@@ -18,8 +18,9 @@ from tests.conftest import TestDatabase
 from tests.telegram_fakes import CHANNEL, FakeTelegram
 from tgstack.config import Settings
 from tgstack.gateway.events import MessageEvent
-from tgstack.gateway.service import GatewayService, components
+from tgstack.gateway.service import GatewayService
 from tgstack.gateway.synthetic import generate
+from tgstack.gateway.wiring import components
 from tgstack.localstack import free_port, wait_until
 
 

@@ -22,9 +22,9 @@ from amqpstorm.uri_connection import UriConnection
 
 from tests.conftest import TestDatabase
 from tgstack.config import Settings
-from tgstack.gateway.service import build_pipeline, components
 from tgstack.gateway.spool import POSITIONS_FILE, SpoolSource
 from tgstack.gateway.synthetic import generate, to_jsonl_line
+from tgstack.gateway.wiring import build_pipeline, components
 from tgstack.localstack import free_port, wait_until
 from tgstack.queue import consumer_queue_name
 
