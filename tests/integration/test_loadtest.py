@@ -21,7 +21,8 @@ from tests.conftest import TestDatabase
 from tgstack.config import Settings
 from tgstack.loadtest.accounting import account
 from tgstack.loadtest.plan import LOADTEST_CHANNEL_BASE, LoadPlan
-from tgstack.loadtest.runner import LoadResult, run_loadtest
+from tgstack.loadtest.result import LoadResult
+from tgstack.loadtest.runner import run_loadtest
 
 
 def short_plan(tmp_path: Path, **changes: object) -> LoadPlan:
