@@ -36,10 +36,16 @@ from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolClosed
 
 from tgstack import jsonb, metrics
-from tgstack.gateway.reconcile import StoredPost
-from tgstack.gateway.watermark import Watermark
-from tgstack.models import MessageKey, MessageRecord, StoredMessage, sanitize_text
-from tgstack.poller.processing import DEFAULT_LINK_WINDOW, ProcessingResult
+from tgstack.models import (
+    DEFAULT_LINK_WINDOW,
+    MessageKey,
+    MessageRecord,
+    ProcessingResult,
+    StoredMessage,
+    StoredPost,
+    Watermark,
+    sanitize_text,
+)
 
 __all__ = [
     "Database",
