@@ -21,7 +21,7 @@ from tgstack.gateway.events import MessageEvent
 from tgstack.gateway.service import GatewayService
 from tgstack.gateway.synthetic import generate
 from tgstack.gateway.wiring import components
-from tgstack.localstack import free_port, wait_until
+from tgstack_testing.localstack import free_port, wait_until
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:

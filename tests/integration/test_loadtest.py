@@ -153,7 +153,7 @@ def test_the_cli_runs_against_a_configured_stack_with_its_own_poller_and_cleans_
     poller already running, reads its metrics, and ``--cleanup`` leaves no row behind."""
     from tgstack.cli import main
     from tgstack.loadtest.fleet import settings_env
-    from tgstack.localstack import free_port
+    from tgstack_testing.localstack import free_port
 
     port = free_port()
     deployed = stack_settings.model_copy(update={"poller_port": port})

@@ -23,7 +23,6 @@ from tgstack.api.queries import (
     StoreUnavailable,
 )
 from tgstack.db import Database
-from tgstack.localstack import free_port
 from tgstack.postgres import (
     DatabaseError,
     DatabaseTimeout,
@@ -34,6 +33,7 @@ from tgstack.postgres import (
     connection_pool,
     first_line,
 )
+from tgstack_testing.localstack import free_port
 
 
 def raised(dsn: str, *statements: str) -> psycopg.Error:
