@@ -77,8 +77,8 @@ def run_from_wheel(site: Path, code: str, cwd: Path) -> subprocess.CompletedProc
     prologue = textwrap.dedent(
         f"""
         import sys
-        checkout = {str(REPO)!r}
-        sys.path[:] = [{str(site)!r}] + [p for p in sys.path if not p.startswith(checkout)]
+        sources = ({str(REPO / "runtime")!r}, {str(REPO / "testing")!r}, {str(REPO)!r})
+        sys.path[:] = [{str(site)!r}] + [p for p in sys.path if p.rstrip("/") not in sources]
         sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in f.__module__]
         import tgstack
         assert tgstack.__file__.startswith({str(site)!r}), tgstack.__file__
