@@ -1,6 +1,7 @@
 # tgstack — one entry point for building, testing and running the stack.
 #   make test           the whole test suite (fast tier, slow drills, Telegram at the wire, Molecule default, failover, rollback), each tier timed; what CI runs
 #   make test-fast      lock check + lint + unit + integration tests against real servers (a few minutes)
+#   make test-unit      the unit tier alone (tests/unit): no server, no apt, under a minute; the fast loop
 #   make test-telegram  the local MTProto server and the real Telethon path, over the wire
 #   make test-molecule  converge site.yml on a real systemd + Docker server, idempotence, verify
 #   make test-molecule-failover  failure drills while posts flow: Redis master, gateway kill -9, DB, RabbitMQ, password rotation
@@ -25,7 +26,7 @@ BIN := $(VENV)/bin
 STAMPS := .cache/stamps
 REQ_DEV := requirements/dev.txt
 
-.PHONY: help deps system-deps venv lock lock-check lint lint-python lint-ansible test test-fast test-slow test-telegram \
+.PHONY: help deps system-deps venv lock lock-check lint lint-python lint-ansible test test-fast test-unit test-slow test-telegram \
 	test-molecule test-molecule-failover test-molecule-rollback testbed-images demo demo-down health bench-db bench-ingest docs clean
 
 # molecule and ansible-lint call ansible-* by name: the virtualenv must come first on PATH
@@ -85,6 +86,12 @@ lint-ansible: venv
 test-fast: deps lock-check lint docs
 	@echo "==> pytest (unit + integration, real servers)"
 	@$(BIN)/pytest -m "not slow" -q
+
+# The fast loop: tests/unit only (tests/unit/conftest.py fails a unit test that asks for a
+# server), on the virtualenv alone: no system packages, no lint, no docs.
+test-unit: venv
+	@echo "==> pytest (unit: no servers)"
+	@$(BIN)/pytest -q -m "not slow" tests/unit
 
 test-slow: deps
 	@echo "==> pytest (slow real-server drills)"

@@ -24,8 +24,8 @@ from tests.integration.test_api_support import (
     running_api,
     store_messages,
 )
-from tgstack.localstack import DataStack, RedisServer, free_port, port_open, wait_until
 from tgstack.migrate import apply_migrations
+from tgstack_testing.localstack import DataStack, RedisServer, free_port, port_open, wait_until
 
 
 def _cache_errors(api: Api) -> float:
