@@ -139,7 +139,10 @@ def seed(dsn: str, messages: int, signals: int) -> None:
         )
         for mid in range(1, min(signals, per_channel) + 1)
     ]
-    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn, conn.cursor() as cur:
+    with (
+        psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn,
+        conn.cursor() as cur,
+    ):
         cur.executemany(
             "INSERT INTO tp_capital.signals (channel_id, message_id, telegram_date, asset,"
             " signal_type, buy_min, buy_max, target_1, stop, raw_text)"
@@ -275,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         apply_migrations(stack.direct_dsn)
         progress(f"seeding {args.messages:,} messages and {args.signals:,} signals")
         seed(stack.app_dsn, args.messages, args.signals)
-        cache = redis.Redis(host="127.0.0.1", port=redis_server.port, password=redis_server.password)
+        cache = redis.Redis(
+            host="127.0.0.1", port=redis_server.port, password=redis_server.password
+        )
         stack_env = {
             "TGSTACK_DATABASE_URL": stack.app_dsn,
             "TGSTACK_REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/0",
@@ -296,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
 
     summaries = [result.summary() for result in results]
     for summary in summaries:
-        print(f"\n== {summary['label']}: {summary['requests']} requests, errors {summary['errors']}")
+        print(
+            f"\n== {summary['label']}: {summary['requests']} requests, errors {summary['errors']}"
+        )
         print(f"{'endpoint':<22}{'n':>7}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}")
         rows = {"overall": summary["overall"], **summary["endpoints"]}  # type: ignore[dict-item]
         for name, values in rows.items():

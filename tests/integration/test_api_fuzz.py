@@ -74,7 +74,9 @@ FUZZ_CASES = [
     for item in document()["paths"].values()
     for operation in item.values()
     for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
-    if mode is GenerationMode.POSITIVE or operation.get("parameters") or operation.get("requestBody")
+    if mode is GenerationMode.POSITIVE
+    or operation.get("parameters")
+    or operation.get("requestBody")
 ]
 
 

@@ -24,8 +24,8 @@ from tgstack.api.deps import Services
 from tgstack.api.queries import ApiStore
 from tgstack.api.ratelimit import RateLimiter
 from tgstack.api.server import ApiServer
-from tgstack.localstack import wait_until
 from tgstack.db import Database
+from tgstack.localstack import wait_until
 from tgstack.models import MessageRecord
 
 READ_TOKEN = "read-token-0123456789abcdef"

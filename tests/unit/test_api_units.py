@@ -9,10 +9,9 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from fastapi.routing import APIRoute
 from hypothesis import given
 from hypothesis import strategies as st
-
-from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.routing import Match
 
@@ -384,7 +383,9 @@ def _shadows(first: str, later: str) -> bool:
     left, right = first.split("/"), later.split("/")
     if len(left) != len(right):
         return False
-    fits = all(x == y or x.startswith("{") or y.startswith("{") for x, y in zip(left, right))
+    fits = all(
+        x == y or x.startswith("{") or y.startswith("{") for x, y in zip(left, right, strict=True)
+    )
     return fits and _specificity(later) > _specificity(first)
 
 
@@ -458,20 +459,6 @@ def test_cache_keys_separate_scopes_generations_and_queries() -> None:
         )
         == 4
     )
-
-
-def test_openapi_lists_every_route_and_every_reference_resolves() -> None:
-    doc = document()
-    assert doc["openapi"] == "3.1.0"
-    for route in routes.ROUTES:
-        operation = doc["paths"][route.template][route.method.lower()]
-        assert operation["operationId"] == route.operation_id
-        assert str(route.success) in operation["responses"]
-        names = {param["name"] for param in operation.get("parameters", [])}
-        assert names == {param.name for param in route.params}
-    text = json.dumps(doc)
-    for ref in {part.split('"')[0] for part in text.split('"$ref": "#/components/schemas/')[1:]}:
-        assert ref in doc["components"]["schemas"], ref
 
 
 def test_time_strategy_sanity() -> None:  # the cursor tests rely on UTC-aware moments

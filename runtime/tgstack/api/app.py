@@ -62,9 +62,10 @@ def create_app(services: Services | None = None) -> FastAPI:
         redoc_url=None,
         redirect_slashes=False,
         lifespan=lifespan,
+        # The operations themselves, in their order (routes tries them in that order).
+        routes=list(router.routes),
     )
     app.state.services = services
-    app.include_router(router)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
@@ -108,7 +109,9 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     faults = list(exc.errors())
     order = [name for name, _ in request.query_params.multi_items()]
     faults.sort(key=lambda fault: _position(fault, order))
-    return error_response(_as_api_error(faults[0]) if faults else ApiError(400, "bad_parameter", "invalid request"))
+    return error_response(
+        _as_api_error(faults[0]) if faults else ApiError(400, "bad_parameter", "invalid request")
+    )
 
 
 def _position(fault: dict[str, Any], order: list[str]) -> tuple[int, int]:
@@ -165,7 +168,7 @@ def allowed_methods(app: FastAPI, scope: Scope) -> tuple[str, ...]:
     methods: list[str] = []
     for route in app.routes:
         if isinstance(route, APIRoute) and route.path_format == template:
-            methods.extend(sorted(route.methods))
+            methods.extend(sorted(route.methods or ()))
     if "GET" in methods:
         methods.append("HEAD")
     return tuple(dict.fromkeys(methods))
@@ -236,7 +239,7 @@ class RequestLayer:
             API_REQUESTS.labels(route, label, str(status)).inc()
             API_REQUEST_SECONDS.labels(route, label).observe(elapsed)
             notes: dict[str, Any] = inner.get("state") or {}
-            extra = {key: notes[key] for key in ("token_id", "cache") if key in notes}
+            extra: dict[str, Any] = {k: notes[k] for k in ("token_id", "cache") if k in notes}
             client = scope.get("client")
             log.info(
                 "api_request",

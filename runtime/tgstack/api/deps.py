@@ -199,18 +199,21 @@ class CachedAnswers:
         self._operation: str = getattr(route, "operation_id", None) or request.url.path
 
     def serve(
-        self, params: BaseModel | Mapping[str, object], compute: Callable[[], Payload]
+        self,
+        params: BaseModel | Mapping[str, object],
+        compute: Callable[[], Payload],
+        *,
+        path: Mapping[str, object] | None = None,
     ) -> Response:
+        """The answer for these parsed parameters (and ``path`` values): cached or computed."""
         if self._cache is None or self._principal is None:
             return json_response(compute())
         generation = self._cache.generation()
         if generation is None:
             note(self._request, cache="bypass")
             return json_response(compute(), headers={"X-Cache": "bypass"})
-        values = params.model_dump() if isinstance(params, BaseModel) else dict(params)
-        key = cache_key(
-            self._principal.scope, generation, self._operation, _normalized(values)
-        )
+        values = {**_values(params), **(path or {})}
+        key = cache_key(self._principal.scope, generation, self._operation, _normalized(values))
         cached = self._cache.get(key)
         if cached is not None:
             note(self._request, cache="hit")
@@ -223,6 +226,13 @@ class CachedAnswers:
     def invalidate(self) -> None:
         if self._cache is not None:
             self._cache.invalidate()
+
+
+def _values(params: BaseModel | Mapping[str, object]) -> dict[str, object]:
+    """The parsed parameters by name (the fields as they are: no serialiser in the way)."""
+    if isinstance(params, BaseModel):
+        return {name: getattr(params, name) for name in type(params).model_fields}
+    return dict(params)
 
 
 def _normalized(values: Mapping[str, object]) -> str:

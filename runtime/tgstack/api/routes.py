@@ -96,10 +96,12 @@ def errors(*statuses: int, cached: bool = False) -> dict[int | str, dict[str, An
 def _json_body(model: type[BaseModel]) -> dict[str, Any]:
     """The requestBody of an operation whose body a dependency reads (``deps``)."""
     reference = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": reference}}}}
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": reference}}}
+    }
 
 
-_PUBLIC = {"security": []}
+_PUBLIC: dict[str, Any] = {"security": []}
 
 # Operations -------------------------------------------------------------------------------------
 
@@ -241,9 +243,7 @@ def list_channels(
         rows = services.store.list_channels(
             is_active=query.is_active, after=after, limit=query.limit
         )
-        return _page(
-            rows, query.limit, dict, lambda row: cursors.encode_channel(row["channel_id"])
-        )
+        return _page(rows, query.limit, dict, lambda row: cursors.encode_channel(row["channel_id"]))
 
     return cache.serve(query, compute)
 
@@ -380,7 +380,7 @@ def list_signals(
     dependencies=[Depends(reader), Depends(plain_query(s.SignalEventListQuery))],
 )
 def list_signal_events(
-    id: s.SignalIdPath,  # noqa: A002 - the path parameter's documented name
+    id: s.SignalIdPath,
     query: Annotated[s.SignalEventListQuery, Query()],
     services: ServicesDep,
     cache: ReadCache,
@@ -397,7 +397,7 @@ def list_signal_events(
             raise not_found(f"no signal with id {id}")
         return _page(rows, query.limit, dict, _event_cursor)
 
-    return cache.serve({"id": id, **query.model_dump()}, compute)
+    return cache.serve(query, compute, path={"id": id})
 
 
 @router.get(

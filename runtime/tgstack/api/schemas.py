@@ -117,9 +117,7 @@ def _nullable(schema: dict[str, Any], **extra: Any) -> WithJsonSchema:
 
 # Parameter types ---------------------------------------------------------------------------------
 
-ChannelIdQuery = Annotated[
-    int | None, parsed(p.channel_id), WithJsonSchema(CHANNEL_ID_SCHEMA)
-]
+ChannelIdQuery = Annotated[int | None, parsed(p.channel_id), WithJsonSchema(CHANNEL_ID_SCHEMA)]
 Limit = Annotated[
     int,
     parsed(p.limit),
@@ -310,9 +308,7 @@ NullableInt = Annotated[int | None, WithJsonSchema({"type": ["integer", "null"]}
 DateTime = Annotated[datetime, WithJsonSchema(DATE_TIME_SCHEMA)]
 ChannelId = Annotated[int, WithJsonSchema(CHANNEL_ID_SCHEMA)]
 MessageId = Annotated[int, WithJsonSchema(MESSAGE_ID_SCHEMA)]
-Price = Annotated[
-    float | None, WithJsonSchema({"type": ["number", "null"], "exclusiveMinimum": 0})
-]
+Price = Annotated[float | None, WithJsonSchema({"type": ["number", "null"], "exclusiveMinimum": 0})]
 Result = Annotated[
     str | None,
     WithJsonSchema({"type": ["string", "null"], "enum": ["gain", "loss", "breakeven", None]}),

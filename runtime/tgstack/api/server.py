@@ -12,6 +12,7 @@ into that shutdown.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import socket
 import time
@@ -50,9 +51,7 @@ class _Uvicorn(uvicorn.Server):
 class ApiServer:
     """The API on one listening socket."""
 
-    def __init__(
-        self, app: FastAPI, host: str, port: int, *, grace: float = 10.0
-    ) -> None:
+    def __init__(self, app: FastAPI, host: str, port: int, *, grace: float = 10.0) -> None:
         self.app = app
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._socket = socket.socket(family, socket.SOCK_STREAM)
@@ -71,7 +70,7 @@ class ApiServer:
             server_header=False,
             headers=[("server", "tgstack-api")],
             timeout_keep_alive=KEEP_ALIVE_SECONDS,
-            timeout_graceful_shutdown=grace,
+            timeout_graceful_shutdown=math.ceil(grace),
             backlog=BACKLOG,
         )
         self._server = _Uvicorn(config)
