@@ -89,7 +89,9 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 # The endpoint mix: (name, weight, path maker). Lists repeat a few filters (cache hits after the
 # first), single items draw from the whole table (mostly misses, each a database read).
-def _mix(rng: random.Random, messages: int) -> list[tuple[str, int, Callable[[], str]]]:
+def _mix(
+    rng: random.Random, messages: int, signals: int
+) -> list[tuple[str, int, Callable[[], str]]]:
     per_channel = messages // len(CHANNELS)
     return [
         ("list_messages", 30, lambda: f"/v1/messages?channel_id={rng.choice(CHANNELS)}&limit=50"),
@@ -103,7 +105,7 @@ def _mix(rng: random.Random, messages: int) -> list[tuple[str, int, Callable[[],
         (
             "get_signal",
             10,
-            lambda: f"/v1/signals/{CHANNELS[0]}/{rng.randint(1, per_channel)}",
+            lambda: f"/v1/signals/{CHANNELS[0]}/{rng.randint(1, min(signals, per_channel))}",
         ),
         ("list_channels", 10, lambda: "/v1/channels"),
         ("health", 5, lambda: "/health"),
@@ -158,14 +160,20 @@ def start_server(server: Server, env: dict[str, str], log: Path) -> subprocess.P
         child["PYTHONPATH"] = server.pythonpath
     out = log.open("wb")
     return subprocess.Popen(
-        [server.python, "-m", "tgstack", "api"], env=child, stdout=out, stderr=subprocess.STDOUT
+        [server.python, "-m", "tgstack", "api"],
+        env=child,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        cwd=log.parent,
     )
 
 
-def drive(port: int, rate: float, seconds: float, messages: int, seed_value: int) -> Result:
+def drive(
+    port: int, rate: float, seconds: float, messages: int, signals: int, seed_value: int
+) -> Result:
     """Open-loop load: request i is due at start + i / rate, sent by the first free worker."""
     rng = random.Random(seed_value)
-    mix = _mix(rng, messages)
+    mix = _mix(rng, messages, signals)
     names = [name for name, _, _ in mix]
     weights = [weight for _, weight, _ in mix]
     makers = {name: make for name, _, make in mix}
@@ -222,13 +230,18 @@ def measure(server: Server, args: argparse.Namespace, stack_env: dict[str, str],
     port = free_port()
     env = stack_env | {"TGSTACK_API_PORT": str(port)}
     cache.flushdb()
-    process = start_server(server, env, base / f"api-{server.label}.log")
+    log = base / f"api-{server.label}.log"
+    process = start_server(server, env, log)
     try:
-        wait_until(lambda: port_open(port), 30, f"{server.label} to listen")
+        try:
+            wait_until(lambda: port_open(port), 30, f"{server.label} to listen")
+        except Exception:
+            progress(log.read_text(errors="replace")[-3000:])
+            raise
         progress(f"{server.label}: warm-up ({args.warmup:.0f} s)")
-        drive(port, args.rate, args.warmup, args.messages, seed_value=1)
+        drive(port, args.rate, args.warmup, args.messages, args.signals, seed_value=1)
         progress(f"{server.label}: {args.rate:.0f} req/s for {args.seconds:.0f} s")
-        result = drive(port, args.rate, args.seconds, args.messages, seed_value=2)
+        result = drive(port, args.rate, args.seconds, args.messages, args.signals, seed_value=2)
         result.label = server.label
         return result
     finally:
@@ -286,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             "TGSTACK_REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/0",
             "TGSTACK_REDIS_PASSWORD": redis_server.password,
             "TGSTACK_API_READ_TOKENS": TOKEN,
-            "TGSTACK_API_RATE_LIMIT_PER_SECOND": "1000000",
+            "TGSTACK_API_RATE_LIMIT_PER_SECOND": "100000",
             "TGSTACK_API_RATE_LIMIT_BURST": "1000000",
             "TGSTACK_API_THREADS": str(args.threads),
         }
