@@ -1,24 +1,21 @@
 """The API's FastAPI dependencies: the services, auth and rate limit, the query string's shape,
 the response cache and the JSON bodies.
 
-A route lists them in the order the checks run: ``reader``/``admin``/``public`` (401, 429,
-403), then ``plain_query`` (unknown or repeated parameters, a query string that is not
-UTF-8), then FastAPI validates the path and query models (400), then a body dependency reads
-and checks the body (415, 413, 400). All of them are ``async`` and do no I/O: the only
-blocking work, the database and Redis, happens in the (sync) operation's thread.
+The checks run in this order: the route's ``Gate`` (401, 429, 403, then unknown or repeated
+parameters, a query string that is not UTF-8), FastAPI's validation of the path and query
+models (400), a body dependency (415, 413, 400). All of them are ``async`` and do no I/O: the
+only blocking work, the database and Redis, happens in the (sync) operation's thread.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl
 
-from fastapi import Depends, Request, Response, Security
-from fastapi.security import HTTPAuthorizationCredentials as Credentials
-from fastapi.security import HTTPBearer
+from fastapi import Depends, Request, Response
 from pydantic import BaseModel
 
 from tgstack.api import params as p
@@ -60,11 +57,16 @@ class Services:
     traffic: Traffic = field(default_factory=Traffic)
 
 
-def get_services(request: Request) -> Services:
+def services_of(request: Request) -> Services:
     services: Services | None = request.app.state.services
     if services is None:
         raise RuntimeError("the application was built without services (document only)")
     return services
+
+
+async def get_services(request: Request) -> Services:
+    """The dependency (async: a sync one would cost a trip through the thread pool)."""
+    return services_of(request)
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
@@ -76,27 +78,42 @@ def note(request: Request, **values: object) -> None:
         setattr(request.state, key, value)
 
 
-# Auth and rate limit ---------------------------------------------------------------------------
+# Auth, rate limit and the query string: the gate of every operation ----------------------------
 
-# Documents the scheme (components.securitySchemes.bearerAuth) and marks the operations that
-# need it; the header itself is checked by TokenAuth, whose answers say what was wrong.
-bearer = HTTPBearer(scheme_name="bearerAuth", auto_error=False)
-
-Access = Literal["public", "read", "admin"]
+Access = Literal["public", "monitoring", "read", "admin"]
 
 
-def _admit(request: Request, access: Access, *, limited: bool = True) -> Principal | None:
+class Gate:
+    """The route's first dependency: auth and rate limit (401, 429, 403), then the query
+    string's shape (``check_query``). One dependency rather than several: FastAPI's cost per
+    request grows with each one it solves.
+
+    ``public``: anyone, within the rate limit of their address; ``monitoring``: anyone, as
+    often as they like (monitoring must never be refused); ``read``: a read or admin token;
+    ``admin``: an admin token. ``model``: the operation's query parameters (None: none)."""
+
+    def __init__(self, access: Access, model: type[BaseModel] | None = None) -> None:
+        self.access = access
+        self.known = tuple(model.model_fields) if model is not None else ()
+
+    async def __call__(self, request: Request) -> None:
+        principal = _admit(request, self.access)
+        request.state.principal = principal
+        check_query(request, self.known)
+
+
+def _admit(request: Request, access: Access) -> Principal | None:
     """Authenticate (unless public) and rate-limit; ApiError 401/429/403. A client that failed
     to authenticate is limited by its address, before it learns that it failed."""
-    services = get_services(request)
+    services = services_of(request)
     principal: Principal | None = None
     auth_error: ApiError | None = None
-    if access != "public":
+    if access in ("read", "admin"):
         try:
             principal = services.auth.authenticate(request.headers.get("authorization"))
         except ApiError as exc:
             auth_error = exc
-    if limited:
+    if access != "monitoring":
         client = request.client.host if request.client else "?"
         key = f"token:{principal.token_id}" if principal else f"addr:{client}"
         decision = services.limiter.take(key)
@@ -117,65 +134,33 @@ def _admit(request: Request, access: Access, *, limited: bool = True) -> Princip
     return principal
 
 
-async def public(request: Request) -> None:
-    """Anyone, within the rate limit of their address."""
-    _admit(request, "public")
-
-
-async def monitoring(request: Request) -> None:
-    """Anyone, as often as they like: monitoring must never be refused."""
-    _admit(request, "public", limited=False)
-
-
-async def reader(request: Request, _: Annotated[Credentials | None, Security(bearer)]) -> Principal:
-    """A read or admin token, within its rate limit."""
-    principal = _admit(request, "read")
-    assert principal is not None
-    return principal
-
-
-async def admin(request: Request, _: Annotated[Credentials | None, Security(bearer)]) -> Principal:
-    """An admin token, within its rate limit."""
-    principal = _admit(request, "admin")
-    assert principal is not None
-    return principal
-
-
-# The query string ------------------------------------------------------------------------------
-
-
-def plain_query(model: type[BaseModel] | None) -> Callable[[Request], Awaitable[None]]:
-    """The dependency that refuses a query string FastAPI would read leniently: not UTF-8,
-    malformed or over ``MAX_QUERY_FIELDS`` fields, a parameter ``model`` does not have, or one
-    given more than once (FastAPI would take the last). ``model`` None: no parameters."""
-    known = tuple(model.model_fields) if model is not None else ()
-    listed = ", ".join(known) or "none"
-
-    async def check(request: Request) -> None:
-        raw: bytes = request.scope.get("query_string", b"")
-        if not raw:
-            return
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ApiError(400, "bad_parameter", "the query string is not valid UTF-8") from None
-        try:
-            pairs = parse_qsl(
-                text, keep_blank_values=True, errors="strict", max_num_fields=MAX_QUERY_FIELDS
-            )
-        except ValueError:
-            raise ApiError(
-                400, "bad_parameter", "the query string is malformed or has too many fields"
-            ) from None
-        seen: set[str] = set()
-        for name, _ in pairs:
-            if name not in known:
-                raise bad_parameter(name[:64], f"unknown parameter; known: {listed}")
-            if name in seen:
-                raise bad_parameter(name, "is given more than once")
-            seen.add(name)
-
-    return check
+def check_query(request: Request, known: tuple[str, ...]) -> None:
+    """Refuse a query string FastAPI would read leniently: not UTF-8, malformed or over
+    ``MAX_QUERY_FIELDS`` fields, a parameter the operation does not have (``known``), or one
+    given more than once (FastAPI would take the last)."""
+    raw: bytes = request.scope.get("query_string", b"")
+    if not raw:
+        return
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "bad_parameter", "the query string is not valid UTF-8") from None
+    try:
+        pairs = parse_qsl(
+            text, keep_blank_values=True, errors="strict", max_num_fields=MAX_QUERY_FIELDS
+        )
+    except ValueError:
+        raise ApiError(
+            400, "bad_parameter", "the query string is malformed or has too many fields"
+        ) from None
+    seen: set[str] = set()
+    for name, _ in pairs:
+        if name not in known:
+            listed = ", ".join(known) or "none"
+            raise bad_parameter(name[:64], f"unknown parameter; known: {listed}")
+        if name in seen:
+            raise bad_parameter(name, "is given more than once")
+        seen.add(name)
 
 
 # The response cache ----------------------------------------------------------------------------
@@ -239,20 +224,13 @@ def _normalized(values: Mapping[str, object]) -> str:
     return json_bytes(sorted(values.items())).decode()
 
 
-async def read_cache(
-    request: Request, principal: Annotated[Principal, Depends(reader)]
-) -> CachedAnswers:
-    return CachedAnswers(request, get_services(request).cache, principal)
+async def answers(request: Request) -> CachedAnswers:
+    """The cache for this request, keyed by the scope of the token its ``Gate`` admitted."""
+    principal: Principal | None = getattr(request.state, "principal", None)
+    return CachedAnswers(request, services_of(request).cache, principal)
 
 
-async def write_cache(
-    request: Request, principal: Annotated[Principal, Depends(admin)]
-) -> CachedAnswers:
-    return CachedAnswers(request, get_services(request).cache, principal)
-
-
-ReadCache = Annotated[CachedAnswers, Depends(read_cache)]
-WriteCache = Annotated[CachedAnswers, Depends(write_cache)]
+Answers = Annotated[CachedAnswers, Depends(answers)]
 
 
 # JSON bodies -----------------------------------------------------------------------------------
@@ -263,7 +241,7 @@ async def _json_body(request: Request) -> bytes:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json":
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
-    limit = get_services(request).max_body_bytes
+    limit = services_of(request).max_body_bytes
     raw_length = request.headers.get("content-length", "").strip()
     if raw_length and not raw_length.isdigit():
         raise ApiError(400, "bad_body", "Content-Length is not a number")

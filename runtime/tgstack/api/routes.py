@@ -2,7 +2,7 @@
 
 Each declares its path, operationId, the dependencies that admit the request (see ``deps``),
 its parameters (``schemas``), its success model and its documented errors; FastAPI runs it in
-its thread pool. Reads answer through the response cache (``ReadCache.serve``), writes
+its thread pool. Reads answer through the response cache (``Answers``, ``CachedAnswers.serve``), writes
 invalidate it.
 
 Templates overlap: ``/v1/signals/{id}/events`` also fits ``/v1/signals/{channel_id}/
@@ -25,18 +25,7 @@ from tgstack import __version__
 from tgstack.api import cursor as cursors
 from tgstack.api import params as p
 from tgstack.api import schemas as s
-from tgstack.api.deps import (
-    ChannelCreateBody,
-    ChannelUpdateBody,
-    ReadCache,
-    ServicesDep,
-    WriteCache,
-    admin,
-    monitoring,
-    plain_query,
-    public,
-    reader,
-)
+from tgstack.api.deps import Answers, ChannelCreateBody, ChannelUpdateBody, Gate, ServicesDep
 from tgstack.api.errors import ApiError, bad_parameter, not_found
 from tgstack.api.queries import (
     EventQuery,
@@ -102,6 +91,8 @@ def _json_body(model: type[BaseModel]) -> dict[str, Any]:
 
 
 _PUBLIC: dict[str, Any] = {"security": []}
+# Operations that need a token (scheme: components.securitySchemes.bearerAuth, openapi.py).
+_BEARER: dict[str, Any] = {"security": [{"bearerAuth": []}]}
 
 # Operations -------------------------------------------------------------------------------------
 
@@ -113,7 +104,7 @@ _PUBLIC: dict[str, Any] = {"security": []}
     tags=["operations"],
     response_model=s.Health,
     responses={503: {"model": s.Health, "description": _ERROR_TEXT[503]}},
-    dependencies=[Depends(monitoring), Depends(plain_query(None))],
+    dependencies=[Depends(Gate("monitoring"))],
     openapi_extra=_PUBLIC,
 )
 def get_health(services: ServicesDep) -> Response:
@@ -144,7 +135,7 @@ def get_health(services: ServicesDep) -> Response:
     summary="Prometheus metrics",
     tags=["operations"],
     response_class=PlainTextResponse,
-    dependencies=[Depends(monitoring), Depends(plain_query(None))],
+    dependencies=[Depends(Gate("monitoring"))],
     openapi_extra=_PUBLIC,
 )
 def get_metrics() -> Response:
@@ -158,7 +149,7 @@ def get_metrics() -> Response:
     tags=["operations"],
     response_model=s.OpenApiDocument,
     responses=errors(429),
-    dependencies=[Depends(public), Depends(plain_query(None))],
+    dependencies=[Depends(Gate("public"))],
     openapi_extra=_PUBLIC,
 )
 def get_openapi(request: Request) -> Response:
@@ -174,10 +165,11 @@ def get_openapi(request: Request) -> Response:
     tags=["messages"],
     response_model=s.MessagePage,
     responses=errors(400, *_COMMON, cached=True),
-    dependencies=[Depends(reader), Depends(plain_query(s.MessageListQuery))],
+    dependencies=[Depends(Gate("read", s.MessageListQuery))],
+    openapi_extra=_BEARER,
 )
 def list_messages(
-    query: Annotated[s.MessageListQuery, Query()], services: ServicesDep, cache: ReadCache
+    query: Annotated[s.MessageListQuery, Query()], services: ServicesDep, cache: Answers
 ) -> Response:
     def compute() -> dict[str, Any]:
         search = MessageQuery(
@@ -204,13 +196,14 @@ def list_messages(
     tags=["messages"],
     response_model=s.Message,
     responses=errors(400, *_COMMON, 404, cached=True),
-    dependencies=[Depends(reader), Depends(plain_query(None))],
+    dependencies=[Depends(Gate("read"))],
+    openapi_extra=_BEARER,
 )
 def get_message(
     channel_id: s.ChannelIdPath,
     message_id: s.MessageIdPath,
     services: ServicesDep,
-    cache: ReadCache,
+    cache: Answers,
 ) -> Response:
     def compute() -> dict[str, Any]:
         row = services.store.get_message(channel_id, message_id)
@@ -228,10 +221,11 @@ def get_message(
     tags=["channels"],
     response_model=s.ChannelPage,
     responses=errors(400, *_COMMON, cached=True),
-    dependencies=[Depends(reader), Depends(plain_query(s.ChannelListQuery))],
+    dependencies=[Depends(Gate("read", s.ChannelListQuery))],
+    openapi_extra=_BEARER,
 )
 def list_channels(
-    query: Annotated[s.ChannelListQuery, Query()], services: ServicesDep, cache: ReadCache
+    query: Annotated[s.ChannelListQuery, Query()], services: ServicesDep, cache: Answers
 ) -> Response:
     def compute() -> dict[str, Any]:
         after = None
@@ -259,10 +253,10 @@ def list_channels(
         201: {"headers": {"Location": {"schema": {"type": "string"}, "required": True}}},
         **errors(400, *_COMMON, 403, 409, 413, 415),
     },
-    dependencies=[Depends(admin), Depends(plain_query(None))],
-    openapi_extra=_json_body(s.ChannelCreate),
+    dependencies=[Depends(Gate("admin"))],
+    openapi_extra={**_BEARER, **_json_body(s.ChannelCreate)},
 )
-def create_channel(body: ChannelCreateBody, services: ServicesDep, cache: WriteCache) -> Response:
+def create_channel(body: ChannelCreateBody, services: ServicesDep, cache: Answers) -> Response:
     try:
         row = services.store.create_channel(
             body.channel_id, body.title, body.username, body.is_active
@@ -286,9 +280,10 @@ def create_channel(body: ChannelCreateBody, services: ServicesDep, cache: WriteC
     tags=["channels"],
     response_model=s.Channel,
     responses=errors(400, *_COMMON, 404, cached=True),
-    dependencies=[Depends(reader), Depends(plain_query(None))],
+    dependencies=[Depends(Gate("read"))],
+    openapi_extra=_BEARER,
 )
-def get_channel(channel_id: s.ChannelIdPath, services: ServicesDep, cache: ReadCache) -> Response:
+def get_channel(channel_id: s.ChannelIdPath, services: ServicesDep, cache: Answers) -> Response:
     def compute() -> dict[str, Any]:
         row = services.store.get_channel(channel_id)
         if row is None:
@@ -305,14 +300,14 @@ def get_channel(channel_id: s.ChannelIdPath, services: ServicesDep, cache: ReadC
     tags=["channels"],
     response_model=s.Channel,
     responses=errors(400, *_COMMON, 403, 404, 413, 415),
-    dependencies=[Depends(admin), Depends(plain_query(None))],
-    openapi_extra=_json_body(s.ChannelUpdate),
+    dependencies=[Depends(Gate("admin"))],
+    openapi_extra={**_BEARER, **_json_body(s.ChannelUpdate)},
 )
 def update_channel(
     channel_id: s.ChannelIdPath,
     update: ChannelUpdateBody,
     services: ServicesDep,
-    cache: WriteCache,
+    cache: Answers,
 ) -> Response:
     row = services.store.update_channel(channel_id, dict(update.changes))
     if row is None:
@@ -328,10 +323,11 @@ def update_channel(
     tags=["channels"],
     response_model=s.Channel,
     responses=errors(400, *_COMMON, 403, 404),
-    dependencies=[Depends(admin), Depends(plain_query(None))],
+    dependencies=[Depends(Gate("admin"))],
+    openapi_extra=_BEARER,
 )
 def deactivate_channel(
-    channel_id: s.ChannelIdPath, services: ServicesDep, cache: WriteCache
+    channel_id: s.ChannelIdPath, services: ServicesDep, cache: Answers
 ) -> Response:
     row = services.store.update_channel(channel_id, {"is_active": False})
     if row is None:
@@ -347,10 +343,11 @@ def deactivate_channel(
     tags=["signals"],
     response_model=s.SignalPage,
     responses=errors(400, *_COMMON, cached=True),
-    dependencies=[Depends(reader), Depends(plain_query(s.SignalListQuery))],
+    dependencies=[Depends(Gate("read", s.SignalListQuery))],
+    openapi_extra=_BEARER,
 )
 def list_signals(
-    query: Annotated[s.SignalListQuery, Query()], services: ServicesDep, cache: ReadCache
+    query: Annotated[s.SignalListQuery, Query()], services: ServicesDep, cache: Answers
 ) -> Response:
     def compute() -> dict[str, Any]:
         search = SignalQuery(
@@ -377,13 +374,14 @@ def list_signals(
     tags=["signals"],
     response_model=s.SignalEventPage,
     responses=errors(400, *_COMMON, 404, cached=True),
-    dependencies=[Depends(reader), Depends(plain_query(s.SignalEventListQuery))],
+    dependencies=[Depends(Gate("read", s.SignalEventListQuery))],
+    openapi_extra=_BEARER,
 )
 def list_signal_events(
     id: s.SignalIdPath,
     query: Annotated[s.SignalEventListQuery, Query()],
     services: ServicesDep,
-    cache: ReadCache,
+    cache: Answers,
 ) -> Response:
     def compute() -> dict[str, Any]:
         search = EventQuery(
@@ -407,13 +405,14 @@ def list_signal_events(
     tags=["signals"],
     response_model=s.Signal,
     responses=errors(400, *_COMMON, 404, cached=True),
-    dependencies=[Depends(reader), Depends(plain_query(None))],
+    dependencies=[Depends(Gate("read"))],
+    openapi_extra=_BEARER,
 )
 def get_signal(
     channel_id: s.ChannelIdPath,
     message_id: s.MessageIdPath,
     services: ServicesDep,
-    cache: ReadCache,
+    cache: Answers,
 ) -> Response:
     def compute() -> dict[str, Any]:
         row = services.store.get_signal(channel_id, message_id)
@@ -431,10 +430,11 @@ def get_signal(
     tags=["signals"],
     response_model=s.SignalReviewPage,
     responses=errors(400, *_COMMON, cached=True),
-    dependencies=[Depends(reader), Depends(plain_query(s.ReviewListQuery))],
+    dependencies=[Depends(Gate("read", s.ReviewListQuery))],
+    openapi_extra=_BEARER,
 )
 def list_signal_reviews(
-    query: Annotated[s.ReviewListQuery, Query()], services: ServicesDep, cache: ReadCache
+    query: Annotated[s.ReviewListQuery, Query()], services: ServicesDep, cache: Answers
 ) -> Response:
     def compute() -> dict[str, Any]:
         search = ReviewQuery(
