@@ -2,8 +2,8 @@
 
 Each declares its path, operationId, the dependencies that admit the request (see ``deps``),
 its parameters (``schemas``), its success model and its documented errors; FastAPI runs it in
-its thread pool. Reads answer through the response cache (``Answers``, ``CachedAnswers.serve``), writes
-invalidate it.
+its thread pool. Reads answer through the response cache (``Answers``), writes invalidate
+it. List cursors arrive decoded (``schemas``: a cursor of another list is a 400).
 
 Templates overlap: ``/v1/signals/{id}/events`` also fits ``/v1/signals/{channel_id}/
 {message_id}``. FastAPI tries the routes in the order they are registered, so the template
@@ -26,7 +26,7 @@ from tgstack.api import cursor as cursors
 from tgstack.api import params as p
 from tgstack.api import schemas as s
 from tgstack.api.deps import Answers, ChannelCreateBody, ChannelUpdateBody, Gate, ServicesDep
-from tgstack.api.errors import ApiError, bad_parameter, not_found
+from tgstack.api.errors import ApiError, not_found
 from tgstack.api.queries import (
     EventQuery,
     MessageQuery,
@@ -180,7 +180,7 @@ def list_messages(
             until=query.until,
             text=p.like_pattern(query.q) if query.q is not None else None,
             include_deleted=query.include_deleted,
-            after=_dated_cursor("m", query.cursor),
+            after=query.cursor.key if query.cursor else None,
             limit=query.limit,
         )
         rows = services.store.list_messages(search)
@@ -228,14 +228,8 @@ def list_channels(
     query: Annotated[s.ChannelListQuery, Query()], services: ServicesDep, cache: Answers
 ) -> Response:
     def compute() -> dict[str, Any]:
-        after = None
-        if query.cursor is not None:
-            try:
-                after = cursors.decode_channel(query.cursor)
-            except cursors.CursorError as exc:
-                raise bad_parameter("cursor", str(exc)) from None
         rows = services.store.list_channels(
-            is_active=query.is_active, after=after, limit=query.limit
+            is_active=query.is_active, after=query.cursor, limit=query.limit
         )
         return _page(rows, query.limit, dict, lambda row: cursors.encode_channel(row["channel_id"]))
 
@@ -357,7 +351,7 @@ def list_signals(
             since=query.since,
             until=query.until,
             include_retired=query.include_retired,
-            after=_dated_cursor("s", query.cursor),
+            after=query.cursor.key if query.cursor else None,
             limit=query.limit,
         )
         rows = services.store.list_signals(search)
@@ -387,7 +381,7 @@ def list_signal_events(
         search = EventQuery(
             signal_id=id,
             include_retired=query.include_retired,
-            after=_dated_cursor("e", query.cursor),
+            after=query.cursor.key if query.cursor else None,
             limit=query.limit,
         )
         rows = services.store.list_signal_events(search)
@@ -441,7 +435,7 @@ def list_signal_reviews(
             channel_id=query.channel_id,
             since=query.since,
             until=query.until,
-            after=_dated_cursor("r", query.cursor),
+            after=query.cursor.key if query.cursor else None,
             limit=query.limit,
         )
         rows = services.store.list_signal_reviews(search)
@@ -451,15 +445,6 @@ def list_signal_reviews(
 
 
 # Shaping ----------------------------------------------------------------------------------------
-
-
-def _dated_cursor(kind: cursors.DatedKind, cursor: str | None) -> cursors.DatedKey | None:
-    if cursor is None:
-        return None
-    try:
-        return cursors.decode_dated(kind, cursor)
-    except cursors.CursorError as exc:
-        raise bad_parameter("cursor", str(exc)) from None
 
 
 def _page(

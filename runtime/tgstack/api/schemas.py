@@ -31,8 +31,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from tgstack.api import cursor as cursors
 from tgstack.api import params as p
-from tgstack.api.errors import ApiError
+from tgstack.api.errors import ApiError, bad_parameter
 from tgstack.models import (
     MARKED_CHANNEL_MAX,
     MARKED_CHANNEL_MIN,
@@ -75,6 +76,14 @@ class Choices:
     a repeatable one, and these are single comma-separated parameters."""
 
     values: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class After:
+    """Where a dated list's page starts: the decoded cursor, the sort key (date, channel_id,
+    message_id) of the previous page's last item. A class for the reason ``Choices`` is one."""
+
+    key: cursors.DatedKey
 
 
 def parsed(parse: p.Parser, name: str | None = None) -> PlainValidator:
@@ -125,11 +134,32 @@ Limit = Annotated[
         {"type": "integer", "minimum": 1, "maximum": p.MAX_LIMIT, "default": p.DEFAULT_LIMIT}
     ),
 ]
-Cursor = Annotated[
-    str | None,
-    parsed(p.cursor),
-    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 512}),
-]
+
+
+def _dated_cursor(kind: cursors.DatedKind) -> p.Parser:
+    def parse(name: str, raw: str) -> After:
+        try:
+            return After(cursors.decode_dated(kind, p.cursor(name, raw)))
+        except cursors.CursorError as exc:
+            raise bad_parameter(name, str(exc)) from None
+
+    return parse
+
+
+def _channel_cursor(name: str, raw: str) -> int:
+    try:
+        return cursors.decode_channel(p.cursor(name, raw))
+    except cursors.CursorError as exc:
+        raise bad_parameter(name, str(exc)) from None
+
+
+# A cursor is parsed into the key it stands for; its list's kind is checked (cursor.py).
+_CURSOR = WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 512})
+MessageCursor = Annotated[After | None, parsed(_dated_cursor("m")), _CURSOR]
+SignalCursor = Annotated[After | None, parsed(_dated_cursor("s")), _CURSOR]
+EventCursor = Annotated[After | None, parsed(_dated_cursor("e")), _CURSOR]
+ReviewCursor = Annotated[After | None, parsed(_dated_cursor("r")), _CURSOR]
+ChannelCursor = Annotated[int | None, parsed(_channel_cursor), _CURSOR]
 Timestamp = Annotated[datetime | None, parsed(p.timestamp), WithJsonSchema(DATE_TIME_SCHEMA)]
 Flag = Annotated[bool, parsed(p.boolean), WithJsonSchema({"type": "boolean", "default": False})]
 OptionalFlag = Annotated[bool | None, parsed(p.boolean), WithJsonSchema({"type": "boolean"})]
@@ -202,7 +232,7 @@ class MessageListQuery(QueryModel):
         ),
     ] = Field(None, description="Case-insensitive text search in text and caption.")
     include_deleted: Flag = Field(False, description="Also list soft-deleted messages.")
-    cursor: Cursor = Field(None, description=_CURSOR_TEXT)
+    cursor: MessageCursor = Field(None, description=_CURSOR_TEXT)
     limit: Limit = Field(p.DEFAULT_LIMIT, description="Page size.")
 
     @model_validator(mode="after")
@@ -215,7 +245,7 @@ class ChannelListQuery(QueryModel):
     is_active: OptionalFlag = Field(
         None, description="Only active (true) or inactive (false) channels."
     )
-    cursor: Cursor = Field(None, description=_CURSOR_TEXT)
+    cursor: ChannelCursor = Field(None, description=_CURSOR_TEXT)
     limit: Limit = Field(p.DEFAULT_LIMIT, description="Page size.")
 
 
@@ -236,7 +266,7 @@ class SignalListQuery(QueryModel):
     since: Timestamp = Field(None, description=_SINCE)
     until: Timestamp = Field(None, description=_UNTIL)
     include_retired: Flag = Field(False, description="Also list signals whose post was deleted.")
-    cursor: Cursor = Field(None, description=_CURSOR_TEXT)
+    cursor: SignalCursor = Field(None, description=_CURSOR_TEXT)
     limit: Limit = Field(p.DEFAULT_LIMIT, description="Page size.")
 
     @model_validator(mode="after")
@@ -249,7 +279,7 @@ class SignalEventListQuery(QueryModel):
     include_retired: Flag = Field(
         False, description="Also list events whose post was deleted or edited away."
     )
-    cursor: Cursor = Field(None, description=_CURSOR_TEXT)
+    cursor: EventCursor = Field(None, description=_CURSOR_TEXT)
     limit: Limit = Field(p.DEFAULT_LIMIT, description="Page size.")
 
 
@@ -257,7 +287,7 @@ class ReviewListQuery(QueryModel):
     channel_id: ChannelIdQuery = Field(None, description="Only this channel.")
     since: Timestamp = Field(None, description=_SINCE)
     until: Timestamp = Field(None, description=_UNTIL)
-    cursor: Cursor = Field(None, description=_CURSOR_TEXT)
+    cursor: ReviewCursor = Field(None, description=_CURSOR_TEXT)
     limit: Limit = Field(p.DEFAULT_LIMIT, description="Page size.")
 
     @model_validator(mode="after")
