@@ -12,6 +12,7 @@
 #   make demo-down      remove the sandbox server and its Docker volume
 #   make bench-db       data-layer benchmark on 1,000,000 stored messages
 #   make bench-ingest   tgstack replay of 100,000 synthetic posts through the whole pipeline
+#   make bench-api      read API p50/p99 at a fixed rate (BENCH_ARGS="--rate 200 --seconds 30")
 #   make bench          the seed's benchmarks beside the legacy baseline (BENCH_LONG=1: full)
 #   make parser-report  precision and recall of the signal reader per kind and field on the golden corpus
 #   make bench-parser   signal reader throughput in posts/s on one core (BENCH_ARGS="--seconds 30 --cpu 1")
@@ -27,7 +28,7 @@ STAMPS := .cache/stamps
 REQ_DEV := requirements/dev.txt
 
 .PHONY: help deps system-deps venv lock lock-check lint lint-python lint-ansible test test-fast test-unit test-slow test-telegram \
-	test-molecule test-molecule-failover test-molecule-rollback testbed-images demo demo-down health bench-db bench-ingest docs clean
+	test-molecule test-molecule-failover test-molecule-rollback testbed-images demo demo-down health bench-db bench-ingest bench-api docs clean
 
 # molecule and ansible-lint call ansible-* by name: the virtualenv must come first on PATH
 WITH_VENV := PATH=$(CURDIR)/$(BIN):$$PATH
@@ -139,6 +140,9 @@ bench-db: deps
 
 bench-ingest: deps
 	@$(BIN)/python tests/bench/bench_ingest.py $(BENCH_ARGS)
+
+bench-api: deps
+	@$(BIN)/python tests/bench/bench_api.py $(BENCH_ARGS)
 
 .PHONY: bench loadtest loadtest-wire parser-report bench-parser
 
