@@ -37,10 +37,19 @@ from pathlib import Path
 import psycopg
 import redis
 
+# The test tooling (local servers) lives in testing/, beside the runtime, not in the wheel.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "testing"))
+
 from tgstack.db import Database
-from tgstack.localstack import RedisServer, free_port, port_open, start_data_stack, wait_until
 from tgstack.migrate import apply_migrations
 from tgstack.models import MessageRecord
+from tgstack_testing.localstack import (
+    RedisServer,
+    free_port,
+    port_open,
+    start_data_stack,
+    wait_until,
+)
 
 CHANNELS = [-1001649127710 - index for index in range(5)]
 START = datetime(2026, 1, 1, tzinfo=UTC)

@@ -28,7 +28,7 @@ from tests.integration.test_api_support import (
     running_api,
     store_messages,
 )
-from tgstack.api.openapi import document
+from tgstack.api.app import openapi_document as document
 
 MAX_EXAMPLES = 50
 

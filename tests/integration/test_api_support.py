@@ -25,8 +25,8 @@ from tgstack.api.queries import ApiStore
 from tgstack.api.ratelimit import RateLimiter
 from tgstack.api.server import ApiServer
 from tgstack.db import Database
-from tgstack.localstack import wait_until
 from tgstack.models import MessageRecord
+from tgstack_testing.localstack import wait_until
 
 READ_TOKEN = "read-token-0123456789abcdef"
 ADMIN_TOKEN = "admin-token-0123456789abcdef"

@@ -18,10 +18,10 @@ from starlette.routing import Match
 from tgstack.api import cursor as cursors
 from tgstack.api import params as p
 from tgstack.api.app import allowed_methods, create_app
+from tgstack.api.app import openapi_document as document
 from tgstack.api.auth import TokenAuth, require_admin
 from tgstack.api.cache import cache_key
 from tgstack.api.errors import ApiError
-from tgstack.api.openapi import document
 from tgstack.api.ratelimit import RateLimiter
 from tgstack.api.schemas import MessageListQuery
 from tgstack.models import MARKED_CHANNEL_MAX, MARKED_CHANNEL_MIN, MESSAGE_ID_MAX

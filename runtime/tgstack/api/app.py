@@ -272,3 +272,8 @@ async def _send_internal_error(send: Send) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI document (for tests and tools: no server, no services)."""
+    return create_app().openapi()

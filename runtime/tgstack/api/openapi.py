@@ -69,13 +69,6 @@ def _document(app: FastAPI) -> dict[str, Any]:
     return dict(sorted(document.items()))
 
 
-def document() -> dict[str, Any]:
-    """The document (for tests and tools: no server, no services)."""
-    from tgstack.api.app import create_app  # the app installs this module's hook
-
-    return create_app().openapi()
-
-
 def document_bytes(app: FastAPI) -> bytes:
     """The document as served by GET /openapi.json (serialised once per application)."""
     body: bytes | None = getattr(app.state, "openapi_bytes", None)

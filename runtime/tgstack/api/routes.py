@@ -27,6 +27,7 @@ from tgstack.api import params as p
 from tgstack.api import schemas as s
 from tgstack.api.deps import Answers, ChannelCreateBody, ChannelUpdateBody, Gate, ServicesDep
 from tgstack.api.errors import ApiError, not_found
+from tgstack.api.openapi import document_bytes
 from tgstack.api.queries import (
     EventQuery,
     MessageQuery,
@@ -153,8 +154,6 @@ def get_metrics() -> Response:
     openapi_extra=_PUBLIC,
 )
 def get_openapi(request: Request) -> Response:
-    from tgstack.api.openapi import document_bytes  # the document describes this app
-
     return json_response(body=document_bytes(request.app))
 
 
