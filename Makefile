@@ -1,6 +1,7 @@
 # tgstack — one entry point for building, testing and running the stack.
 #   make test           the whole test suite (fast tier, slow drills, Telegram at the wire, Molecule default, failover, rollback), each tier timed; what CI runs
 #   make test-fast      lock check + lint + unit + integration tests against real servers (a few minutes)
+#   make test-unit      the unit tier alone (tests/unit): no server, no apt, under a minute; the fast loop
 #   make test-telegram  the local MTProto server and the real Telethon path, over the wire
 #   make test-molecule  converge site.yml on a real systemd + Docker server, idempotence, verify
 #   make test-molecule-failover  failure drills while posts flow: Redis master, gateway kill -9, DB, RabbitMQ, password rotation
@@ -11,6 +12,7 @@
 #   make demo-down      remove the sandbox server and its Docker volume
 #   make bench-db       data-layer benchmark on 1,000,000 stored messages
 #   make bench-ingest   tgstack replay of 100,000 synthetic posts through the whole pipeline
+#   make bench-api      read API p50/p99 at a fixed rate (BENCH_ARGS="--rate 200 --seconds 30")
 #   make bench          the seed's benchmarks beside the legacy baseline (BENCH_LONG=1: full)
 #   make parser-report  precision and recall of the signal reader per kind and field on the golden corpus
 #   make bench-parser   signal reader throughput in posts/s on one core (BENCH_ARGS="--seconds 30 --cpu 1")
@@ -25,8 +27,8 @@ BIN := $(VENV)/bin
 STAMPS := .cache/stamps
 REQ_DEV := requirements/dev.txt
 
-.PHONY: help deps system-deps venv lock lock-check lint lint-python lint-ansible test test-fast test-slow test-telegram \
-	test-molecule test-molecule-failover test-molecule-rollback testbed-images demo demo-down health bench-db bench-ingest docs clean
+.PHONY: help deps system-deps venv lock lock-check lint lint-python lint-ansible test test-fast test-unit test-slow test-telegram \
+	test-molecule test-molecule-failover test-molecule-rollback testbed-images demo demo-down health bench-db bench-ingest bench-api docs clean
 
 # molecule and ansible-lint call ansible-* by name: the virtualenv must come first on PATH
 WITH_VENV := PATH=$(CURDIR)/$(BIN):$$PATH
@@ -86,6 +88,12 @@ test-fast: deps lock-check lint docs
 	@echo "==> pytest (unit + integration, real servers)"
 	@$(BIN)/pytest -m "not slow" -q
 
+# The fast loop: tests/unit only (tests/unit/conftest.py fails a unit test that asks for a
+# server), on the virtualenv alone: no system packages, no lint, no docs.
+test-unit: venv
+	@echo "==> pytest (unit: no servers)"
+	@$(BIN)/pytest -q -m "not slow" tests/unit
+
 test-slow: deps
 	@echo "==> pytest (slow real-server drills)"
 	@$(BIN)/pytest -m slow -q
@@ -132,6 +140,9 @@ bench-db: deps
 
 bench-ingest: deps
 	@$(BIN)/python tests/bench/bench_ingest.py $(BENCH_ARGS)
+
+bench-api: deps
+	@$(BIN)/python tests/bench/bench_api.py $(BENCH_ARGS)
 
 .PHONY: bench loadtest loadtest-wire parser-report bench-parser
 

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from tgstack.config import Settings
-from tgstack.localstack import (
+from tgstack_testing.localstack import (
     DataStack,
     RabbitMQServer,
     RedisHA,

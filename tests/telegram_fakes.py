@@ -11,9 +11,8 @@ from telethon import errors
 from telethon.tl import types
 
 from tgstack.gateway.events import MessageEvent
-from tgstack.gateway.reconcile import StoredPost
-from tgstack.gateway.watermark import Watermark, contiguous_watermark, find_holes
-from tgstack.models import MessageRecord
+from tgstack.gateway.watermark import contiguous_watermark, find_holes
+from tgstack.models import MessageRecord, StoredPost, Watermark
 
 BARE = 1649127710
 CHANNEL = -1001649127710

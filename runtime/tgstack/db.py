@@ -13,8 +13,9 @@ ago is almost always good. When one turns out broken anyway, every idle connecti
 before the retry, so a retry does not draw the next broken one; after a deadlock the pool is
 left alone, as its connection is fine. (If a commit went through but its acknowledgement was
 lost, the retry reports what it found: e.g. the messages as duplicates, which the outbox then
-publishes.) Errors surface as ``DatabaseError`` subclasses whose message
-starts with the operation's name; each operation is timed in ``tgstack_db_operation_seconds``,
+publishes.) Errors surface as ``DatabaseError`` subclasses whose message starts with the
+operation's name (``tgstack.postgres``: the pool, the errors and their classification this
+store shares with the API's); each operation is timed in ``tgstack_db_operation_seconds``,
 retries are counted in ``tgstack_db_retries_total`` and failures in ``tgstack_db_errors_total``.
 """
 
@@ -32,18 +33,34 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import psycopg
-from psycopg import errors as pg_errors
-from psycopg_pool import ConnectionPool, PoolClosed
+from psycopg_pool import ConnectionPool
 
-from tgstack import jsonb, metrics
-from tgstack.gateway.reconcile import StoredPost
-from tgstack.gateway.watermark import Watermark
-from tgstack.models import MessageKey, MessageRecord, StoredMessage, sanitize_text
-from tgstack.poller.processing import DEFAULT_LINK_WINDOW, ProcessingResult
+from tgstack import metrics
+from tgstack.models import (
+    DEFAULT_LINK_WINDOW,
+    MessageKey,
+    MessageRecord,
+    ProcessingResult,
+    StoredMessage,
+    StoredPost,
+    Watermark,
+    sanitize_text,
+)
+from tgstack.postgres import (
+    DatabaseError,
+    DatabaseTimeout,
+    DatabaseUnavailable,
+    Failure,
+    InvalidInput,
+    classify,
+    connection_pool,
+    first_line,
+)
 
 __all__ = [
     "Database",
     "DatabaseError",
+    "DatabaseTimeout",
     "DatabaseUnavailable",
     "IdleCheck",
     "InvalidInput",
@@ -53,28 +70,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# psycopg's default: prepare a query server-side from its fifth execution on.
-PREPARE_THRESHOLD = 5
-
 T = TypeVar("T")
 Connection = psycopg.Connection[tuple[Any, ...]]
-
-
-class DatabaseError(Exception):
-    """A database operation failed; ``operation`` names it and the message starts with it."""
-
-    def __init__(self, operation: str, detail: str) -> None:
-        super().__init__(f"{operation}: {detail}")
-        self.operation = operation
-
-
-class DatabaseUnavailable(DatabaseError):
-    """No usable connection to the database, or a transaction still rolled back by a deadlock,
-    even after the bounded retries: transient, worth trying again later."""
-
-
-class InvalidInput(DatabaseError, ValueError):
-    """The database rejected the input (out-of-range id, unknown status, ...)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,21 +191,17 @@ class Database:
         self.retry_backoff = retry_backoff
         self.batch_size = batch_size
         idle_check = IdleCheck(check_after_idle)
-        self._pool: ConnectionPool[Connection] = ConnectionPool(
+        self._pool: ConnectionPool[Connection] = connection_pool(
             conninfo,
+            psycopg.Connection,
+            name=name,
             min_size=min_size,
             max_size=max_size,
-            open=False,
             timeout=timeout,
-            name=name,
+            connect_timeout=connect_timeout,
+            prepared_statements=prepared_statements,
             check=idle_check,
             reset=idle_check.returned,
-            configure=jsonb.configure,
-            kwargs={
-                "autocommit": True,
-                "prepare_threshold": PREPARE_THRESHOLD if prepared_statements else None,
-                "connect_timeout": connect_timeout,
-            },
         )
 
     # Lifecycle ----------------------------------------------------------------------------
@@ -529,9 +522,10 @@ class Database:
                 with self._pool.connection() as conn:
                     return work(conn)
             except psycopg.Error as exc:
-                if not _retryable(exc) or attempt == self.retry_attempts:
-                    raise _translate(operation, exc, attempt) from exc
-                rolled_back = _rolled_back(exc)
+                failure = classify(exc)
+                if not failure.transient or attempt == self.retry_attempts:
+                    raise _translate(operation, exc, failure, attempt) from exc
+                rolled_back = failure is Failure.ROLLED_BACK
                 delay = self.retry_backoff * 2 ** (attempt - 1)
                 log.warning(
                     "%s: attempt %d/%d %s (%s); retrying in %.2fs",
@@ -539,7 +533,7 @@ class Database:
                     attempt,
                     self.retry_attempts,
                     "was rolled back" if rolled_back else "lost the database",
-                    _first_line(exc),
+                    first_line(exc),
                     delay,
                 )
                 metrics.DB_RETRIES.labels(operation).inc()
@@ -600,41 +594,25 @@ def _fetch_value(query: str, params: Sequence[Any]) -> Callable[[Connection], An
     return work
 
 
-def _retryable(exc: psycopg.Error) -> bool:
-    """Lost or refused connections (and deadlocks): worth a retry of an idempotent operation."""
-    if isinstance(exc, PoolClosed | pg_errors.QueryCanceled):
-        return False
-    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
-
-
-def _rolled_back(exc: psycopg.Error) -> bool:
-    """A deadlock or serialization failure (SQLSTATE class 40): the connection is fine.
-
-    Checked by SQLSTATE because psycopg's ``DeadlockDetected`` is not a ``TransactionRollback``.
-    """
-    return (exc.sqlstate or "").startswith("40")
-
-
-def _translate(operation: str, exc: psycopg.Error, attempts: int) -> DatabaseError:
-    detail = _first_line(exc)
-    if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
+def _translate(
+    operation: str, exc: psycopg.Error, failure: Failure, attempts: int
+) -> DatabaseError:
+    detail = first_line(exc)
+    if failure is Failure.INVALID:
         return InvalidInput(operation, detail)
-    if isinstance(exc, PoolClosed):
+    if failure is Failure.CLOSED:
         return DatabaseError(operation, f"the pool is not open ({detail})")
-    if _rolled_back(exc):
+    if failure is Failure.TIMEOUT:
+        return DatabaseTimeout(operation, detail)
+    if failure is Failure.ROLLED_BACK:
         return DatabaseUnavailable(
             operation, f"still rolled back after {attempts} attempt(s): {detail}"
         )
-    if _retryable(exc):
+    if failure.transient:
         return DatabaseUnavailable(
             operation, f"database unavailable after {attempts} attempt(s): {detail}"
         )
     return DatabaseError(operation, detail)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _batches(items: Sequence[T], size: int) -> list[Sequence[T]]:

@@ -1,4 +1,9 @@
-"""Records that cross module boundaries: what the gateway stores and what consumers read back."""
+"""Records that cross module boundaries: what the gateway stores and what consumers read back.
+
+Also the records the database layer (``tgstack.db``) exchanges with the layers above it, so
+that it imports none of them: ``StoredPost`` and ``Watermark`` for the gateway's catch-up,
+``ProcessingResult`` (and its ``DEFAULT_LINK_WINDOW``) from the poller.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,11 @@ import base64
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal, NamedTuple
+
+from tgstack.signals.model import EVENT_KINDS, Classification, Kind, Signal
 
 # Telethon marks channel ids as -(10**12 + id); the bare id is below 10**12.
 MARKED_CHANNEL_MIN = -(2 * 10**12) + 1
@@ -212,3 +220,106 @@ class StoredMessage:
     @property
     def key(self) -> MessageKey:
         return self.record.key
+
+
+# Read back by the database layer for the gateway ----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPost:
+    """What reconciliation (``tgstack.gateway.reconcile``) needs of a stored post."""
+
+    message_id: int
+    edit_date: datetime | None
+    text: str | None
+    caption: str | None
+    media_type: str | None
+    media_refs: Mapping[str, Any] | None
+    deleted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    """A channel's watermark as stored: every id in (floor, watermark] is stored or known
+    absent; ``created`` when it was made just now (at the floor). The model of the holes
+    above it is ``tgstack.gateway.watermark``."""
+
+    floor: int
+    watermark: int
+    created: bool = False
+
+
+# Made by the poller for the database layer ------------------------------------------------------
+
+ResultState = Literal["processed", "ignored", "failed"]
+# How far back a follow-up that names only its asset looks for its signal (sql/061; the
+# setting TGSTACK_POLLER_SIGNAL_LINK_WINDOW_HOURS overrides it in the service).
+DEFAULT_LINK_WINDOW = timedelta(days=14)
+
+
+def _exact(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessingResult:
+    """What the poller decided for one message (``tgstack.poller.processing``): the form
+    ``tp_capital.apply_processing_results`` (sql/061) stores."""
+
+    key: MessageKey
+    state: ResultState
+    signal: Signal | None = None
+    error: str | None = None
+    classification: Classification | None = None
+
+    @property
+    def kind(self) -> Kind | None:
+        """The post's kind, or None for a failure."""
+        return None if self.classification is None else self.classification.kind
+
+    def to_json(self) -> dict[str, Any]:
+        """The form tp_capital.apply_processing_results takes; prices as exact strings."""
+        signal = None
+        if self.signal is not None:
+            signal = {
+                name: str(value) if isinstance(value, Decimal) else value
+                for name, value in (
+                    ("asset", self.signal.asset),
+                    ("signal_type", self.signal.signal_type),
+                    ("buy_min", self.signal.buy_min),
+                    ("buy_max", self.signal.buy_max),
+                    ("target_1", self.signal.target_1),
+                    ("target_2", self.signal.target_2),
+                    ("target_final", self.signal.target_final),
+                    ("stop", self.signal.stop),
+                )
+            }
+        return {
+            "channel_id": self.key.channel_id,
+            "message_id": self.key.message_id,
+            "state": self.state,
+            "error": self.error,
+            "signal": signal,
+            "event": self._event_json(),
+            "review": self._review_json(),
+        }
+
+    def _event_json(self) -> dict[str, Any] | None:
+        found = self.classification
+        if self.state != "processed" or found is None or found.kind not in EVENT_KINDS:
+            return None
+        stop = found.stop
+        return {
+            "kind": found.kind,
+            "asset": found.asset,
+            "target": None if found.target is None else str(found.target),
+            "stop": _exact(stop) if isinstance(stop, Decimal) else None,
+            "stop_ref": stop if isinstance(stop, str) else None,
+            "result": found.result,
+        }
+
+    def _review_json(self) -> dict[str, Any] | None:
+        found = self.classification
+        if self.state != "processed" or found is None or found.kind != "needs_review":
+            return None
+        return {"asset": found.asset, "missing": list(found.missing)}

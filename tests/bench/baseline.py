@@ -35,7 +35,7 @@ from tgstack.loadtest.locks import LockFigures, LockWatch
 from tgstack.loadtest.pacer import Pacer
 from tgstack.loadtest.plan import loadtest_channels
 from tgstack.loadtest.posts import PostFactory
-from tgstack.loadtest.runner import SUSTAINED_P99_MS
+from tgstack.loadtest.result import SUSTAINED_P99_MS
 from tgstack.signals import parse_signal
 
 POLL_INTERVAL = 5.0

@@ -36,12 +36,15 @@ from pathlib import Path
 import psycopg
 import redis
 
+# The test tooling (local servers) lives in testing/, beside the runtime, not in the wheel.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "testing"))
+
 from tgstack import jsonb, keys
 from tgstack.cache import MessageCache
 from tgstack.db import MESSAGE_COLUMNS, Database
-from tgstack.localstack import DataStack, RedisServer, start_data_stack
 from tgstack.migrate import apply_migrations
 from tgstack.models import MessageKey, MessageRecord
+from tgstack_testing.localstack import DataStack, RedisServer, start_data_stack
 
 TARGET_POLL_P95_MS = 2.0
 TARGET_UPSERT_ROWS_PER_S = 20_000.0

@@ -21,11 +21,14 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
+# The test tooling (local servers) lives in testing/, beside the runtime, not in the wheel.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "testing"))
+
 from tgstack.config import Settings
 from tgstack.gateway.service import run_replay
 from tgstack.gateway.synthetic import generate, to_jsonl_line
-from tgstack.localstack import RabbitMQServer, RedisServer, start_data_stack
 from tgstack.migrate import apply_migrations
+from tgstack_testing.localstack import RabbitMQServer, RedisServer, start_data_stack
 
 
 def progress(text: str) -> None:

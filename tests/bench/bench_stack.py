@@ -48,7 +48,8 @@ from tgstack.config import Settings  # noqa: E402
 from tgstack.loadtest import machine  # noqa: E402
 from tgstack.loadtest.local import LocalStack, local_stack  # noqa: E402
 from tgstack.loadtest.plan import LoadPlan  # noqa: E402
-from tgstack.loadtest.runner import LoadResult, run_loadtest  # noqa: E402
+from tgstack.loadtest.result import LoadResult  # noqa: E402
+from tgstack.loadtest.runner import run_loadtest  # noqa: E402
 
 TARGETS = {
     "sustained_posts_per_s": 2000.0,

@@ -5,8 +5,10 @@ of an inventory, from the repository root:
 
     pytest tests/infra --ansible-inventory=inventories/<env> --connection=ansible [--hosts=tgstack]
 
-Nothing here assumes Molecule: names and ports are the role defaults, overridden by the
-inventory's own variables when it sets them; secrets are read on the controller from the file
+Nothing here assumes Molecule: names and ports are the role defaults, read from the roles' own
+defaults files (roles/tgstack/defaults/main.yml, the settings the roles share, and the data
+stack's roles/tgstack_stack/defaults/main.yml), overridden by the inventory's own variables when
+it sets them; secrets are read on the controller from the file
 the tgstack_secrets role keeps (TGSTACK_SECRETS_DIR, else the inventory's tgstack_secrets_dir,
 else ~/.local/share/tgstack/secrets). Commands run through sudo (the remote user needs it).
 Passwords never appear in assertion messages. Each test module targets the hosts of group
@@ -15,6 +17,7 @@ Passwords never appear in assertion messages. Each test module targets the hosts
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -28,41 +31,48 @@ from typing import Any
 import pytest
 import yaml
 
+REPO = Path(__file__).resolve().parents[2]
+# Where the settings' defaults are defined: the roles' own defaults files, never copied here.
+DEFAULTS_FILES = (
+    REPO / "roles" / "tgstack" / "defaults" / "main.yml",
+    REPO / "roles" / "tgstack_stack" / "defaults" / "main.yml",
+)
+
 
 @dataclass(frozen=True)
 class StackSettings:
     """Names and ports of the deployed stack (role defaults unless the inventory overrides)."""
 
-    bind_address: str = "127.0.0.1"
-    stack_dir: str = "/opt/tgstack/data"
-    network: str = "tgstack"
-    postgres_port: int = 5434
-    pgbouncer_port: int = 6434
-    database: str = "telegram_gateway"
-    app_user: str = "telegram"
-    pgbouncer_admin_user: str = "pgbouncer_admin"
-    redis_master_port: int = 6379
-    redis_replica_port: int = 6380
-    sentinel_ports: tuple[int, ...] = (26379, 26380, 26381)
-    sentinel_quorum: int = 2
-    sentinel_down_after_ms: int = 5000
-    sentinel_failover_timeout_ms: int = 10000
-    master_name: str = "tgstack"
-    rabbitmq_port: int = 5672
-    rabbitmq_management_port: int = 15672
-    rabbitmq_prometheus_port: int = 15692
-    vhost: str = "telegram"
-    rabbitmq_user: str = "telegram"
-    rabbitmq_monitor_user: str = "monitor"
-    exchange: str = "telegram.messages"
-    dead_letter_exchange: str = "telegram.messages.dlx"
-    dead_letter_queue: str = "telegram.messages.dlq"
-    dlq_message_ttl_ms: int = 86_400_000
-    dlq_max_length: int = 100_000
-    consumers: tuple[str, ...] = ("tp-capital",)
-    delivery_limit: int = 3
-    service_user: str = "tgstack"
-    config_dir: str = "/etc/tgstack"
+    bind_address: str
+    stack_dir: str
+    network: str
+    postgres_port: int
+    pgbouncer_port: int
+    database: str
+    app_user: str
+    pgbouncer_admin_user: str
+    redis_master_port: int
+    redis_replica_port: int
+    sentinel_ports: tuple[int, ...]
+    sentinel_quorum: int
+    sentinel_down_after_ms: int
+    sentinel_failover_timeout_ms: int
+    master_name: str
+    rabbitmq_port: int
+    rabbitmq_management_port: int
+    rabbitmq_prometheus_port: int
+    vhost: str
+    rabbitmq_user: str
+    rabbitmq_monitor_user: str
+    exchange: str
+    dead_letter_exchange: str
+    dead_letter_queue: str
+    dlq_message_ttl_ms: int
+    dlq_max_length: int
+    consumers: tuple[str, ...]
+    delivery_limit: int
+    service_user: str
+    config_dir: str
 
     @property
     def containers(self) -> dict[str, str]:
@@ -119,6 +129,42 @@ def _plain(value: Any) -> bool:
     return "{{" not in text and "{%" not in text
 
 
+def role_defaults() -> dict[str, Any]:
+    """The variables of DEFAULTS_FILES, as the roles define them."""
+    merged: dict[str, Any] = {}
+    for path in DEFAULTS_FILES:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        assert isinstance(data, dict), f"{path} is not a YAML mapping"
+        merged.update(data)
+    return merged
+
+
+def _coerce(field: dataclasses.Field[Any], value: Any) -> Any:
+    """An inventory or defaults value as the field's type (annotations are strings here)."""
+    kind = str(field.type)
+    if kind.startswith("tuple["):
+        element = int if kind == "tuple[int, ...]" else str
+        return tuple(element(v) for v in value)
+    return int(value) if kind == "int" else str(value)
+
+
+def stack_settings(variables: dict[str, Any]) -> StackSettings:
+    """The settings: each the inventory's value when it sets a plain one, else the role default."""
+    defaults = role_defaults()
+    fields = {f.name: f for f in dataclasses.fields(StackSettings)}
+    values: dict[str, Any] = {}
+    for var, name in _INVENTORY_NAMES.items():
+        if var in variables and _plain(variables[var]):
+            value = variables[var]
+        else:
+            if var not in defaults or not _plain(defaults[var]):
+                files = ", ".join(str(path) for path in DEFAULTS_FILES)
+                raise LookupError(f"{var}: no plain default in {files}")
+            value = defaults[var]
+        values[name] = _coerce(fields[name], value)
+    return StackSettings(**values)
+
+
 def inventory_variables(host: Any) -> dict[str, Any]:
     try:
         return dict(host.ansible.get_variables())
@@ -128,19 +174,7 @@ def inventory_variables(host: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def settings(host: Any) -> StackSettings:
-    variables = inventory_variables(host)
-    defaults = StackSettings()
-    values: dict[str, Any] = {}
-    for var, field in _INVENTORY_NAMES.items():
-        if var in variables and _plain(variables[var]):
-            default = getattr(defaults, field)
-            value = variables[var]
-            if isinstance(default, tuple):
-                value = tuple(type(default[0])(v) for v in value)
-            else:
-                value = type(default)(value)
-            values[field] = value
-    return StackSettings(**values)
+    return stack_settings(inventory_variables(host))
 
 
 @pytest.fixture

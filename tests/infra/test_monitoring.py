@@ -6,7 +6,9 @@ against any inventory:
 
 Settings (environment of the test run): TGSTACK_PROMETHEUS_URL (default
 http://127.0.0.1:9090, as seen from the server), TGSTACK_MONITORING_DIR (default
-/opt/tgstack/monitoring), TGSTACK_MONITORING_PROJECT (default tgstack-monitoring).
+/opt/tgstack/monitoring), TGSTACK_MONITORING_PROJECT (default tgstack-monitoring); the defaults
+are the roles' (tgstack_bind_address, tgstack_monitoring_prometheus_port, _dir, _project_name in
+roles/tgstack/defaults/main.yml).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from conftest import role_defaults
+
 testinfra_hosts = ["ansible://tgstack"]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,9 +36,13 @@ RULES = REPO / "roles/tgstack_monitoring/files/prometheus/rules/tgstack-alerts.y
 DASHBOARDS = REPO / "grafana/dashboards"
 CHECKER = REPO / "tests/monitoring/check_dashboards.py"
 
-PROMETHEUS = os.environ.get("TGSTACK_PROMETHEUS_URL", "http://127.0.0.1:9090").rstrip("/")
-MONITORING_DIR = os.environ.get("TGSTACK_MONITORING_DIR", "/opt/tgstack/monitoring")
-PROJECT = os.environ.get("TGSTACK_MONITORING_PROJECT", "tgstack-monitoring")
+DEFAULTS = role_defaults()
+PROMETHEUS = os.environ.get(
+    "TGSTACK_PROMETHEUS_URL",
+    f"http://{DEFAULTS['tgstack_bind_address']}:{DEFAULTS['tgstack_monitoring_prometheus_port']}",
+).rstrip("/")
+MONITORING_DIR = os.environ.get("TGSTACK_MONITORING_DIR", DEFAULTS["tgstack_monitoring_dir"])
+PROJECT = os.environ.get("TGSTACK_MONITORING_PROJECT", DEFAULTS["tgstack_monitoring_project_name"])
 
 # Jobs prometheus.yml must scrape (grafana only where Grafana runs).
 EXPECTED_JOBS = {

@@ -7,7 +7,8 @@ local Telegram test server, and the sample channel posted through that server ov
 in PostgreSQL as messages and TP Capital signals exactly once, also across a gateway restart
 and a dropped connection. `tgstack replay` of a spool file twice stores its posts once.
 
-Settings (environment of the test run): TGSTACK_RUNTIME_DIR (default /opt/tgstack/runtime).
+Settings (environment of the test run): TGSTACK_RUNTIME_DIR (default tgstack_runtime_install_dir of
+roles/tgstack/defaults/main.yml, /opt/tgstack/runtime).
 """
 
 from __future__ import annotations
@@ -27,19 +28,24 @@ from typing import Any, TypeVar
 
 import pytest
 
-from conftest import StackSettings, docker_exec
+from conftest import StackSettings, docker_exec, role_defaults
 
 testinfra_hosts = ["ansible://tgstack"]
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "samples" / "channel-sample.jsonl"
 WHEELHOUSE = REPO / "roles" / "tgstack_runtime" / "files" / "wheelhouse.py"
-RUNTIME_DIR = os.environ.get("TGSTACK_RUNTIME_DIR", "/opt/tgstack/runtime")
+DEFAULTS = role_defaults()
+RUNTIME_DIR = os.environ.get("TGSTACK_RUNTIME_DIR", DEFAULTS["tgstack_runtime_install_dir"])
 ENV_FILE = "tgstack.env"
 MAX_EXPOSURE = 1.5
 
 # The gateway is the template tgstack-gateway@, one instance per account (main by default).
-UNITS = {"tgstack-gateway@main": 4006, "tgstack-poller": 4007, "tgstack-api": 4010}
+UNITS = {
+    "tgstack-gateway@main": int(DEFAULTS["tgstack_runtime_gateway_port"]),
+    "tgstack-poller": int(DEFAULTS["tgstack_runtime_poller_port"]),
+    "tgstack-api": int(DEFAULTS["tgstack_runtime_api_port"]),
+}
 # The sandbox's local Telegram test server (tgstack_runtime_telegram_test_* role defaults).
 TEST_SERVER_UNIT = "tgstack-telegram-test"
 TEST_SERVER_USER = "tgstack-telegram-test"
@@ -171,9 +177,10 @@ def test_each_gateway_account_has_a_private_env_file_and_the_single_unit_is_gone
     account = root.file(f"{settings.config_dir}/gateway-main.env")
     assert (account.mode, account.user) == (0o600, settings.service_user)
     assert "TGSTACK_GATEWAY_ACCOUNT=main" in account.content_string
-    assert "TGSTACK_GATEWAY_PORT=4006" in account.content_string
+    assert f"TGSTACK_GATEWAY_PORT={UNITS['tgstack-gateway@main']}" in account.content_string
     assert not root.file("/etc/systemd/system/tgstack-gateway.service").exists
-    assert json.loads(http_get(root, 4006, "/health")[1])["account"] == "main"
+    health = http_get(root, UNITS["tgstack-gateway@main"], "/health")[1]
+    assert json.loads(health)["account"] == "main"
 
 
 def test_code_is_root_owned_and_not_writable_by_the_service_user(root, settings):
@@ -234,8 +241,8 @@ def test_service_listens_on_loopback_only_and_is_healthy(root, unit, port):
 
 
 def test_api_requires_its_token_and_answers_with_it(root, secrets):
-    assert http_get(root, 4010, "/v1/channels")[0] == 401
-    status, body = http_get(root, 4010, "/v1/channels", secrets["api_read_token"])
+    assert http_get(root, UNITS["tgstack-api"], "/v1/channels")[0] == 401
+    status, body = http_get(root, UNITS["tgstack-api"], "/v1/channels", secrets["api_read_token"])
     assert status == 200, body
 
 

@@ -28,7 +28,7 @@ from tests.integration.test_api_support import (
     store_messages,
     walk,
 )
-from tgstack.api.openapi import document
+from tgstack.api.app import openapi_document as document
 from tgstack.db import Database
 from tgstack.models import MessageKey
 

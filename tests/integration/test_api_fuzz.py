@@ -28,7 +28,7 @@ from tests.integration.test_api_support import (
     running_api,
     store_messages,
 )
-from tgstack.api.routes import ROUTES
+from tgstack.api.app import openapi_document as document
 
 MAX_EXAMPLES = 50
 
@@ -70,10 +70,13 @@ def fuzzed_api(db: TestDatabase, redis_client: redis.Redis) -> Iterator[Api]:
 # Negative mode needs something to make invalid: operations with no parameters and no body
 # (/health, /metrics, /openapi.json) are fuzzed with valid requests only.
 FUZZ_CASES = [
-    (route.operation_id, mode)
-    for route in ROUTES
+    (operation["operationId"], mode)
+    for item in document()["paths"].values()
+    for operation in item.values()
     for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
-    if mode is GenerationMode.POSITIVE or route.params or route.body
+    if mode is GenerationMode.POSITIVE
+    or operation.get("parameters")
+    or operation.get("requestBody")
 ]
 
 

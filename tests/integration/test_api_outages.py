@@ -24,8 +24,8 @@ from tests.integration.test_api_support import (
     running_api,
     store_messages,
 )
-from tgstack.localstack import DataStack, RedisServer, free_port, port_open, wait_until
 from tgstack.migrate import apply_migrations
+from tgstack_testing.localstack import DataStack, RedisServer, free_port, port_open, wait_until
 
 
 def _cache_errors(api: Api) -> float:
@@ -129,7 +129,7 @@ def test_sigterm_finishes_the_request_in_progress_then_exits(
     process = _start_cli(db, port, tmp_path)
     try:
         wait_until(lambda: port_open(port), 20, "tgstack api to listen")
-        api = Api("127.0.0.1", port, app=None, server=None)  # type: ignore[arg-type]
+        api = Api("127.0.0.1", port, services=None, server=None)  # type: ignore[arg-type]
         assert api.get("/v1/channels").status == 200
 
         # Hold the channels table so the next request waits inside the database.

@@ -17,14 +17,16 @@ from typing import Any
 import psycopg
 import redis
 
-from tgstack.api.app import ApiApp
+from tgstack.api.app import create_app
 from tgstack.api.auth import TokenAuth
 from tgstack.api.cache import ResponseCache
+from tgstack.api.deps import Services
 from tgstack.api.queries import ApiStore
 from tgstack.api.ratelimit import RateLimiter
 from tgstack.api.server import ApiServer
 from tgstack.db import Database
 from tgstack.models import MessageRecord
+from tgstack_testing.localstack import wait_until
 
 READ_TOKEN = "read-token-0123456789abcdef"
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
@@ -54,7 +56,7 @@ class Api:
 
     host: str
     port: int
-    app: ApiApp
+    services: Services
     server: ApiServer
     token: str | None = READ_TOKEN
     extra_headers: dict[str, str] = field(default_factory=dict)
@@ -109,20 +111,22 @@ def running_api(
     store = ApiStore(dsn, min_size=1, max_size=threads, statement_timeout_ms=statement_timeout_ms)
     store.open()
     cache = ResponseCache(redis_client, ttl=cache_ttl) if redis_client is not None else None
-    app = ApiApp(
+    services = Services(
         store=store,
         auth=TokenAuth([READ_TOKEN], [ADMIN_TOKEN]),
         limiter=RateLimiter(rate, burst),
         cache=cache,
         max_body_bytes=max_body_bytes,
+        threads=threads,
     )
-    server = ApiServer(app, "127.0.0.1", 0, threads=threads)
+    server = ApiServer(create_app(services), "127.0.0.1", 0, grace=5)
     thread = threading.Thread(target=server.serve_forever, name="api-test", daemon=True)
     thread.start()
     try:
-        yield Api("127.0.0.1", server.port, app, server)
+        wait_until(lambda: server.started, 20, "the API to start")
+        yield Api("127.0.0.1", server.port, services, server)
     finally:
-        server.shutdown(grace=5)
+        server.shutdown()
         thread.join(10)
         store.close()
 

@@ -20,9 +20,9 @@ from redis.connection import Connection
 
 from tgstack import keys
 from tgstack.cache import MessageCache, MessageSource
-from tgstack.localstack import RedisServer
 from tgstack.models import MessageKey, MessageRecord, StoredMessage
 from tgstack.redis_client import RedisConfigError, close_redis_client, create_redis_client
+from tgstack_testing.localstack import RedisServer
 
 CHANNEL = -1001649127710
 OTHER_CHANNEL = -1001000000001

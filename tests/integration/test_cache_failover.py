@@ -15,9 +15,9 @@ import redis
 
 from tgstack import keys
 from tgstack.cache import MessageCache
-from tgstack.localstack import LOOPBACK, RedisHA, RedisServer
 from tgstack.models import MessageRecord
 from tgstack.redis_client import CLIENT_NAME, create_redis_client
+from tgstack_testing.localstack import LOOPBACK, RedisHA, RedisServer
 
 CHANNEL = -1001649127710
 BASE = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)

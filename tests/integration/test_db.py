@@ -22,9 +22,9 @@ from tgstack.db import (
     InvalidInput,
     UpsertResult,
 )
-from tgstack.localstack import DataStack, free_port
 from tgstack.migrate import apply_migrations
 from tgstack.models import MessageKey, MessageRecord
+from tgstack_testing.localstack import DataStack, free_port
 
 CH = -1001649127710
 CH2 = -1001649127711

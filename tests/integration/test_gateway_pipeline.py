@@ -24,12 +24,13 @@ from tgstack.config import Settings
 from tgstack.db import Database, DatabaseUnavailable
 from tgstack.gateway.events import MessageEvent
 from tgstack.gateway.pipeline import BatchingWorker, IngestPipeline
-from tgstack.gateway.service import build_pipeline, components, flush_outbox, run_replay
+from tgstack.gateway.service import flush_outbox, run_replay
 from tgstack.gateway.synthetic import generate, to_jsonl_line
 from tgstack.gateway.telethon_source import BackfillPolicy, TelethonSource, record_from_message
-from tgstack.localstack import DataStack, RabbitMQServer, RedisServer, wait_until
+from tgstack.gateway.wiring import build_pipeline, components
 from tgstack.models import MessageRecord
 from tgstack.queue import consumer_queue_name
+from tgstack_testing.localstack import DataStack, RabbitMQServer, RedisServer, wait_until
 
 
 def settings_for(

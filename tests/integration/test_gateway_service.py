@@ -18,9 +18,10 @@ from tests.conftest import TestDatabase
 from tests.telegram_fakes import CHANNEL, FakeTelegram
 from tgstack.config import Settings
 from tgstack.gateway.events import MessageEvent
-from tgstack.gateway.service import GatewayService, components
+from tgstack.gateway.service import GatewayService
 from tgstack.gateway.synthetic import generate
-from tgstack.localstack import free_port, wait_until
+from tgstack.gateway.wiring import components
+from tgstack_testing.localstack import free_port, wait_until
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:

@@ -22,11 +22,11 @@ from amqpstorm.uri_connection import UriConnection
 
 from tests.conftest import TestDatabase
 from tgstack.config import Settings
-from tgstack.gateway.service import build_pipeline, components
 from tgstack.gateway.spool import POSITIONS_FILE, SpoolSource
 from tgstack.gateway.synthetic import generate, to_jsonl_line
-from tgstack.localstack import free_port, wait_until
+from tgstack.gateway.wiring import build_pipeline, components
 from tgstack.queue import consumer_queue_name
+from tgstack_testing.localstack import free_port, wait_until
 
 CHANNEL = -1001649127710
 

@@ -16,10 +16,10 @@ from tgstack import cli
 from tgstack.legacy.carry import carry_back
 from tgstack.legacy.importer import import_legacy
 from tgstack.legacy.mapping import channel_key_sql, parse_legacy_channel_id
-from tgstack.legacy.schema import create_legacy_schema
-from tgstack.legacy.seed import seed_legacy
 from tgstack.legacy.verify import fingerprint, verify_migration
-from tgstack.localstack import DataStack
+from tgstack_testing.legacy.schema import create_legacy_schema
+from tgstack_testing.legacy.seed import seed_legacy
+from tgstack_testing.localstack import DataStack
 
 CHANNEL = -1001649127710
 OTHER = -1001744113331
@@ -445,8 +445,8 @@ def test_seed_script_loads_the_same_rows_as_seeding_directly(
 ) -> None:
     import subprocess
 
-    from tgstack.legacy.seed import seed_sql
-    from tgstack.localstack import postgres_bin_dir
+    from tgstack_testing.legacy.seed import seed_sql
+    from tgstack_testing.localstack import postgres_bin_dir
 
     seed_legacy(legacy_dsn, 700, seed=9)
     lines, summary = seed_sql(700, seed=9)
@@ -477,7 +477,7 @@ ROLE_FINGERPRINT_SQL = (
 def psql_fingerprint(dsn: str, migration: str = "", schema: str = "telegram_gateway") -> Any:
     import subprocess
 
-    from tgstack.localstack import postgres_bin_dir
+    from tgstack_testing.localstack import postgres_bin_dir
 
     out = subprocess.run(
         [str(postgres_bin_dir() / "psql"), "-X", "-q", "-At", "-v", f"schema={schema}",

@@ -21,7 +21,8 @@ from tests.conftest import TestDatabase
 from tgstack.config import Settings
 from tgstack.loadtest.accounting import account
 from tgstack.loadtest.plan import LOADTEST_CHANNEL_BASE, LoadPlan
-from tgstack.loadtest.runner import LoadResult, run_loadtest
+from tgstack.loadtest.result import LoadResult
+from tgstack.loadtest.runner import run_loadtest
 
 
 def short_plan(tmp_path: Path, **changes: object) -> LoadPlan:
@@ -152,7 +153,7 @@ def test_the_cli_runs_against_a_configured_stack_with_its_own_poller_and_cleans_
     poller already running, reads its metrics, and ``--cleanup`` leaves no row behind."""
     from tgstack.cli import main
     from tgstack.loadtest.fleet import settings_env
-    from tgstack.localstack import free_port
+    from tgstack_testing.localstack import free_port
 
     port = free_port()
     deployed = stack_settings.model_copy(update={"poller_port": port})

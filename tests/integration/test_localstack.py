@@ -7,7 +7,7 @@ import psycopg
 import pytest
 import redis
 
-from tgstack.localstack import DataStack, RabbitMQServer, RedisHA
+from tgstack_testing.localstack import DataStack, RabbitMQServer, RedisHA
 
 
 def test_pgbouncer_accepts_scram_login_in_transaction_mode(data_stack: DataStack) -> None:

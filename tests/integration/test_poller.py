@@ -28,12 +28,12 @@ from tgstack.db import Database, DatabaseUnavailable
 from tgstack.gateway.events import MessageEvent
 from tgstack.gateway.pipeline import IngestPipeline
 from tgstack.gateway.synthetic import generate
-from tgstack.localstack import DataStack, RabbitMQServer, RedisServer, free_port
 from tgstack.models import MessageKey, MessageRecord, StoredMessage
 from tgstack.poller.consumer import QueueConsumer
 from tgstack.poller.worker import PollStats, SignalWorker
 from tgstack.queue import DEAD_LETTER_QUEUE, MessagePublisher, consumer_queue_name
 from tgstack.signals import classify, parse_signal
+from tgstack_testing.localstack import DataStack, RabbitMQServer, RedisServer, free_port
 
 CHANNEL = -1001649127710
 WHEN = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)

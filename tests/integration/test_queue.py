@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 
 from amqpstorm.uri_connection import UriConnection
 
-from tgstack.localstack import RabbitMQServer
 from tgstack.models import MessageRecord
 from tgstack.queue import (
     DEAD_LETTER_QUEUE,
@@ -17,6 +16,7 @@ from tgstack.queue import (
     consumer_queue_name,
     declare_topology,
 )
+from tgstack_testing.localstack import RabbitMQServer
 
 CHANNEL = -1001649127710
 

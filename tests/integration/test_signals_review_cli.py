@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import TestDatabase
 from tests.integration.test_api_support import BASE_DATE, CHANNEL_A, CHANNEL_B, insert_review
 from tgstack import cli
-from tgstack.localstack import free_port
+from tgstack_testing.localstack import free_port
 
 LONG = "🟢𝐒𝐰𝐢𝐧𝐠 𝐓𝐫𝐚𝐝𝐞 PETR4 " + "muito texto " * 10
 

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tgstack.db import Database, InvalidInput
-from tgstack.gateway.watermark import Watermark, contiguous_watermark, find_holes
-from tgstack.models import MessageRecord
+from tgstack.gateway.watermark import contiguous_watermark, find_holes
+from tgstack.models import MessageRecord, Watermark
 
 CH = -1001649127710
 NOW = datetime.now(UTC).replace(microsecond=0)

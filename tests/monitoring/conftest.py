@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from prometheus_client import start_http_server
 
-from tgstack.localstack import free_port, wait_until
+from tgstack_testing.localstack import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 ROLE = REPO / "roles" / "tgstack_monitoring"

@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 
 from tests.conftest import TestDatabase
-from tgstack.localstack import free_port, wait_until
+from tgstack_testing.localstack import free_port, wait_until
 from tgstack_testing.telegram.control import ControlClient
 
 from .conftest import TEST_CODE, TelegramServerProcess

@@ -27,8 +27,8 @@ import pytest
 
 from tests.conftest import TestDatabase
 from tgstack.db import Database
-from tgstack.localstack import free_port, wait_until
 from tgstack.poller.worker import SignalWorker
+from tgstack_testing.localstack import free_port, wait_until
 from tgstack_testing.telegram.control import ControlClient
 
 from .conftest import PHONE, TEST_CODE, TelegramServerProcess

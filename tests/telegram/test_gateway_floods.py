@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import TestDatabase
-from tgstack.localstack import wait_until
+from tgstack_testing.localstack import wait_until
 from tgstack_testing.telegram.control import ControlClient
 
 from .conftest import PHONE, TEST_CODE, TelegramServerProcess

@@ -23,8 +23,8 @@ import threading
 import time
 from pathlib import Path
 
-from tgstack.localstack import DataStack, wait_until
 from tgstack.migrate import apply_migrations
+from tgstack_testing.localstack import DataStack, wait_until
 from tgstack_testing.telegram.control import ControlClient
 
 from .conftest import PHONE, TelegramServerProcess

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from tests.conftest import TestDatabase
-from tgstack.localstack import wait_until
+from tgstack_testing.localstack import wait_until
 from tgstack_testing.telegram.control import ControlClient
 
 from .conftest import PHONE, TEST_CODE, TelegramServerProcess

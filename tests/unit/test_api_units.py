@@ -9,17 +9,21 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from fastapi.routing import APIRoute
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
+from starlette.routing import Match
 
 from tgstack.api import cursor as cursors
 from tgstack.api import params as p
-from tgstack.api import routes
+from tgstack.api.app import allowed_methods, create_app
+from tgstack.api.app import openapi_document as document
 from tgstack.api.auth import TokenAuth, require_admin
 from tgstack.api.cache import cache_key
 from tgstack.api.errors import ApiError
-from tgstack.api.openapi import document
 from tgstack.api.ratelimit import RateLimiter
+from tgstack.api.schemas import MessageListQuery
 from tgstack.models import MARKED_CHANNEL_MAX, MARKED_CHANNEL_MIN, MESSAGE_ID_MAX
 
 channels = st.integers(MARKED_CHANNEL_MIN, MARKED_CHANNEL_MAX)
@@ -305,24 +309,42 @@ def test_no_token_configured_is_refused() -> None:
 
 # Routing, cache keys and the OpenAPI document -----------------------------------------------------
 
+APP = create_app()  # no services: routing and the document only
+API_ROUTES = [route for route in APP.routes if isinstance(route, APIRoute)]
+
+
+def _route(method: str, path: str) -> tuple[APIRoute | None, tuple[str, ...]]:
+    """What the router does with (method, path): the first route that fits path and method,
+    else the first that fits the path (405, with ``allowed_methods``), else none (404)."""
+    scope = {"type": "http", "method": method, "path": path, "root_path": ""}
+    partial: APIRoute | None = None
+    for route in API_ROUTES:
+        match, child = route.matches(scope)
+        if match is Match.FULL:
+            return route, ()
+        if match is Match.PARTIAL and partial is None:
+            partial = route
+            allowed = allowed_methods(APP, {**scope, **child})
+    if partial is None:
+        return None, ()
+    return None, allowed
+
 
 def test_routing_distinguishes_404_and_405() -> None:
-    assert routes.match("GET", "/v1/nothing") is None
-    wrong = routes.match("PUT", "/v1/channels/-1001649127710")
-    assert wrong is not None
-    assert wrong.route is None
-    assert wrong.allowed == ("GET", "PATCH", "DELETE", "HEAD")
-    found = routes.match("GET", "/v1/messages/-1001649127710/5")
+    assert _route("GET", "/v1/nothing") == (None, ())
+    assert _route("GET", "/v1/messages/") == (None, ())
+    route, allowed = _route("PUT", "/v1/channels/-1001649127710")
+    assert route is None
+    assert allowed == ("GET", "PATCH", "DELETE", "HEAD")
+    found, _ = _route("GET", "/v1/messages/-1001649127710/5")
     assert found is not None
-    assert found.route is not None
-    assert found.path_values == {"channel_id": "-1001649127710", "message_id": "5"}
+    assert found.operation_id == "getMessage"
 
 
 @pytest.mark.parametrize(
     ("method", "path", "operation"),
     [
         ("GET", "/v1/signals/42/events", "listSignalEvents"),
-        ("HEAD", "/v1/signals/42/events", "listSignalEvents"),
         ("GET", "/v1/signals/-1001649127710/42", "getSignal"),
         ("GET", "/v1/signals/review", "listSignalReviews"),
         ("GET", "/v1/signals", "listSignals"),
@@ -332,32 +354,95 @@ def test_routing_distinguishes_404_and_405() -> None:
     ],
 )
 def test_a_literal_segment_wins_over_a_parameter(method: str, path: str, operation: str) -> None:
-    found = routes.match(method, path)
+    found, _ = _route(method, path)
     assert found is not None
-    assert found.route is not None
-    assert found.route.operation_id == operation
+    assert found.operation_id == operation
 
 
 def test_overlapping_templates_offer_only_the_winning_templates_methods() -> None:
-    wrong = routes.match("POST", "/v1/signals/42/events")
-    assert wrong is not None
-    assert wrong.route is None
-    assert wrong.allowed == ("GET", "HEAD")
-    assert wrong.template == "/v1/signals/{id}/events"
+    route, allowed = _route("POST", "/v1/signals/42/events")
+    assert route is None
+    assert allowed == ("GET", "HEAD")
 
 
-def _fits_the_same_paths(a: routes.Route, b: routes.Route) -> bool:
+def _specificity(template: str) -> tuple[bool, ...]:
+    return tuple(not segment.startswith("{") for segment in template.split("/"))
+
+
+def _fits_the_same_paths(a: str, b: str) -> bool:
     """Both templates fit some path and neither has a literal where the other has a parameter."""
-    left, right = a.template.split("/"), b.template.split("/")
-    if len(left) != len(right) or a.specificity != b.specificity:
+    left, right = a.split("/"), b.split("/")
+    if len(left) != len(right) or _specificity(a) != _specificity(b):
         return False
     return all(x == y or x.startswith("{") for x, y in zip(left, right, strict=True))
 
 
-def test_no_two_route_templates_are_ambiguous() -> None:
-    templates = {route.template: route for route in routes.ROUTES}
-    for a, b in itertools.combinations(templates.values(), 2):
-        assert not _fits_the_same_paths(a, b), (a.template, b.template)
+def _shadows(first: str, later: str) -> bool:
+    """``first`` takes paths that ``later`` names more specifically (a literal where it has a
+    parameter): registered first, it would win where the literal should."""
+    left, right = first.split("/"), later.split("/")
+    if len(left) != len(right):
+        return False
+    fits = all(
+        x == y or x.startswith("{") or y.startswith("{") for x, y in zip(left, right, strict=True)
+    )
+    return fits and _specificity(later) > _specificity(first)
+
+
+def test_no_two_route_templates_are_ambiguous_and_literals_come_first() -> None:
+    templates = list(dict.fromkeys(route.path_format for route in API_ROUTES))
+    for a, b in itertools.combinations(templates, 2):
+        assert not _fits_the_same_paths(a, b), (a, b)
+        assert not _shadows(a, b), (a, b)
+
+
+def test_openapi_lists_every_operation_and_every_reference_resolves() -> None:
+    doc = document()
+    assert doc["openapi"] == "3.1.0"
+    for route in API_ROUTES:
+        for method in route.methods:
+            operation = doc["paths"][route.path_format][method.lower()]
+            assert operation["operationId"] == route.operation_id
+            assert str(route.status_code or 200) in operation["responses"]
+            assert "422" not in operation["responses"]  # validation errors are 400s
+    text = json.dumps(doc)
+    for ref in {part.split('"')[0] for part in text.split('"$ref": "#/components/schemas/')[1:]}:
+        assert ref in doc["components"]["schemas"], ref
+    assert "HTTPValidationError" not in doc["components"]["schemas"]
+
+
+def test_query_models_document_what_the_parsers_take() -> None:
+    listing = document()["paths"]["/v1/messages"]["get"]
+    parameters = {param["name"]: param for param in listing["parameters"]}
+    assert list(parameters) == [
+        "channel_id",
+        "status",
+        "processing_state",
+        "since",
+        "until",
+        "q",
+        "include_deleted",
+        "cursor",
+        "limit",
+    ]
+    assert parameters["limit"]["schema"]["maximum"] == p.MAX_LIMIT
+    assert parameters["q"]["schema"]["pattern"] == p.VISIBLE_TEXT_PATTERN
+    assert not any(param["required"] for param in parameters.values())
+
+
+def test_query_models_refuse_unknown_parameters_and_parse_with_the_parsers() -> None:
+    with pytest.raises(ValidationError) as refused:
+        MessageListQuery.model_validate({"chanel_id": "-1001649127710"})
+    assert refused.value.errors()[0]["type"] == "extra_forbidden"
+    with pytest.raises(ValidationError) as bad:
+        MessageListQuery.model_validate({"limit": "+5"})
+    fault = bad.value.errors()[0]
+    assert fault["type"] == "bad_parameter"
+    assert fault["ctx"]["field"] == "limit"
+    parsed = MessageListQuery.model_validate({"limit": "02", "status": "published,received"})
+    assert parsed.limit == 2
+    assert parsed.status is not None
+    assert parsed.status.values == ("published", "received")
 
 
 def test_cache_keys_separate_scopes_generations_and_queries() -> None:
@@ -374,20 +459,6 @@ def test_cache_keys_separate_scopes_generations_and_queries() -> None:
         )
         == 4
     )
-
-
-def test_openapi_lists_every_route_and_every_reference_resolves() -> None:
-    doc = document()
-    assert doc["openapi"] == "3.1.0"
-    for route in routes.ROUTES:
-        operation = doc["paths"][route.template][route.method.lower()]
-        assert operation["operationId"] == route.operation_id
-        assert str(route.success) in operation["responses"]
-        names = {param["name"] for param in operation.get("parameters", [])}
-        assert names == {param.name for param in route.params}
-    text = json.dumps(doc)
-    for ref in {part.split('"')[0] for part in text.split('"$ref": "#/components/schemas/')[1:]}:
-        assert ref in doc["components"]["schemas"], ref
 
 
 def test_time_strategy_sanity() -> None:  # the cursor tests rely on UTC-aware moments

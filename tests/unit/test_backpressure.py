@@ -27,8 +27,8 @@ from tgstack.gateway.backpressure import (
 )
 from tgstack.gateway.events import MessageEvent
 from tgstack.gateway.pipeline import BatchingWorker, BatchStats, StoreUnavailable
-from tgstack.localstack import wait_until
 from tgstack.models import MessageRecord
+from tgstack_testing.localstack import wait_until
 
 CHANNELS = (-1001000000001, -1001000000002)
 WHEN = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)

@@ -17,8 +17,8 @@ from tgstack.legacy.mapping import (
     map_message,
     parse_legacy_channel_id,
 )
-from tgstack.legacy.seed import generate_rows
 from tgstack.models import MESSAGE_STATUSES
+from tgstack_testing.legacy.seed import generate_rows
 
 WHEN = datetime(2025, 3, 1, 10, 0, tzinfo=UTC)
 MESSAGE = LegacyMessage(

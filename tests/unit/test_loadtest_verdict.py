@@ -11,7 +11,7 @@ from tgstack.loadtest.locks import LockFigures, deadlocks_between
 from tgstack.loadtest.observer import DonePost
 from tgstack.loadtest.plan import LoadPlan
 from tgstack.loadtest.report import markdown
-from tgstack.loadtest.runner import SUSTAINED_P99_MS, LoadResult
+from tgstack.loadtest.result import SUSTAINED_P99_MS, LoadResult
 from tgstack.models import MessageKey
 
 CHANNEL = -1009999999000

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tgstack.localstack import MIN_SENTINEL_DOWN_AFTER_MS, LocalStackError, RedisHA
+from tgstack_testing.localstack import MIN_SENTINEL_DOWN_AFTER_MS, LocalStackError, RedisHA
 
 
 def test_a_down_after_within_sentinels_one_second_reconnect_period_is_refused(

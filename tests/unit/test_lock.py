@@ -101,8 +101,8 @@ def test_the_check_fails_in_one_line_when_pyproject_changes_without_a_relock(tmp
     project = _project_copy(tmp_path)
     pyproject = project / "pyproject.toml"
     text = pyproject.read_text()
-    assert '"waitress>=3.0.2,<4"' in text
-    pyproject.write_text(text.replace('"waitress>=3.0.2,<4"', '"waitress>=3.0.1,<4"'))
+    assert '"uvicorn>=0.35,<1"' in text
+    pyproject.write_text(text.replace('"uvicorn>=0.35,<1"', '"uvicorn>=0.34,<1"'))
     done = _check(project)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [

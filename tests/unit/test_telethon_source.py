@@ -19,7 +19,7 @@ from tgstack.gateway.telethon_source import (
     TelethonSource,
     record_from_message,
 )
-from tgstack.gateway.watermark import Watermark
+from tgstack.models import Watermark
 
 
 def source_for(

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tgstack.gateway.reconcile import StoredPost, plan_repairs, window_start
+from tgstack.gateway.reconcile import plan_repairs, window_start
 from tgstack.gateway.watermark import (
     IDS_PER_CALL,
     ByHistory,
@@ -20,7 +20,7 @@ from tgstack.gateway.watermark import (
     initial_floor,
     plan_fetches,
 )
-from tgstack.models import MessageRecord
+from tgstack.models import MessageRecord, StoredPost
 
 CHANNEL = -1001649127710
 WHEN = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)

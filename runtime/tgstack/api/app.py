@@ -1,350 +1,279 @@
-"""The WSGI application: route, authenticate, rate-limit, parse, serve from cache or handler.
+"""The FastAPI application: the operations (``routes``), the error answers, and the outer layer
+that counts, times and logs every request.
 
 Every answer is JSON (``/metrics`` aside), every error ``{"error": {code, message, field}}``
-with its status; an unexpected exception is logged and answered 500 without details. Each
-request is counted (``tgstack_api_requests_total``), timed (``tgstack_api_request_seconds``)
-and logged as one ``api_request`` event; tokens never appear in logs, only their id.
+with its status: FastAPI's own answers (404, 405, the 422 of a validation error) are replaced
+by the API's (404, 405 with ``Allow``, 400 naming the parameter). An unexpected exception is
+logged and answered 500 without details. Each request is counted
+(``tgstack_api_requests_total``), timed (``tgstack_api_request_seconds``) and logged as one
+``api_request`` event; tokens never appear in logs, only their id. HEAD is GET without the
+body.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
-from decimal import Decimal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import parse_qsl
 
-from tgstack.api import openapi, routes
-from tgstack.api.auth import Principal, TokenAuth, require_admin
-from tgstack.api.cache import ResponseCache, cache_key
+import anyio.to_thread
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tgstack import __version__
+from tgstack.api import openapi
+from tgstack.api.deps import Services, Traffic
 from tgstack.api.errors import ApiError, bad_parameter
-from tgstack.api.handlers import Answer, Call, Handlers
-from tgstack.api.queries import ApiStore, StoreInvalid, StoreTimeout, StoreUnavailable
-from tgstack.api.ratelimit import RateLimiter
-from tgstack.metrics import (
-    API_DB_UNAVAILABLE,
-    API_RATE_LIMITED,
-    API_REQUEST_SECONDS,
-    API_REQUESTS,
-)
+from tgstack.api.queries import StoreInvalid, StoreTimeout, StoreUnavailable
+from tgstack.api.responses import error_response, json_bytes
+from tgstack.api.routes import router
+from tgstack.api.schemas import BAD_PARAMETER
+from tgstack.metrics import API_DB_UNAVAILABLE, API_REQUEST_SECONDS, API_REQUESTS
 
 log = logging.getLogger("tgstack.api")
 
-StartResponse = Callable[..., Any]
-Environ = dict[str, Any]
-
-MAX_QUERY_FIELDS = 32
-# Routes anyone may call as often as they like: monitoring must never be refused.
-UNLIMITED = frozenset({"getHealth", "getMetrics"})
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
-_REASONS = {
-    200: "OK",
-    201: "Created",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    409: "Conflict",
-    413: "Content Too Large",
-    415: "Unsupported Media Type",
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
+_ALWAYS = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
 
 
-class ApiApp:
-    """The Gateway API as a WSGI callable (thread-safe; one instance per process)."""
+def create_app(services: Services | None = None) -> FastAPI:
+    """The API over ``services`` (None: only to generate the OpenAPI document)."""
 
-    def __init__(
-        self,
-        *,
-        store: ApiStore,
-        auth: TokenAuth,
-        limiter: RateLimiter,
-        cache: ResponseCache | None = None,
-        max_body_bytes: int = 16_384,
-    ) -> None:
-        self._store = store
-        self._auth = auth
-        self._limiter = limiter
-        self._cache = cache
-        self._max_body = max_body_bytes
-        self._handlers = Handlers(store, cache, openapi.document_bytes)
-        self._in_flight = 0
-        self._lock = threading.Condition()
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if services is not None:
+            # The sync operations run in AnyIO's thread pool: as many threads as the database
+            # pool has connections (TGSTACK_API_THREADS), as waitress had.
+            anyio.to_thread.current_default_thread_limiter().total_tokens = services.threads
+        yield
 
-    @property
-    def store(self) -> ApiStore:
-        return self._store
+    app = FastAPI(
+        title="tgstack Gateway API",
+        version=__version__,
+        openapi_url=None,  # served by the getOpenApi operation, rate-limited like the rest
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,
+        lifespan=lifespan,
+        # The operations themselves, in their order (routes tries them in that order).
+        routes=list(router.routes),
+    )
+    app.state.services = services
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(StoreUnavailable, _store_unavailable)
+    app.add_exception_handler(StoreTimeout, _store_unavailable)
+    app.add_exception_handler(StoreInvalid, _store_invalid)
+    app.add_middleware(
+        RequestLayer, traffic=services.traffic if services is not None else Traffic()
+    )
+    openapi.install(app)
+    return app
 
-    @property
-    def cache(self) -> ResponseCache | None:
-        return self._cache
 
-    # Draining, for a graceful shutdown --------------------------------------------------------
+# Error answers ----------------------------------------------------------------------------------
 
-    @property
-    def in_flight(self) -> int:
-        with self._lock:
-            return self._in_flight
 
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until no request is being handled; False if ``timeout`` passed first."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while self._in_flight:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._lock.wait(left)
-        return True
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
 
-    # WSGI ------------------------------------------------------------------------------------
 
-    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    API_DB_UNAVAILABLE.inc()
+    log.warning("api_db_unavailable", extra={"error": str(exc)})
+    message = (
+        "the database did not answer in time"
+        if isinstance(exc, StoreTimeout)
+        else "the database is unavailable; retry later"
+    )
+    return error_response(ApiError(503, "unavailable", message, headers={"Retry-After": "5"}))
+
+
+async def _store_invalid(request: Request, exc: Exception) -> Response:
+    return error_response(ApiError(400, "bad_parameter", str(exc)))
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's 422 as the API's 400: the first fault, path before query, query parameters in
+    the order the client gave them."""
+    assert isinstance(exc, RequestValidationError)
+    faults = list(exc.errors())
+    order = [name for name, _ in request.query_params.multi_items()]
+    faults.sort(key=lambda fault: _position(fault, order))
+    return error_response(
+        _as_api_error(faults[0]) if faults else ApiError(400, "bad_parameter", "invalid request")
+    )
+
+
+def _position(fault: dict[str, Any], order: list[str]) -> tuple[int, int]:
+    loc = tuple(fault.get("loc", ()))
+    where = loc[0] if loc else ""
+    name = _field(fault)
+    if where == "path":
+        return (0, 0)
+    index = order.index(name) if name in order else len(order)
+    return (1, index)
+
+
+def _field(fault: dict[str, Any]) -> str:
+    ctx = fault.get("ctx") or {}
+    if fault.get("type") == BAD_PARAMETER and ctx.get("field"):
+        return str(ctx["field"])
+    loc = tuple(fault.get("loc", ()))
+    return str(loc[-1]) if len(loc) > 1 else ""
+
+
+def _as_api_error(fault: dict[str, Any]) -> ApiError:
+    ctx = fault.get("ctx") or {}
+    if fault.get("type") == BAD_PARAMETER:
+        return ApiError(400, "bad_parameter", str(ctx["message"]), field=ctx.get("field"))
+    name = _field(fault)[:64] or "parameter"
+    if fault.get("type") == "extra_forbidden":
+        return bad_parameter(name, "unknown parameter")
+    return bad_parameter(name, str(fault.get("msg", "is invalid")))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's routing answers: 404 (no such path) and 405 (not with this method)."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        allowed = allowed_methods(request.app, request.scope)
+        method = request.method[:16]
+        return error_response(
+            ApiError(
+                405,
+                "method_not_allowed",
+                f"{method} is not allowed here; use {', '.join(allowed)}",
+                headers={"Allow": ", ".join(allowed)},
+            )
+        )
+    if exc.status_code == 404:
+        return error_response(ApiError(404, "not_found", f"no endpoint {request.url.path[:200]}"))
+    return error_response(ApiError(exc.status_code, "bad_parameter", str(exc.detail)))
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> tuple[str, ...]:
+    """The methods of the template that took a path (the first route that fits it, as the
+    router tries them), HEAD wherever GET is."""
+    template = _template(app, scope)
+    methods: list[str] = []
+    for route in app.routes:
+        if isinstance(route, APIRoute) and route.path_format == template:
+            methods.extend(sorted(route.methods or ()))
+    if "GET" in methods:
+        methods.append("HEAD")
+    return tuple(dict.fromkeys(methods))
+
+
+def _template(app: FastAPI, scope: Scope) -> str | None:
+    route = scope.get("route")
+    if isinstance(route, APIRoute):
+        return route.path_format
+    for candidate in app.routes:
+        match, _ = candidate.matches({**scope, "method": "GET"})
+        if match is not Match.NONE and isinstance(candidate, APIRoute):
+            return candidate.path_format
+    return None
+
+
+# The outer layer --------------------------------------------------------------------------------
+
+
+class RequestLayer:
+    """Pure ASGI middleware around the application: HEAD as GET without the body, the
+    headers every answer carries, the 500 of an unexpected exception, and per request the
+    metrics, the ``api_request`` log line and the count of requests in progress."""
+
+    def __init__(self, app: ASGIApp, traffic: Traffic) -> None:
+        self.app = app
+        self.traffic = traffic
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
-        with self._lock:
-            self._in_flight += 1
-        method = str(environ.get("REQUEST_METHOD", "GET")).upper()
-        meta: dict[str, Any] = {"route": "unmatched"}
-        answer: Answer | None = None
+        method = str(scope["method"]).upper()
+        inner: Scope = dict(scope)
+        if method == "HEAD":
+            inner["method"] = "GET"
+        status = 500
+        response_started = False
+
+        async def send_answer(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                response_started = True
+                message = {**message, "headers": [*message.get("headers", []), *_ALWAYS]}
+            elif message["type"] == "http.response.body" and method == "HEAD":
+                message = {**message, "body": b""}
+            await send(message)
+
+        self.traffic.in_flight += 1
         try:
-            try:
-                path = _text(environ.get("PATH_INFO", "") or "/", "path")
-                answer = self._handle(environ, method, path, meta)
-            except ApiError as exc:
-                answer = _error(exc)
-            except (StoreUnavailable, StoreTimeout) as exc:
-                API_DB_UNAVAILABLE.inc()
-                log.warning("api_db_unavailable", extra={"error": str(exc)})
-                message = (
-                    "the database did not answer in time"
-                    if isinstance(exc, StoreTimeout)
-                    else "the database is unavailable; retry later"
-                )
-                answer = _error(ApiError(503, "unavailable", message, headers={"Retry-After": "5"}))
-            except StoreInvalid as exc:
-                answer = _error(ApiError(400, "bad_parameter", str(exc)))
-            except Exception:
-                log.exception("api_internal_error", extra={"method": method, **meta})
-                answer = _error(ApiError(500, "internal", "internal error; see the server log"))
-            body = _body(answer)
-            headers = _headers(answer, body)
-            start_response(f"{answer.status} {_REASONS.get(answer.status, 'Status')}", headers)
-            return [] if method == "HEAD" else [body]
+            await self.app(inner, receive, send_answer)
+        except asyncio.CancelledError:
+            self.traffic.abandoned += 1
+            raise
+        except Exception:
+            route = _route_label(inner)
+            log.exception("api_internal_error", extra={"method": method, "route": route})
+            status = 500
+            if not response_started:
+                await _send_internal_error(send_answer)
         finally:
+            self.traffic.in_flight -= 1
             elapsed = time.perf_counter() - started
-            method_label = method if method in KNOWN_METHODS else "OTHER"
-            code = str(answer.status) if answer is not None else "500"
-            API_REQUESTS.labels(meta["route"], method_label, code).inc()
-            API_REQUEST_SECONDS.labels(meta["route"], method_label).observe(elapsed)
+            label = method if method in KNOWN_METHODS else "OTHER"
+            route = _route_label(inner)
+            API_REQUESTS.labels(route, label, str(status)).inc()
+            API_REQUEST_SECONDS.labels(route, label).observe(elapsed)
+            notes: dict[str, Any] = inner.get("state") or {}
+            extra: dict[str, Any] = {k: notes[k] for k in ("token_id", "cache") if k in notes}
+            client = scope.get("client")
             log.info(
                 "api_request",
                 extra={
-                    "method": method_label,
-                    "status": int(code),
+                    "method": label,
+                    "status": status,
                     "duration_ms": round(elapsed * 1000, 2),
-                    "client": environ.get("REMOTE_ADDR"),
-                    **meta,
+                    "client": client[0] if client else None,
+                    "route": route,
+                    **extra,
                 },
             )
-            with self._lock:
-                self._in_flight -= 1
-                if not self._in_flight:
-                    self._lock.notify_all()
-
-    # The pipeline ------------------------------------------------------------------------------
-
-    def _handle(self, environ: Environ, method: str, path: str, meta: dict[str, Any]) -> Answer:
-        found = routes.match(method, path)
-        if found is None:
-            raise ApiError(404, "not_found", f"no endpoint {path[:200]}")
-        meta["route"] = found.template
-        if found.route is None:
-            raise ApiError(
-                405,
-                "method_not_allowed",
-                f"{method[:16]} is not allowed here; use {', '.join(found.allowed)}",
-                headers={"Allow": ", ".join(found.allowed)},
-            )
-        route = found.route
-        principal = self._admit(route, environ, meta)
-        params = self._params(route, found.path_values, environ)
-        body = self._body(environ) if route.body else b""
-        call = Call(params=params, body=body, principal=principal)
-        handler: Callable[[Call], Answer] = getattr(self._handlers, route.handler)
-        if route.cached and self._cache is not None and principal is not None:
-            answer = self._cached(route, call, principal, handler, meta)
-        else:
-            answer = handler(call)
-        if route.method not in ("GET", "HEAD") and answer.status < 300 and self._cache:
-            self._cache.invalidate()
-        return answer
-
-    def _admit(
-        self, route: routes.Route, environ: Environ, meta: dict[str, Any]
-    ) -> Principal | None:
-        """Authenticate (unless public) and rate-limit; raise 401/403/429."""
-        principal: Principal | None = None
-        auth_error: ApiError | None = None
-        if route.access != "public":
-            try:
-                principal = self._auth.authenticate(environ.get("HTTP_AUTHORIZATION"))
-            except ApiError as exc:
-                auth_error = exc
-        if route.operation_id not in UNLIMITED:
-            key = (
-                f"token:{principal.token_id}"
-                if principal
-                else f"addr:{environ.get('REMOTE_ADDR', '?')}"
-            )
-            decision = self._limiter.take(key)
-            if not decision.allowed:
-                API_RATE_LIMITED.inc()
-                raise ApiError(
-                    429,
-                    "rate_limited",
-                    f"too many requests; retry in {decision.retry_after} s",
-                    headers={"Retry-After": str(decision.retry_after)},
-                )
-        if auth_error is not None:
-            raise auth_error
-        if principal is not None:
-            meta["token_id"] = principal.token_id
-            if route.access == "admin":
-                require_admin(principal)
-        return principal
-
-    def _params(
-        self, route: routes.Route, path_values: dict[str, str], environ: Environ
-    ) -> dict[str, Any]:
-        values: dict[str, Any] = {}
-        for name, raw in path_values.items():
-            param = route.param(name, "path")
-            assert param is not None
-            values[name] = param.parse(name, _text(raw, name))
-        query = _text(environ.get("QUERY_STRING", ""), "query string")
-        try:
-            pairs = parse_qsl(
-                query, keep_blank_values=True, errors="strict", max_num_fields=MAX_QUERY_FIELDS
-            )
-        except ValueError:
-            raise ApiError(
-                400, "bad_parameter", "the query string is malformed or has too many fields"
-            ) from None
-        seen: set[str] = set()
-        for name, raw in pairs:
-            param = route.param(name, "query")
-            if param is None:
-                known = ", ".join(p.name for p in route.params if p.where == "query") or "none"
-                raise bad_parameter(name[:64], f"unknown parameter; known: {known}")
-            if name in seen:
-                raise bad_parameter(name, "is given more than once")
-            seen.add(name)
-            values[name] = param.parse(name, raw)
-        return values
-
-    def _body(self, environ: Environ) -> bytes:
-        content_type = str(environ.get("CONTENT_TYPE", "")).split(";")[0].strip().lower()
-        if content_type != "application/json":
-            raise ApiError(
-                415,
-                "unsupported_media_type",
-                "send the body as application/json",
-                field=None,
-            )
-        raw_length = str(environ.get("CONTENT_LENGTH") or "0").strip()
-        if not raw_length.isdigit():
-            raise ApiError(400, "bad_body", "Content-Length is not a number")
-        if int(raw_length) > self._max_body:
-            raise _too_large(self._max_body)
-        stream = environ["wsgi.input"]
-        body: bytes = stream.read(min(int(raw_length), self._max_body + 1))
-        if len(body) > self._max_body:
-            raise _too_large(self._max_body)
-        return body
-
-    def _cached(
-        self,
-        route: routes.Route,
-        call: Call,
-        principal: Principal,
-        handler: Callable[[Call], Answer],
-        meta: dict[str, Any],
-    ) -> Answer:
-        assert self._cache is not None
-        generation = self._cache.generation()
-        if generation is None:
-            meta["cache"] = "bypass"
-            answer = handler(call)
-            answer.headers["X-Cache"] = "bypass"
-            return answer
-        key = cache_key(principal.scope, generation, route.operation_id, _normalized(call.params))
-        cached = self._cache.get(key)
-        if cached is not None:
-            meta["cache"] = "hit"
-            return Answer(200, body=cached, headers={"X-Cache": "hit"})
-        answer = handler(call)
-        meta["cache"] = "miss"
-        answer.headers["X-Cache"] = "miss"
-        if answer.status == 200:
-            self._cache.put(key, _body(answer))
-        return answer
 
 
-# Helpers ----------------------------------------------------------------------------------------
+def _route_label(scope: Scope) -> str:
+    route = scope.get("route")
+    return route.path_format if isinstance(route, APIRoute) else "unmatched"
 
 
-def _text(raw: str, what: str) -> str:
-    """WSGI hands over bytes as latin-1 text; the API speaks UTF-8."""
-    try:
-        return raw.encode("latin-1").decode("utf-8")
-    except (UnicodeEncodeError, UnicodeDecodeError):
-        raise ApiError(400, "bad_parameter", f"the {what} is not valid UTF-8") from None
+async def _send_internal_error(send: Send) -> None:
+    body = json_bytes(ApiError(500, "internal", "internal error; see the server log").payload())
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
-def _normalized(params: dict[str, Any]) -> str:
-    return json.dumps(sorted(params.items()), default=_json_default, separators=(",", ":"))
-
-
-def _too_large(limit: int) -> ApiError:
-    return ApiError(413, "body_too_large", f"the request body exceeds {limit} bytes")
-
-
-def _error(exc: ApiError) -> Answer:
-    return Answer(exc.status, exc.payload(), headers=dict(exc.headers))
-
-
-def _body(answer: Answer) -> bytes:
-    if answer.body is None:
-        answer.body = json.dumps(
-            answer.payload, default=_json_default, ensure_ascii=False, separators=(",", ":")
-        ).encode("utf-8")
-    return answer.body
-
-
-def _headers(answer: Answer, body: bytes) -> list[tuple[str, str]]:
-    headers = [
-        ("Content-Type", answer.content_type),
-        ("Content-Length", str(len(body))),
-        ("Cache-Control", "no-store"),
-        ("X-Content-Type-Options", "nosniff"),
-    ]
-    headers.extend(answer.headers.items())
-    return headers
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, tuple | set | frozenset):
-        return list(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI document (for tests and tools: no server, no services)."""
+    return create_app().openapi()

@@ -11,7 +11,9 @@ server-side timeout can end. Lists use keyset pagination: ``limit + 1`` rows are
 learn whether another page follows.
 
 Failures surface as ``StoreUnavailable`` (no connection, connection lost; retried once on a
-fresh connection), ``StoreTimeout`` (statement timeout) or ``StoreError``.
+fresh connection), ``StoreTimeout`` (statement timeout), ``StoreInvalid`` or ``StoreError``: the
+names of the API for the runtime's one family of database errors (``tgstack.postgres``, whose
+pool and error classification this store shares with ``tgstack.db``).
 """
 
 from __future__ import annotations
@@ -30,11 +32,19 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg import errors as pg_errors
 from psycopg.rows import DictRow, dict_row
-from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+from psycopg_pool import ConnectionPool
 
-from tgstack import jsonb
+from tgstack.postgres import (
+    DatabaseError,
+    DatabaseTimeout,
+    DatabaseUnavailable,
+    Failure,
+    InvalidInput,
+    classify,
+    connection_pool,
+    first_line,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,23 +104,17 @@ _REVIEW_SELECT = (
 )
 
 
-class StoreError(Exception):
-    """A database operation failed; the message starts with the operation's name."""
+StoreError = DatabaseError
+"""A database operation failed; the message starts with the operation's name."""
+StoreUnavailable = DatabaseUnavailable
+"""No usable database connection (PostgreSQL or PgBouncer down or unreachable)."""
+StoreTimeout = DatabaseTimeout
+"""The statement ran past the API's statement timeout."""
+StoreInvalid = InvalidInput
+"""The database refused the input (a value out of range that validation let through)."""
 
 
-class StoreUnavailable(StoreError):
-    """No usable database connection (PostgreSQL or PgBouncer down or unreachable)."""
-
-
-class StoreTimeout(StoreError):
-    """The statement ran past the API's statement timeout."""
-
-
-class StoreInvalid(StoreError):
-    """The database refused the input (a value out of range that validation let through)."""
-
-
-class StoreConflict(StoreError):
+class StoreConflict(DatabaseError):
     """A create hit an existing row."""
 
 
@@ -173,24 +177,19 @@ class ApiStore:
     ) -> None:
         self._deadline = statement_timeout_ms / 1000
         self._watchdog = Watchdog()
-        self._pool: ConnectionPool[Connection] = ConnectionPool(
+        # No check on checkout: behind PgBouncer it could wait for minutes while PostgreSQL
+        # is down, out of the watchdog's reach. A lost connection is retried instead.
+        self._pool: ConnectionPool[Connection] = connection_pool(
             conninfo,
-            connection_class=psycopg.Connection[DictRow],
+            psycopg.Connection[DictRow],
+            name=name,
             min_size=min_size,
             max_size=max_size,
-            open=False,
             timeout=timeout,
-            name=name,
-            configure=jsonb.configure,
-            # No check on checkout: behind PgBouncer it could wait for minutes while PostgreSQL
-            # is down, out of the watchdog's reach. A lost connection is retried instead.
-            kwargs={
-                "autocommit": True,
-                "row_factory": dict_row,
-                "prepare_threshold": 5 if prepared_statements else None,
-                "connect_timeout": connect_timeout,
-                "application_name": "tgstack-api",
-            },
+            connect_timeout=connect_timeout,
+            prepared_statements=prepared_statements,
+            row_factory=dict_row,
+            application_name="tgstack-api",
         )
 
     # Lifecycle ------------------------------------------------------------------------------
@@ -212,7 +211,7 @@ class ApiStore:
             ):
                 conn.execute("SELECT 1").fetchone()
         except psycopg.Error as exc:
-            return False, _first_line(exc)
+            return False, first_line(exc)
         return True, None
 
     # Messages -------------------------------------------------------------------------------
@@ -300,7 +299,7 @@ class ApiStore:
             "create_channel", _one(sql, (channel_id, title, username, is_active)), retry=False
         )
         if row is None:
-            raise StoreConflict(f"create_channel: channel {channel_id} exists")
+            raise StoreConflict("create_channel", f"channel {channel_id} exists")
         return row
 
     def update_channel(self, channel_id: int, changes: dict[str, Any]) -> Row | None:
@@ -355,26 +354,28 @@ class ApiStore:
                 ):
                     watch = current
                     return work(conn)
-            except pg_errors.QueryCanceled as exc:
-                raise StoreTimeout(f"{operation}: cancelled ({_first_line(exc)})") from exc
-            except PoolClosed as exc:
-                raise StoreUnavailable(f"{operation}: the pool is closed") from exc
-            except PoolTimeout as exc:
-                raise StoreUnavailable(f"{operation}: no connection ({_first_line(exc)})") from exc
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            except psycopg.Error as exc:
+                failure = classify(exc)
+                if failure is Failure.TIMEOUT:
+                    raise StoreTimeout(operation, f"cancelled ({first_line(exc)})") from exc
+                if failure is Failure.CLOSED:
+                    raise StoreUnavailable(operation, "the pool is closed") from exc
+                if failure is Failure.UNREACHABLE:
+                    raise StoreUnavailable(operation, f"no connection ({first_line(exc)})") from exc
+                if failure is Failure.INVALID:
+                    raise StoreInvalid(operation, first_line(exc)) from exc
+                if not failure.transient:
+                    raise StoreError(operation, first_line(exc)) from exc
+                # Lost, or rolled back by a deadlock: ended by the watchdog, or tried again.
                 if watch is not None and watch.abandoned:
-                    raise StoreTimeout(f"{operation}: no answer within the deadline") from exc
+                    raise StoreTimeout(operation, "no answer within the deadline") from exc
                 if attempt == attempts:
-                    raise StoreUnavailable(f"{operation}: {_first_line(exc)}") from exc
+                    raise StoreUnavailable(operation, first_line(exc)) from exc
                 log.warning(
                     "api_db_retry",
-                    extra={"operation": operation, "error": _first_line(exc)},
+                    extra={"operation": operation, "error": first_line(exc)},
                 )
                 time.sleep(0.05)
-            except (psycopg.DataError, psycopg.IntegrityError) as exc:
-                raise StoreInvalid(f"{operation}: {_first_line(exc)}") from exc
-            except psycopg.Error as exc:
-                raise StoreError(f"{operation}: {_first_line(exc)}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -463,7 +464,7 @@ def _cancel(conn: Connection) -> None:
     try:
         conn.cancel_safe(timeout=1.0)
     except Exception as exc:  # the abandon step follows
-        log.warning("api_db_cancel_failed", extra={"error": _first_line(exc)})
+        log.warning("api_db_cancel_failed", extra={"error": first_line(exc)})
 
 
 def _shut_down(conn: Connection) -> None:
@@ -585,8 +586,3 @@ def _one(sql: str, params: Any) -> Callable[[Connection], Row | None]:
         return None if row is None else dict(row)
 
     return work
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,28 +1,30 @@
-"""Serving the API: waitress (a pure-Python, threaded WSGI server) and a graceful shutdown.
+"""Serving the API: uvicorn, one process, and its graceful shutdown.
 
-``ApiServer`` binds at construction (so ``port`` is known at once, port 0 picks a free one),
-``serve_forever`` runs the event loop in the calling thread, and ``shutdown`` (any thread)
-stops accepting, lets the requests in progress finish (at most ``grace`` seconds), sends what
-they wrote and closes every connection; ``serve_forever`` then returns. ``run_api`` wires it
-all from the settings and turns SIGTERM/SIGINT into that shutdown.
+``ApiServer`` binds at construction (so ``port`` is known at once; port 0 picks a free one) and
+hands the socket to uvicorn; ``serve_forever`` runs uvicorn in the calling thread and
+``shutdown`` (any thread) asks it to stop. Stopping is uvicorn's own: it closes the listening
+socket, lets the requests in progress finish (at most ``grace`` seconds, uvicorn's
+``timeout_graceful_shutdown``), closes the connections and runs the application's shutdown.
+``run_api`` wires it all from the settings; in the main thread uvicorn turns SIGTERM/SIGINT
+into that shutdown.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import signal
-import threading
+import socket
 import time
 from types import FrameType
-from typing import Any
 
-from waitress import wasyncore
-from waitress.channel import HTTPChannel
-from waitress.server import create_server
+import uvicorn
+from fastapi import FastAPI
 
-from tgstack.api.app import ApiApp
+from tgstack.api.app import create_app
 from tgstack.api.auth import TokenAuth
 from tgstack.api.cache import ResponseCache
+from tgstack.api.deps import Services
 from tgstack.api.queries import ApiStore
 from tgstack.api.ratelimit import RateLimiter
 from tgstack.config import ConfigError, Settings, env_name
@@ -30,107 +32,82 @@ from tgstack.redis_client import close_redis_client, redis_client_from
 
 log = logging.getLogger("tgstack.api")
 
-# waitress's own body limit, above the API's (which answers a JSON 413 first).
-SERVER_MAX_BODY = 1_048_576
+KEEP_ALIVE_SECONDS = 60  # idle connections are closed after this
+BACKLOG = 256
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn's server, reporting when a signal starts the shutdown."""
+
+    stopping_since: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.stopping_since is None:
+            self.stopping_since = time.monotonic()
+            log.info("api_stopping", extra={"signal": signal.Signals(sig).name})
+        super().handle_exit(sig, frame)
 
 
 class ApiServer:
     """The API on one listening socket."""
 
-    def __init__(self, app: ApiApp, host: str, port: int, *, threads: int = 8) -> None:
+    def __init__(self, app: FastAPI, host: str, port: int, *, grace: float = 10.0) -> None:
         self.app = app
-        self._server: Any = create_server(
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._socket = socket.socket(family, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self._socket.bind((host, port))
+        except OSError:
+            self._socket.close()
+            raise
+        config = uvicorn.Config(
             app,
-            host=host,
-            port=port,
-            threads=threads,
-            ident="tgstack-api",
-            max_request_body_size=SERVER_MAX_BODY,
-            channel_timeout=60,
-            connection_limit=256,
-            clear_untrusted_proxy_headers=True,
-            expose_tracebacks=False,
+            lifespan="on",
+            log_config=None,  # tgstack.logs: one JSON event a line
+            access_log=False,  # the application logs each request (api_request)
+            proxy_headers=False,  # nothing is in front: X-Forwarded-For must not pick the address
+            server_header=False,
+            headers=[("server", "tgstack-api")],
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
+            timeout_graceful_shutdown=math.ceil(grace),
+            backlog=BACKLOG,
         )
-        self._stopped = threading.Event()
-        self._shutting_down = threading.Lock()
+        self._server = _Uvicorn(config)
 
     @property
     def host(self) -> str:
-        return str(self._server.effective_host)
+        return str(self._socket.getsockname()[0])
 
     @property
     def port(self) -> int:
-        return int(self._server.effective_port)
+        return int(self._socket.getsockname()[1])
+
+    @property
+    def started(self) -> bool:
+        return bool(self._server.started)
+
+    @property
+    def stopping_since(self) -> float | None:
+        return self._server.stopping_since
 
     def serve_forever(self) -> None:
-        """Run until ``shutdown`` (returns when every connection is closed)."""
+        """Run until ``shutdown`` or a signal (returns once every connection is closed)."""
         log.info("api_listening", extra={"host": self.host, "port": self.port})
         try:
-            self._server.run()
+            self._server.run(sockets=[self._socket])
         finally:
-            self._stopped.set()
+            self._socket.close()
 
-    def shutdown(self, grace: float = 10.0) -> bool:
-        """Stop gracefully; True when every request in progress finished within ``grace``."""
-        if not self._shutting_down.acquire(blocking=False):
-            return self._stopped.wait(grace + 5)
-        started = time.monotonic()
-        self._in_loop(self._stop_accepting)
-        drained = self.app.wait_idle(grace)
-        # Let the loop send what the last requests wrote, then close every connection.
-        self._wait(
-            lambda: not self._busy_channels(), max(0.0, grace - (time.monotonic() - started))
-        )
-        self._in_loop(self._close_all)
-        stopped = self._stopped.wait(5)
-        log.info(
-            "api_stopped",
-            extra={
-                "drained": drained,
-                "stopped": stopped,
-                "in_flight": self.app.in_flight,
-                "seconds": round(time.monotonic() - started, 3),
-            },
-        )
-        return drained and stopped
-
-    # Inside the event loop --------------------------------------------------------------------
-
-    def _in_loop(self, thunk: Any) -> None:
-        if self._stopped.is_set():
-            return  # the loop has ended: nothing left in it to stop or close
-        try:
-            self._server.trigger.pull_trigger(thunk)
-        except OSError:
-            # The trigger was closed under us (seen once, in a test's teardown right after a
-            # 400): the loop can no longer be woken, so do its step from here; it is shutdown.
-            log.warning("api_trigger_closed", extra={"step": getattr(thunk, "__name__", "?")})
-            thunk()
-
-    def _stop_accepting(self) -> None:
-        wasyncore.dispatcher.close(self._server)  # the listening socket only
-
-    def _close_all(self) -> None:
-        self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=1)
-        wasyncore.close_all(self._server._map)  # channels and the trigger: the loop ends
-
-    def _busy_channels(self) -> list[Any]:
-        return [
-            channel
-            for channel in list(self._server._map.values())
-            if isinstance(channel, HTTPChannel)
-            and (channel.requests or channel.total_outbufs_len > 0)
-        ]
-
-    @staticmethod
-    def _wait(condition: Any, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition() and time.monotonic() < deadline:
-            time.sleep(0.01)
+    def shutdown(self) -> None:
+        """Ask uvicorn to stop gracefully (what its signal handler does)."""
+        if self._server.stopping_since is None:
+            self._server.stopping_since = time.monotonic()
+        self._server.should_exit = True
 
 
-def build_app(settings: Settings) -> ApiApp:
-    """The application from the settings (the pool is opened, without waiting for it)."""
+def build_services(settings: Settings) -> Services:
+    """The services from the settings (the pool is opened, without waiting for it)."""
     read = [token.get_secret_value() for token in settings.api_read_tokens]
     admin = [token.get_secret_value() for token in settings.api_admin_tokens]
     if not read and not admin:
@@ -149,49 +126,59 @@ def build_app(settings: Settings) -> ApiApp:
     if settings.redis_configured and settings.api_cache_ttl_seconds > 0:
         cache = ResponseCache(redis_client_from(settings), ttl=settings.api_cache_ttl_seconds)
     store.open()
-    return ApiApp(
+    return Services(
         store=store,
         auth=TokenAuth(read, admin),
         limiter=RateLimiter(settings.api_rate_limit_per_second, settings.api_rate_limit_burst),
         cache=cache,
         max_body_bytes=settings.api_max_body_bytes,
+        threads=settings.api_threads,
     )
 
 
-def close_app(app: ApiApp) -> None:
-    app.store.close()
-    if app.cache is not None:
-        close_redis_client(app.cache.client)
+def close_services(services: Services) -> None:
+    services.store.close()
+    if services.cache is not None:
+        close_redis_client(services.cache.client)
 
 
 def run_api(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
-    app = build_app(settings)
+    """Serve until SIGTERM or SIGINT, then shut down gracefully and exit 0."""
+    services = build_services(settings)
     try:
-        server = ApiServer(app, settings.api_bind, settings.api_port, threads=settings.api_threads)
-    except OSError:
-        close_app(app)
-        raise
-
-    grace = settings.api_shutdown_grace_seconds
-    shutdowns: list[threading.Thread] = []
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("api_stopping", extra={"signal": signal.Signals(signum).name})
-        shutdown = threading.Thread(
-            target=server.shutdown, args=(grace,), name="api-shutdown", daemon=True
+        server = ApiServer(
+            create_app(services),
+            settings.api_bind,
+            settings.api_port,
+            grace=settings.api_shutdown_grace_seconds,
         )
-        shutdowns.append(shutdown)
-        shutdown.start()
+    except OSError:
+        close_services(services)
+        raise
+    for name in ("uvicorn", "uvicorn.error"):  # its start-up chatter; its errors stay
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # uvicorn handles SIGTERM/SIGINT while it runs, then restores the handlers it found and
+    # raises the signal again for them. These are the ones it finds: the signal has been
+    # dealt with (the shutdown), so the process goes on to close the pool and exits 0.
+    def handled(signum: int, frame: FrameType | None) -> None:
+        return None
+
+    previous = {sig: signal.signal(sig, handled) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.serve_forever()
     finally:
-        # The loop ends before the shutdown thread reports how it went: wait for that report,
-        # or the process exits and the daemon thread dies with it, unheard.
-        for shutdown in shutdowns:
-            shutdown.join(grace + 10)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        close_app(app)
+        close_services(services)
+        traffic = services.traffic
+        since = server.stopping_since
+        log.info(
+            "api_stopped",
+            extra={
+                "drained": traffic.in_flight == 0 and traffic.abandoned == 0,
+                "in_flight": traffic.in_flight,
+                "abandoned": traffic.abandoned,
+                "seconds": round(time.monotonic() - since, 3) if since is not None else None,
+            },
+        )

@@ -26,23 +26,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
 
-from tgstack.models import MessageRecord
-
-
-@dataclass(frozen=True, slots=True)
-class StoredPost:
-    """What reconciliation needs of a stored post."""
-
-    message_id: int
-    edit_date: datetime | None
-    text: str | None
-    caption: str | None
-    media_type: str | None
-    media_refs: Mapping[str, Any] | None
-    deleted: bool
+from tgstack.models import MessageRecord, StoredPost
 
 
 @dataclass

@@ -1,7 +1,9 @@
-"""Wiring of the gateway: settings → store, cache, publisher → pipeline, relay, health server.
+"""The gateway's commands: the long-running ``tgstack gateway`` service, replay and outbox flush.
 
-``run_gateway`` is the long-running ``tgstack gateway`` service; ``run_replay`` feeds a JSONL
-file through the same pipeline and returns a summary.
+``run_gateway`` is the long-running ``tgstack gateway`` service (the spool source runs as
+``tgstack.gateway.spool``); ``run_replay`` feeds a JSONL file through the same pipeline and
+returns a summary. What they are built from (store, cache, publisher → pipeline, relay) is
+``tgstack.gateway.wiring``.
 
 The service's catch-up loop backfills every channel each ``gateway_backfill_interval_seconds``,
 and at once when the client's ``LinkWatch`` asks for it (a reconnect, the end of a FloodWait on
@@ -23,22 +25,19 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tgstack import metrics
-from tgstack.cache import MessageCache
 from tgstack.config import Settings
-from tgstack.db import Database, DatabaseUnavailable
 from tgstack.gateway.backpressure import Overflow
 from tgstack.gateway.catchup import LinkWatch
 from tgstack.gateway.client import build_client, session_path
 from tgstack.gateway.events import MessageEvent
 from tgstack.gateway.flood import FloodPolicy, HistoryGate
 from tgstack.gateway.outbox import OutboxRelay
-from tgstack.gateway.pipeline import BatchingWorker, BatchStats, IngestPipeline
+from tgstack.gateway.pipeline import BatchingWorker, BatchStats
 from tgstack.gateway.replay import RejectedLine, read_events
 from tgstack.gateway.telethon_source import (
     BackfillPolicy,
@@ -46,65 +45,10 @@ from tgstack.gateway.telethon_source import (
     TelethonSource,
     explain_fatal,
 )
+from tgstack.gateway.wiring import Components, build_pipeline, build_relay, components
 from tgstack.health_server import HealthServer
-from tgstack.queue import MessagePublisher
-from tgstack.redis_client import redis_client_from
 
 log = logging.getLogger("tgstack.gateway")
-
-
-@dataclass
-class Components:
-    database: Database
-    cache: MessageCache | None
-    publisher: MessagePublisher | None
-
-    def close(self) -> None:
-        if self.publisher is not None:
-            self.publisher.close()
-        if self.cache is not None:
-            self.cache.close()
-        self.database.close()
-
-
-@contextlib.contextmanager
-def components(settings: Settings, *, source: str) -> Iterator[Components]:
-    database = Database(
-        settings.require_database_url(),
-        min_size=settings.database_pool_min,
-        max_size=settings.database_pool_max,
-        prepared_statements=settings.database_prepared_statements,
-    )
-    database.open()
-    cache = None
-    if settings.redis_configured:
-        cache = MessageCache(redis_client_from(settings), fallback=database)
-    publisher = None
-    if settings.amqp_url is not None:
-        publisher = MessagePublisher(settings.require_amqp_url(), source=source)
-    parts = Components(database, cache, publisher)
-    try:
-        yield parts
-    finally:
-        parts.close()
-
-
-def build_pipeline(parts: Components) -> IngestPipeline:
-    return IngestPipeline(
-        store=parts.database,
-        cache=parts.cache,
-        publisher=parts.publisher,
-        transient_errors=(DatabaseUnavailable,),
-    )
-
-
-def build_relay(parts: Components, settings: Settings) -> OutboxRelay | None:
-    """The outbox relay of a long-running gateway (none without RabbitMQ)."""
-    if parts.publisher is None:
-        return None
-    return OutboxRelay(
-        parts.database, parts.publisher, interval_seconds=settings.gateway_outbox_interval_seconds
-    )
 
 
 # Replay ------------------------------------------------------------------------------------

@@ -36,6 +36,8 @@ from tgstack.gateway.events import MessageEvent
 from tgstack.gateway.pipeline import BatchStats, IngestPipeline
 from tgstack.gateway.replay import RejectedLine, parse_line
 from tgstack.gateway.telethon_source import GatewayFatal
+from tgstack.gateway.wiring import Components, build_pipeline, build_relay, components
+from tgstack.health_server import HealthServer
 
 log = logging.getLogger("tgstack.gateway.spool")
 
@@ -334,10 +336,7 @@ class SpoolSource:
 class SpoolGatewayService:
     """``tgstack gateway`` with ``TGSTACK_GATEWAY_SOURCE=spool``: source, relay, /health."""
 
-    def __init__(self, settings: Settings, parts: Any) -> None:
-        from tgstack.gateway.service import build_pipeline, build_relay
-        from tgstack.health_server import HealthServer
-
+    def __init__(self, settings: Settings, parts: Components) -> None:
         self.settings = settings
         self.parts = parts
         self.source = SpoolSource(
@@ -386,7 +385,5 @@ class SpoolGatewayService:
 
 
 def run_spool_gateway(settings: Settings) -> None:
-    from tgstack.gateway.service import components
-
     with components(settings, source="gateway") as parts:
         SpoolGatewayService(settings, parts).run()

@@ -43,16 +43,15 @@ from telethon.tl import types
 from tgstack import metrics
 from tgstack.gateway.events import MessageEvent
 from tgstack.gateway.flood import FloodPolicy, FloodWaitExceeded, FloodWaitObserver
-from tgstack.gateway.reconcile import StoredPost, plan_repairs, window_start
+from tgstack.gateway.reconcile import plan_repairs, window_start
 from tgstack.gateway.watermark import (
     IDS_PER_CALL,
     ByIds,
     Hole,
-    Watermark,
     initial_floor,
     plan_fetches,
 )
-from tgstack.models import MESSAGE_ID_MAX, MessageRecord
+from tgstack.models import MESSAGE_ID_MAX, MessageRecord, StoredPost, Watermark
 
 log = logging.getLogger("tgstack.gateway.telethon")
 

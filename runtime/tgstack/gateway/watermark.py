@@ -5,12 +5,13 @@ The job: say which message ids the backfill must fetch, and by which call. The I
 durably); ``contiguous_watermark`` and ``find_holes`` are the reference model of that SQL, which
 the integration tests compare it against.
 
-The invariant (the channel's *watermark*): every id in (floor, watermark] is stored or known
-absent (deleted, a service message, an id Telegram does not return). Ids at or below the floor
-are older than the configured depth and never fetched. A *hole* is a run of ids above the
-watermark, up to the newest id Telegram has shown (``top``), that is neither stored nor known
-absent. The newest id bounds everything: ids only grow, so an id at or below it that Telegram
-does not return will never be a post, while an id above it may be the next post's.
+The invariant (the channel's *watermark*, read back as ``tgstack.models.Watermark``): every id
+in (floor, watermark] is stored or known absent (deleted, a service message, an id Telegram does
+not return). Ids at or below the floor are older than the configured depth and never fetched.
+A *hole* is a run of ids above the watermark, up to the newest id Telegram has shown (``top``),
+that is neither stored nor known absent. The newest id bounds everything: ids only grow, so an
+id at or below it that Telegram does not return will never be a post, while an id above it may
+be the next post's.
 
 The fetch plan, and the measurement behind it: ``channels.getMessages`` takes up to 100 ids a
 call whatever their spread, so holes of up to ``SMALL_HOLE`` ids share calls; a larger hole is
@@ -28,16 +29,6 @@ from dataclasses import dataclass
 
 IDS_PER_CALL = 100  # channels.getMessages and messages.getHistory both answer up to 100
 SMALL_HOLE = 100  # holes up to this size are fetched by id
-
-
-@dataclass(frozen=True, slots=True)
-class Watermark:
-    """A channel's watermark as stored: every id in (floor, watermark] is stored or known
-    absent; ``created`` when it was made just now (at the floor)."""
-
-    floor: int
-    watermark: int
-    created: bool = False
 
 
 @dataclass(frozen=True, slots=True)

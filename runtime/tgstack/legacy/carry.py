@@ -23,7 +23,7 @@ from psycopg.types.json import Jsonb
 
 from tgstack.legacy import source
 from tgstack.legacy.mapping import channel_key_sql, legacy_channel_text
-from tgstack.legacy.schema import DEFAULT_SCHEMA
+from tgstack.legacy.source import DEFAULT_SCHEMA
 
 _NEW_COLUMNS = (
     "channel_id, message_id, telegram_date, thread_id, source, message_type, text, caption,"

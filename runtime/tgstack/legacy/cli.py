@@ -1,5 +1,8 @@
 """``tgstack legacy …``: import, verify, fingerprint, carry back and seed the legacy table.
 
+``seed`` is for tests and the sandbox: its fixture rows come from the test tooling
+(``tgstack_testing.legacy``, in a checkout, not in the wheel).
+
 The legacy database's DSN comes from ``$TGSTACK_LEGACY_DATABASE_URL`` (never a command-line
 argument: it holds a password); the new database is the migration DSN of the settings
 (``TGSTACK_DATABASE_ADMIN_URL``, else ``TGSTACK_DATABASE_URL``) and must reach PostgreSQL
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tgstack.config import ConfigError, Settings
+from tgstack.testing_tools import require_test_tooling
 
 LEGACY_URL_VARIABLE = "TGSTACK_LEGACY_DATABASE_URL"
 EXIT_OK = 0
@@ -108,7 +112,8 @@ def cmd_carry_back(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
-    from tgstack.legacy.seed import DEFAULT_LEGACY_CHANNELS, seed_legacy, seed_sql
+    require_test_tooling("tgstack legacy seed")
+    from tgstack_testing.legacy.seed import DEFAULT_LEGACY_CHANNELS, seed_legacy, seed_sql
 
     channels = list(DEFAULT_LEGACY_CHANNELS)
     if args.channels > len(channels):

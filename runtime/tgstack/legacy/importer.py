@@ -23,7 +23,7 @@ from psycopg.types.json import Jsonb
 
 from tgstack.legacy import source
 from tgstack.legacy.mapping import IMPORT_COLUMNS, ImportRow, Rejection, map_message
-from tgstack.legacy.schema import DEFAULT_SCHEMA
+from tgstack.legacy.source import DEFAULT_SCHEMA
 
 Progress = Callable[[int, int], None]
 

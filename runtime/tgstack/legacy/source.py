@@ -19,6 +19,9 @@ from psycopg import sql
 
 from tgstack.legacy.mapping import LegacyMessage, Rejection, channel_key_sql
 
+# The legacy table's schema in the old shared database (``--schema`` changes it).
+DEFAULT_SCHEMA = "telegram_gateway"
+
 _COLUMNS = (
     "id::text, channel_id, channel_key, message_id, thread_id, source, message_type, text,"
     " caption, media_type, media_refs, status, received_at, telegram_date, published_at,"

@@ -27,7 +27,7 @@ from psycopg import sql
 
 from tgstack.legacy import source
 from tgstack.legacy.mapping import ChannelChecksum, Rejection, content_digest, map_message
-from tgstack.legacy.schema import DEFAULT_SCHEMA
+from tgstack.legacy.source import DEFAULT_SCHEMA
 
 SAMPLE = 20
 

@@ -22,7 +22,7 @@ from pydantic import SecretStr
 
 from tgstack.config import ENV_PREFIX, Settings
 from tgstack.loadtest.plan import PollerKind, PollerMode
-from tgstack.localstack import free_port
+from tgstack.loadtest.ports import free_port
 
 log = logging.getLogger("tgstack.loadtest.fleet")
 

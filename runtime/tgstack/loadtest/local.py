@@ -2,7 +2,9 @@
 
 Durable PostgreSQL (fsync and synchronous commit on) behind PgBouncer in transaction
 pooling, a Redis master with a replica and three Sentinels, and RabbitMQ, all from the
-Debian packages on free loopback ports (``tgstack.localstack``), migrated, torn down after.
+Debian packages on free loopback ports, migrated, torn down after. The servers are started by
+the test tooling (``tgstack_testing.localstack``, not in the wheel): ``local_stack`` imports it
+when it runs, so this module imports on a server that has the wheel only.
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tgstack.config import Settings
-from tgstack.localstack import DataStack, RabbitMQServer, RedisHA, start_data_stack
 from tgstack.migrate import apply_migrations
+from tgstack.testing_tools import require_test_tooling
+
+if TYPE_CHECKING:
+    from tgstack_testing.localstack import DataStack, RabbitMQServer, RedisHA
 
 
 @dataclass
@@ -50,6 +56,9 @@ def local_stack(
     durable: bool = True,
     progress: Callable[[str], None] = lambda _: None,
 ) -> Iterator[LocalStack]:
+    require_test_tooling("tgstack loadtest --local")
+    from tgstack_testing.localstack import RabbitMQServer, RedisHA, start_data_stack
+
     base = base_dir or Path(tempfile.mkdtemp(prefix="tgstack-loadtest-"))
     base.mkdir(parents=True, exist_ok=True)
     base.chmod(0o755)  # PostgreSQL runs as another user when we are root

@@ -18,6 +18,7 @@ from typing import Any
 
 from tgstack import __version__
 from tgstack.loadtest.stats import Sample
+from tgstack.testing_tools import require_test_tooling
 
 
 def loadavg() -> list[float]:
@@ -71,7 +72,8 @@ def describe(server_versions: dict[str, str | None] | None = None) -> dict[str, 
 
 def local_server_versions() -> dict[str, str | None]:
     """Versions of the server packages installed here (what ``--local`` starts)."""
-    from tgstack.localstack import postgres_bin_dir
+    require_test_tooling("the versions of the local servers")
+    from tgstack_testing.localstack import postgres_bin_dir
 
     postgres: str | None
     try:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from tgstack.loadtest.runner import LoadResult
+from tgstack.loadtest.result import LoadResult
 
 
 def _ms(value: Any) -> str:

@@ -25,7 +25,7 @@ import psycopg
 from tgstack.config import Settings
 from tgstack.gateway.events import MessageEvent
 from tgstack.gateway.pipeline import BatchingWorker
-from tgstack.gateway.service import build_pipeline, components
+from tgstack.gateway.wiring import build_pipeline, components
 from tgstack.loadtest.plan import LoadPlan
 from tgstack.loadtest.posts import PostFactory, SentPost
 

@@ -53,9 +53,9 @@ import tgstack
 from tgstack.config import ENV_PREFIX, ConfigError, Settings
 from tgstack.loadtest.fleet import settings_env
 from tgstack.loadtest.plan import LoadPlan
+from tgstack.loadtest.ports import free_port
 from tgstack.loadtest.posts import PostFactory, SentPost
 from tgstack.loadtest.sender import PREPARED_TEXTS
-from tgstack.localstack import free_port
 from tgstack.models import MessageKey
 
 if TYPE_CHECKING:

@@ -15,8 +15,8 @@ from datetime import timedelta
 from typing import Protocol
 
 from tgstack import metrics
-from tgstack.models import MessageKey, StoredMessage
-from tgstack.poller.processing import DEFAULT_LINK_WINDOW, ProcessingResult, decide
+from tgstack.models import DEFAULT_LINK_WINDOW, MessageKey, ProcessingResult, StoredMessage
+from tgstack.poller.processing import decide
 
 log = logging.getLogger("tgstack.poller")
 

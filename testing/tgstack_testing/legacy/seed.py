@@ -25,7 +25,8 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from tgstack.gateway.synthetic import post_text
-from tgstack.legacy.schema import DEFAULT_SCHEMA, create_legacy_schema, legacy_schema_sql
+from tgstack.legacy.source import DEFAULT_SCHEMA
+from tgstack_testing.legacy.schema import create_legacy_schema, legacy_schema_sql
 
 DEFAULT_LEGACY_CHANNELS = (
     -1001649127710,

@@ -1,5 +1,8 @@
 """Real servers from Debian packages on free loopback ports, for tests, benchmarks and demos.
 
+Test tooling, not in the wheel: the test fixtures (tests/conftest.py), the benchmarks and
+``tgstack loadtest --local`` (which imports it when it runs) start their servers here.
+
 Every server is a child process in its own session, with its data under one base directory,
 so a test can stop, kill -9 or restart it and tear it all down afterwards. PostgreSQL and
 PgBouncer refuse to run as root; when we are root they run as the ``postgres`` system user.
@@ -21,17 +24,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-LOOPBACK = "127.0.0.1"
+# Re-exported: the tests take both from here.
+from tgstack.loadtest.ports import LOOPBACK as LOOPBACK
+from tgstack.loadtest.ports import free_port as free_port
 
 
 class LocalStackError(RuntimeError):
     """A local server could not be found, started or reached."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def port_open(port: int, host: str = LOOPBACK, timeout: float = 0.2) -> bool:

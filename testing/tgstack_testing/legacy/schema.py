@@ -1,11 +1,11 @@
-"""The legacy ``telegram_gateway.messages`` table of the old shared database (port 5433).
+"""The DDL of the legacy ``telegram_gateway.messages`` table of the old shared database (port 5433).
 
 This is the schema the migration reads (DESIGN.md, "Legacy schema to migrate from"): text
 channel ids in the marked form, a uuid per row, the publishing status, ``processed_by`` inside
 ``metadata``, and monthly partitions on ``created_at``. Its unique key includes ``created_at``,
 so the same post stored twice in different months (a re-ingest after a restart) is two rows:
 the duplicates the import folds. Used to build the legacy database of tests and of the Molecule
-``rollback`` scenario; production migrations only read an existing one.
+``rollback`` scenario; production migrations only read an existing one (``tgstack.legacy``).
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from tgstack.legacy.source import DEFAULT_SCHEMA
 from tgstack.models import MESSAGE_STATUSES
-
-DEFAULT_SCHEMA = "telegram_gateway"
 
 _TABLE = """
 CREATE TABLE IF NOT EXISTS {schema}.messages (
