@@ -477,7 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     except Exception as exc:
-        log.debug("command failed", exc_info=True)
+        log.debug("command_failed", exc_info=True)
         return _fail(_describe(exc), EXIT_FAILURE)
 
 

@@ -82,7 +82,7 @@ class Progress:
                 self.tick()
             except Exception as exc:  # the observer's database hiccup must not end the run
                 self.errors += 1
-                log.warning("progress round failed", extra={"error": str(exc)})
+                log.warning("progress_round_failed", extra={"error": str(exc)})
 
     def current_lag(self) -> float:
         """The end-to-end lag as last measured, plus the time a measurement is overdue (a
@@ -169,7 +169,7 @@ def _start_lock_watch(conninfo: str) -> LockWatch | None:
     try:
         watch.start()
     except psycopg.Error as exc:
-        log.warning("no lock figures for this run", extra={"error": str(exc)})
+        log.warning("lock_watch_unavailable", extra={"error": str(exc)})
         return None
     return watch
 
@@ -180,7 +180,7 @@ def _finish_lock_watch(watch: LockWatch | None) -> LockFigures | None:
     try:
         return watch.finish()
     except psycopg.Error as exc:
-        log.warning("no deadlock count for this run", extra={"error": str(exc)})
+        log.warning("deadlock_count_unavailable", extra={"error": str(exc)})
         return None
 
 
