@@ -38,6 +38,7 @@ from tgstack.models import MessageKey
 
 log = logging.getLogger("tgstack.loadtest")
 
+
 class LoadTestError(RuntimeError):
     """The run could not be set up (servers unreachable, pollers not starting)."""
 
@@ -404,9 +405,7 @@ class _LoadRun:
         )
 
 
-def _headline(
-    plan: LoadPlan, sender: Sender, channels: list[int], loadavg: list[float]
-) -> str:
+def _headline(plan: LoadPlan, sender: Sender, channels: list[int], loadavg: list[float]) -> str:
     return (
         f"loadtest {plan.label}: {plan.total_posts:,} posts "
         + (f"at {plan.rate:g}/s" if plan.rate else "as fast as possible")

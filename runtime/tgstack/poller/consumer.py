@@ -186,9 +186,7 @@ class QueueConsumer:
                 delay = 0.5
                 self._consume(channel)
             except AMQPError as exc:
-                log.warning(
-                    "rabbitmq_unavailable", extra={"error": str(exc), "retry_in": delay}
-                )
+                log.warning("rabbitmq_unavailable", extra={"error": str(exc), "retry_in": delay})
                 self._buffer.clear()  # unacked deliveries come back after reconnecting
                 self.close()
                 self.stopping.wait(delay)

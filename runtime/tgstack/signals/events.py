@@ -566,7 +566,7 @@ def _close_event(s: Scan, at: int, directive: bool) -> Event | None:
 
 
 def _result_event(s: Scan, at: int, directive: bool) -> Event | None:
-    """"PETR4 — GAIN ✅ +6%", "❌ LOSS VALE3": a result alone, not a "Gain: 39" label."""
+    """A result alone ("PETR4 — GAIN ✅ +6%", "❌ LOSS VALE3"), not a "Gain: 39" label."""
     f = s.flags[at]
     nxt = s.flags[at + 1] if at + 1 < len(s.flags) else NL
     if not nxt & (COLON | NUM) and _alone(s, at):

@@ -624,7 +624,7 @@ def _read_target(
 
 
 def _adopt_bought(out: Fields, bought: list[tuple[int, int]]) -> None:
-    """"Compramos PETR4 a 37,50, alvo 40, stop 36": the channel's buy, with its plan, is the
+    """The channel's buy with its plan ("Compramos PETR4 a 37,50, alvo 40, stop 36") is the
     entry when the post names no other entry and labels a target or a stop."""
     if out.bought is None or out.entries or not out.labelled & _TARGET_OR_STOP:
         return
