@@ -322,7 +322,7 @@ class MessageCache:
         try:
             close_redis_client(self._client)
         except (RedisError, OSError) as exc:
-            logger.debug("redis_cache_close_error error=%s", _describe(exc))
+            logger.debug("redis_cache_close_error", extra={"error": _describe(exc)})
 
     # -- bookkeeping ----------------------------------------------------------------------
 
@@ -341,16 +341,14 @@ class MessageCache:
         self._failing = True
         self._count(operation, "error")
         logger.warning(
-            "redis_cache_error operation=%s error=%s cooldown_s=%s",
-            operation,
-            _describe(exc),
-            self._cooldown,
+            "redis_cache_error",
+            extra={"operation": operation, "error": _describe(exc), "cooldown_s": self._cooldown},
         )
 
     def _succeeded(self, operation: str, result: str) -> None:
         if self._failing:
             self._failing = False
-            logger.info("redis_cache_recovered operation=%s", operation)
+            logger.info("redis_cache_recovered", extra={"operation": operation})
         self._count(operation, result)
 
     def _count(self, operation: str, result: str) -> None:

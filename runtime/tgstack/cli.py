@@ -285,7 +285,26 @@ def build_parser() -> argparse.ArgumentParser:
         "(its channels, session and port), e.g. `tgstack --account second login`",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_database_parsers(commands)
+    _add_ingest_parsers(commands)
+    _add_service_parsers(commands)
 
+    from tgstack.loadtest.command import add_parser as add_loadtest_parser
+
+    add_loadtest_parser(commands, cmd_loadtest)
+
+    _add_signals_parser(commands)
+
+    from tgstack.legacy.cli import add_legacy_commands
+
+    add_legacy_commands(commands)
+    return parser
+
+
+def _add_database_parsers(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    """config, migrate, aggregates, cleanup: the settings and the database's upkeep."""
     config = commands.add_parser("config", help="inspect the configuration")
     config_commands = config.add_subparsers(dest="config_command", required=True)
     check = config_commands.add_parser(
@@ -313,6 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
     cleanup.add_argument("--days", type=_positive_int, default=90)
     cleanup.set_defaults(handler=cmd_cleanup)
 
+
+def _add_ingest_parsers(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    """login, gateway, replay, outbox, synthetic: how posts come in."""
     login = commands.add_parser(
         "login",
         help="create the Telegram session (asks for phone, code and 2FA password unless given)",
@@ -356,6 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--first-id", type=_positive_int, default=1)
     synthetic.set_defaults(handler=cmd_synthetic)
 
+
+def _add_service_parsers(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    """api, poller: the long-running services that read what came in."""
     api = commands.add_parser(
         "api", help="serve the Gateway API (messages, channels, signals; default 127.0.0.1:4010)"
     )
@@ -375,17 +404,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="queue: RabbitMQ only; poll: PostgreSQL/Redis polling; hybrid: queue + 30 s poll",
     )
     poller.set_defaults(handler=cmd_poller)
-
-    from tgstack.loadtest.command import add_parser as add_loadtest_parser
-
-    add_loadtest_parser(commands, cmd_loadtest)
-
-    _add_signals_parser(commands)
-
-    from tgstack.legacy.cli import add_legacy_commands
-
-    add_legacy_commands(commands)
-    return parser
 
 
 def _add_signals_parser(
@@ -459,7 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     except Exception as exc:
-        log.debug("command failed", exc_info=True)
+        log.debug("command_failed", exc_info=True)
         return _fail(_describe(exc), EXIT_FAILURE)
 
 

@@ -528,13 +528,15 @@ class Database:
                 rolled_back = failure is Failure.ROLLED_BACK
                 delay = self.retry_backoff * 2 ** (attempt - 1)
                 log.warning(
-                    "%s: attempt %d/%d %s (%s); retrying in %.2fs",
-                    operation,
-                    attempt,
-                    self.retry_attempts,
-                    "was rolled back" if rolled_back else "lost the database",
-                    first_line(exc),
-                    delay,
+                    "database_retry",
+                    extra={
+                        "operation": operation,
+                        "attempt": attempt,
+                        "attempts": self.retry_attempts,
+                        "reason": "rolled_back" if rolled_back else "connection_lost",
+                        "error": first_line(exc),
+                        "retry_in": round(delay, 2),
+                    },
                 )
                 metrics.DB_RETRIES.labels(operation).inc()
                 time.sleep(delay)

@@ -48,7 +48,8 @@ class HealthServer:
                 self.wfile.write(body)
 
             def log_message(self, format: str, *args: Any) -> None:
-                log.debug("http " + format, *args)
+                if log.isEnabledFor(logging.DEBUG):  # the request line is formatted only then
+                    log.debug("health_http_request", extra={"request": format % args})
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True

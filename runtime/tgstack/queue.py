@@ -73,7 +73,7 @@ def tune_connection(connection: UriConnection) -> None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as exc:  # not TCP (a test double) or already closed
-            log.debug("could not set TCP_NODELAY", extra={"error": str(exc)})
+            log.debug("tcp_nodelay_failed", extra={"error": str(exc)})
 
 
 class QueueError(RuntimeError):
@@ -171,7 +171,7 @@ class MessagePublisher:
         declare_topology(channel, self._consumers)
         channel.tx.select()
         self._connection, self._channel = connection, channel
-        log.info("connected to RabbitMQ", extra={"exchange": EXCHANGE})
+        log.info("rabbitmq_connected", extra={"exchange": EXCHANGE})
         return channel
 
     def connect(self) -> None:
@@ -225,7 +225,7 @@ class MessagePublisher:
             if attempt < self._attempts:
                 time.sleep(self._backoff * 2 ** (attempt - 1))
         self._down_until = time.monotonic() + self._cooldown
-        log.warning("publish failed", extra={"messages": len(items), "error": error})
+        log.warning("publish_failed", extra={"messages": len(items), "error": error})
         return PublishOutcome(False, self._attempts, error)
 
     def _publish_once(self, items: Sequence[tuple[int, str, str]], event: str) -> None:
@@ -274,7 +274,7 @@ class MessagePublisher:
             try:
                 connection.close()
             except Exception:
-                log.debug("error closing a broken RabbitMQ connection", exc_info=True)
+                log.debug("rabbitmq_close_failed", exc_info=True)
 
     @property
     def connected(self) -> bool:

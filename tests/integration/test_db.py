@@ -527,8 +527,9 @@ def test_an_operation_rolled_back_by_a_deadlock_is_retried_without_checking_the_
         assert outcome.result(timeout=30) == "both updated"
 
     assert sample("tgstack_db_retries_total", "deadlock_probe") == retries_before + 1
-    assert "deadlock_probe: attempt 1/" in caplog.text
-    assert "was rolled back (deadlock detected)" in caplog.text
+    (retry,) = [r for r in caplog.records if r.getMessage() == "database_retry"]
+    assert (retry.operation, retry.attempt, retry.reason) == ("deadlock_probe", 1, "rolled_back")
+    assert retry.error.startswith("deadlock detected")
     assert pool_checks == []
 
 

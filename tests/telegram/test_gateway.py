@@ -86,10 +86,10 @@ class Gateway:
         return found
 
     def backfill_rounds(self) -> int:
-        return len(self.events("gap backfill round"))
+        return len(self.events("gap_backfill_round"))
 
     def flood_waits_logged(self) -> list[tuple[float, str]]:
-        return [(e["seconds"], e["during"]) for e in self.events("telegram flood wait")]
+        return [(e["seconds"], e["during"]) for e in self.events("telegram_flood_wait")]
 
     def exited(self) -> bool:
         return self.process is not None and self.process.poll() is not None

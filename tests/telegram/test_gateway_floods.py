@@ -170,8 +170,8 @@ def test_a_history_call_flooded_more_often_than_allowed_is_given_up_and_retried_
     control.flood("messages.getHistory", times=3, seconds=2)  # the first channel's first read
     gateways.append(gateway)
     gateway.start()
-    wait_until(lambda: gateway.events("backfill given up") or gateway.exited(), WAIT, "giving up")
-    (given_up,) = gateway.events("backfill given up")
+    wait_until(lambda: gateway.events("backfill_given_up") or gateway.exited(), WAIT, "giving up")
+    (given_up,) = gateway.events("backfill_given_up")
     assert given_up["channel_id"] == marked(first)
     assert "TGSTACK_GATEWAY_FLOOD_MAX_WAITS=2" in given_up["error"]
     wait_until(lambda: gateway.backfill_rounds() == 1, WAIT, "the first round's end")

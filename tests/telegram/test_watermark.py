@@ -199,7 +199,7 @@ def test_holes_behind_a_newer_live_post_are_filled_even_after_a_kill_9_mid_backf
 
     gateway.env["TGSTACK_GATEWAY_HISTORY_RATE"] = "1000"
     gateway.env["TGSTACK_GATEWAY_HISTORY_BURST"] = "1000"
-    rounds_before = len(gateway.events("backfill done"))
+    rounds_before = len(gateway.events("backfill_done"))
     gateway.start()
     wait_until(
         lambda: len(stored(db, channel)) == live and watermarks(db)[channel] == live,
@@ -210,7 +210,7 @@ def test_holes_behind_a_newer_live_post_are_filled_even_after_a_kill_9_mid_backf
     assert sorted(rows) == list(range(1, live + 1))
     assert all(count == 1 and not deleted for _, deleted, count in rows.values())
     # It resumed at the watermark: nothing below it was asked for again.
-    resumed = gateway.events("backfill done")[rounds_before:]
+    resumed = gateway.events("backfill_done")[rounds_before:]
     assert resumed
     assert resumed[0]["watermark"] >= at_kill
     fetched = sum(e["fetched"] for e in resumed)

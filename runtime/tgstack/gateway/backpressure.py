@@ -117,7 +117,7 @@ class EventSpill:
             return
         complete = data.rfind(b"\n") + 1
         if complete < len(data):
-            log.warning("spill: dropping a torn last line", extra={"bytes": len(data) - complete})
+            log.warning("spill_torn_line_dropped", extra={"bytes": len(data) - complete})
             with self.path.open("r+b") as handle:
                 handle.truncate(complete)
                 os.fsync(handle.fileno())
@@ -239,7 +239,7 @@ class BackfillMarks:
         except FileNotFoundError:
             return
         except (OSError, ValueError) as exc:
-            log.error("backfill marks unreadable; ignored", extra={"error": str(exc)})
+            log.error("backfill_marks_unreadable", extra={"error": str(exc)})
             return
         with self._lock:
             for channel, from_id in dict(data.get("channels", {})).items():
@@ -285,7 +285,7 @@ class BackfillMarks:
         try:
             write_atomically(self.path, body.encode())
         except OSError as exc:  # the mark still holds in memory for this run
-            log.error("cannot save the backfill marks", extra={"error": str(exc)})
+            log.error("backfill_marks_save_failed", extra={"error": str(exc)})
         self._show()
 
     def _show(self) -> None:
@@ -305,7 +305,7 @@ class Overflow:
         self.marks.load()
         if len(self.spill) or len(self.marks):
             log.info(
-                "left by the last run",
+                "spill_left_by_last_run",
                 extra={"spilled_events": len(self.spill), "channels_to_backfill": len(self.marks)},
             )
         return self

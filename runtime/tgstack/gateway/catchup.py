@@ -111,13 +111,13 @@ class LinkWatch:
             self._link_changed()
         if again:
             self.reconnects += 1
-            log.info("telegram reconnected", extra={"reconnects": self.reconnects})
+            log.info("telegram_reconnected", extra={"reconnects": self.reconnects})
             self.request_catch_up("reconnected")
 
     def disconnected(self, connection: object) -> None:
         if not self._closing and connection not in self._down:
             self._down.add(connection)
-            log.warning("telegram connection lost")
+            log.warning("telegram_connection_lost")
             self._link_changed()
 
     def _link_changed(self) -> None:
@@ -143,7 +143,7 @@ class LinkWatch:
         if added <= 0:
             return  # a wait already counted, raised again for a repeated request
         self._flood_ends[method] = ends
-        log.warning("telegram flood wait", extra={"seconds": seconds, "during": method})
+        log.warning("telegram_flood_wait", extra={"seconds": seconds, "during": method})
         if self.on_flood_wait is not None:
             self.on_flood_wait(added, method)
         if self._closing:

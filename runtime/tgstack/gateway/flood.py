@@ -176,11 +176,11 @@ class HistoryGate:
         while self.room is not None and not self.room():
             if not self._waiting_for_room:
                 self._waiting_for_room = True
-                log.info("history reads wait for room in the ingest queue")
+                log.info("history_reads_paused", extra={"reason": "ingest_queue_full"})
             await self._sleep(ROOM_POLL_SECONDS)
         if self._waiting_for_room:
             self._waiting_for_room = False
-            log.info("history reads resume: the ingest queue has room")
+            log.info("history_reads_resumed")
         wait = self.bucket.take(self._clock())
         if wait > 0:
             await self._sleep(wait)
@@ -229,7 +229,7 @@ class FloodPolicy:
                     self.gate.hold_until(self._clock() + seconds)
                 if waits >= self.max_waits:
                     extra = {"during": during, "waits": waits, "seconds": seconds}
-                    log.error("flood wait limit reached", extra=extra | (context or {}))
+                    log.error("flood_wait_limit_reached", extra=extra | (context or {}))
                     raise FloodWaitExceeded(during, seconds, waits, self.max_waits) from exc
                 waits += 1
                 await self._sleep(seconds)
@@ -247,7 +247,7 @@ class FloodPolicy:
         added = seconds if previous <= now else max(0.0, ends - previous)
         self._ends[during] = max(previous, ends)
         log.warning(
-            "telegram flood wait",
+            "telegram_flood_wait",
             extra={"seconds": seconds, "during": during, "counted": added, **(context or {})},
         )
         if added > 0 and self.observer is not None:

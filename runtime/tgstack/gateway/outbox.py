@@ -83,7 +83,7 @@ class OutboxRelay:
         metrics.GATEWAY_OUTBOX_DEPTH.set(remaining)
         if published or failed:
             log.info(
-                "outbox relay round",
+                "outbox_relay_round",
                 extra={"published": published, "failed": failed, "remaining": remaining},
             )
         return RelayStats(published, failed, remaining)
@@ -97,7 +97,7 @@ class OutboxRelay:
             try:
                 self.run_once()
             except Exception as exc:  # the DB may be down; the next round tries again
-                log.warning("outbox relay round failed", extra={"error": str(exc)})
+                log.warning("outbox_relay_round_failed", extra={"error": str(exc)})
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()

@@ -145,7 +145,7 @@ class IngestPipeline:
         stats.rejected += 1
         metrics.GATEWAY_REJECTED.labels("database").inc()
         log.error(
-            "event rejected by the database",
+            "event_rejected_by_database",
             extra={
                 "kind": kind,
                 "channel_id": channel_id,
@@ -171,7 +171,7 @@ class IngestPipeline:
                 self.store.mark_published(confirmed)
             except self.transient_errors:
                 # The relay will publish these again; consumers dedupe by message id.
-                log.warning("could not mark batch published", extra={"count": len(confirmed)})
+                log.warning("mark_published_failed", extra={"count": len(confirmed)})
 
     def _apply_edit(self, record: MessageRecord, stats: BatchStats) -> None:
         if record.edit_date is None:
@@ -234,8 +234,13 @@ class IngestPipeline:
                     raise
                 metrics.GATEWAY_DB_RETRIES.inc()
                 log.warning(
-                    "database unavailable, retrying batch",
-                    extra={"operation": operation, "retry_in": round(delay, 2), "error": str(exc)},
+                    "batch_retrying",
+                    extra={
+                        "reason": "database_unavailable",
+                        "operation": operation,
+                        "retry_in": round(delay, 2),
+                        "error": str(exc),
+                    },
                 )
                 time.sleep(delay)
                 delay = min(delay * 2, self.retry_max)
@@ -308,9 +313,8 @@ class BatchingWorker:
                 if not self._overflowing:
                     self._overflowing = True
                     log.warning(
-                        "ingest queue full: refusing new posts for a later backfill, spilling "
-                        "edits and deletions to disk",
-                        extra={"limit": self.limit},
+                        "ingest_queue_full",
+                        extra={"limit": self.limit, "new_posts": "refused", "changes": "spilled"},
                     )
                 outcome = self._overflow(event)
             depth = self._depth
@@ -329,7 +333,7 @@ class BatchingWorker:
         if event.kind == "new":
             if self.overflow.marks.mark(event.channel_id, min(event.message_ids) - 1):
                 log.warning(
-                    "channel marked for backfill",
+                    "channel_marked_for_backfill",
                     extra={"channel_id": event.channel_id, "from_id": min(event.message_ids) - 1},
                 )
             return "refused"
@@ -337,7 +341,7 @@ class BatchingWorker:
             self.overflow.spill.append(event)
         except StateDirError as exc:
             # Never drop an edit or a deletion: hold it in memory, beyond the limit.
-            log.error("cannot spill: event kept in memory", extra={"error": str(exc)})
+            log.error("spill_failed", extra={"error": str(exc), "kept": "in_memory"})
             return self._queue(event)
         return "spilled"
 
@@ -404,7 +408,7 @@ class BatchingWorker:
                     try:
                         self.overflow.spill.applied()
                     except OSError as exc:  # applied again after a restart: idempotent
-                        log.error("cannot record the spill's progress", extra={"error": str(exc)})
+                        log.error("spill_progress_save_failed", extra={"error": str(exc)})
                 else:
                     self._depth -= len(batch)
                 self._in_hand = []
@@ -423,7 +427,7 @@ class BatchingWorker:
             if self.overflow is not None and len(self.overflow.spill):
                 return
             self._overflowing = False
-        log.info("ingest queue drained: taking live events again")
+        log.info("ingest_queue_drained")
         if self.on_drained is not None:
             self.on_drained()
 
@@ -435,10 +439,10 @@ class BatchingWorker:
                 return self.pipeline.process_batch(batch)
             except Exception:
                 if self._abandon.is_set():
-                    log.error("shutdown: batch abandoned uncommitted", extra={"events": len(batch)})
+                    log.error("shutdown_batch_abandoned", extra={"events": len(batch)})
                     return None
                 self.failures += 1
-                log.exception("batch failed; retrying", extra={"retry_in": delay})
+                log.exception("batch_failed", extra={"retry_in": delay})
                 time.sleep(delay)
                 delay = min(delay * 2, self.pipeline.retry_max)
 
@@ -477,10 +481,10 @@ class BatchingWorker:
         try:
             self.overflow.spill.prepend(changes)
         except OSError as exc:
-            log.error("cannot spill at shutdown", extra={"error": str(exc), "events": len(changes)})
+            log.error("spill_failed_at_shutdown", extra={"error": str(exc), "events": len(changes)})
         self.overflow.spill.close()
         log.warning(
-            "shutdown: uncommitted events kept for the next start",
+            "shutdown_uncommitted_kept",
             extra={"spilled": len(changes), "marked_posts": len(held) - len(changes)},
         )
 

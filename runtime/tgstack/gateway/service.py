@@ -121,7 +121,7 @@ def run_replay(
                     summary.rejected += 1
                     metrics.GATEWAY_REJECTED.labels("replay").inc()
                     log.warning(
-                        "rejected replay line",
+                        "replay_line_rejected",
                         extra={"line": item.line_number, "reason": item.reason},
                     )
                     if len(summary.rejections) < max_rejections_listed:
@@ -138,7 +138,7 @@ def run_replay(
             finished = worker.stop(timeout=300)
         totals = worker.totals
         if not finished:
-            log.error("replay stopped before every batch was committed")
+            log.error("replay_incomplete")
     summary.read += summary.rejected
     summary.add(totals)  # DB rejections join the rejected lines
     summary.seconds = time.monotonic() - started
@@ -310,19 +310,19 @@ class GatewayService:
         while True:
             try:
                 if self.worker.overflowing:
-                    log.info("backfill round postponed: the ingest queue is overflowing")
+                    log.info("backfill_postponed", extra={"reason": "ingest_queue_overflowing"})
                 else:
                     await self._backfill_marked()
                     if reasons:
-                        log.info("catching up", extra={"reasons": sorted(reasons)})
+                        log.info("catching_up", extra={"reasons": sorted(reasons)})
                         fetched = await self.source.catch_up()
                         reconcile_at = time.monotonic()  # what the link missed may be edits
                     else:
                         fetched = await self.source.backfill()
-                    log.info("gap backfill round", extra={"fetched": fetched})
+                    log.info("gap_backfill_round", extra={"fetched": fetched})
                     if reconcile and time.monotonic() >= reconcile_at:
                         repaired = await self.source.reconcile()
-                        log.info("reconciliation round", extra=repaired)
+                        log.info("reconciliation_round", extra=repaired)
                         reconcile_at = (
                             time.monotonic() + self.settings.gateway_reconcile_interval_seconds
                         )
@@ -334,7 +334,7 @@ class GatewayService:
                 explanation = explain_fatal(exc)
                 if explanation is not None:
                     raise GatewayFatal(explanation) from exc
-                log.warning("gap backfill failed", extra={"error": str(exc)})
+                log.warning("gap_backfill_failed", extra={"error": str(exc)})
                 # Try again at the next round, not in a loop.
                 reconcile_at = max(reconcile_at, time.monotonic() + backfill_every)
             wait: float = backfill_every
@@ -348,14 +348,14 @@ class GatewayService:
         for channel_id, (from_id, version) in sorted(self.overflow.marks.pending().items()):
             if channel_id in followed:
                 log.info(
-                    "backfill of a channel refused by the full queue",
+                    "refused_backfill_started",
                     extra={"channel_id": channel_id, "from_id": from_id},
                 )
                 await self.source.backfill_channel(channel_id)  # its holes, from the watermark
             self.overflow.marks.done(channel_id, version)
 
     async def _shutdown(self) -> None:
-        log.info("shutting down: flushing the current batch")
+        log.info("gateway_stopping")
         self.watch.close()
         with contextlib.suppress(Exception):
             await self.client.disconnect()
@@ -363,7 +363,7 @@ class GatewayService:
         if self.relay is not None:
             self.relay.stop()
         self.health.stop()
-        log.info("gateway stopped", extra={"flushed": flushed, **asdict(self.worker.totals)})
+        log.info("gateway_stopped", extra={"flushed": flushed, **asdict(self.worker.totals)})
 
 
 def run_gateway(settings: Settings) -> None:

@@ -182,7 +182,7 @@ class SpoolSource:
     def run(self) -> None:
         """Poll the spool until ``stop``; each poll reads every file to its end."""
         self.check()
-        log.info("spool source started", extra={"directory": str(self.directory)})
+        log.info("spool_source_started", extra={"directory": str(self.directory)})
         while not self._stop.is_set():
             try:
                 self.poll_once()
@@ -191,9 +191,9 @@ class SpoolSource:
             except Exception as exc:  # e.g. the database stayed down past a stop request
                 if self._stop.is_set():
                     break
-                log.warning("spool poll failed; retrying", extra={"error": str(exc)})
+                log.warning("spool_poll_failed", extra={"error": str(exc)})
             self._stop.wait(self.poll_interval)
-        log.info("spool source stopped", extra=self.summary())
+        log.info("spool_source_stopped", extra=self.summary())
 
     def summary(self) -> dict[str, int]:
         return {k: v for k, v in asdict(self.totals).items() if isinstance(v, int)}
@@ -268,7 +268,7 @@ class SpoolSource:
             or (known.fingerprint and _fingerprint(handle, known.offset) != known.fingerprint)
         )
         if replaced:
-            log.info("spool file replaced: reading it from the start", extra={"file": name})
+            log.info("spool_file_replaced", extra={"file": name})
             self.totals.files += 1
             return FilePosition.start(stat.st_ino)
         return known
@@ -305,7 +305,7 @@ class SpoolSource:
 
     def _log_rejection(self, handle: BinaryIO, reason: str) -> None:
         metrics.GATEWAY_REJECTED.labels(SOURCE).inc()
-        log.warning("rejected spool line", extra={"file": Path(handle.name).name, "reason": reason})
+        log.warning("spool_line_rejected", extra={"file": Path(handle.name).name, "reason": reason})
 
     def _commit(self, events: list[MessageEvent], rejected: int) -> None:
         """Hand a batch to the pipeline and wait for its commit (retrying unexpected errors)."""
@@ -323,7 +323,7 @@ class SpoolSource:
             except Exception:
                 if self._stop.is_set():
                     raise  # not committed: the position stays, the lines are read again
-                log.exception("spool batch failed; retrying", extra={"retry_in": delay})
+                log.exception("spool_batch_failed", extra={"retry_in": delay})
                 time.sleep(delay)
                 delay = min(delay * 2, self.retry_max)
         metrics.GATEWAY_PENDING_EVENTS.set(0)

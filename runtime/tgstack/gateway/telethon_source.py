@@ -224,12 +224,12 @@ class TelethonSource:
                 self._entities[channel_id] = await self._resolve(channel_id)
             except FloodWaitExceeded as exc:  # resolved by its backfill next round
                 extra = {"channel_id": channel_id, "error": str(exc)}
-                log.warning("channel not resolved yet", extra=extra)
+                log.warning("channel_not_resolved", extra=extra)
         chats = list(self._channels)
         self._client.add_event_handler(self.on_new_message, events.NewMessage(chats=chats))
         self._client.add_event_handler(self.on_message_edited, events.MessageEdited(chats=chats))
         self._client.add_event_handler(self.on_message_deleted, events.MessageDeleted())
-        log.info("telegram source started", extra={"channels": len(chats)})
+        log.info("telegram_source_started", extra={"channels": len(chats)})
 
     async def _resolve(self, channel_id: int) -> Any:
         """The channel's input entity. A user account needs the access hash Telegram gave it:
@@ -281,7 +281,7 @@ class TelethonSource:
                 fetched, target = await self._fill_channel(channel_id)
             except FloodWaitExceeded as exc:  # the other channels go on; this one next round
                 extra = {"channel_id": channel_id, "error": str(exc)}
-                log.warning("backfill given up", extra=extra)
+                log.warning("backfill_given_up", extra=extra)
                 continue
             total += fetched
             if target is not None:
@@ -330,7 +330,7 @@ class TelethonSource:
                         self._report_progress(channel_id, fetched)
         self._report_progress(channel_id, fetched)
         log.info(
-            "backfill done",
+            "backfill_done",
             extra={
                 "channel_id": channel_id,
                 "fetched": fetched,
@@ -377,7 +377,7 @@ class TelethonSource:
             if time.monotonic() - moved_at >= self._policy.settle_seconds:
                 for channel_id, (target, _) in pending.items():
                     log.warning(
-                        "watermark behind",
+                        "watermark_behind",
                         extra={
                             "channel_id": channel_id,
                             "watermark": seen.get(channel_id),
@@ -395,7 +395,7 @@ class TelethonSource:
                 totals.update(await self.reconcile_channel(channel_id))
             except FloodWaitExceeded as exc:  # the other channels go on; this one next time
                 extra = {"channel_id": channel_id, "error": str(exc)}
-                log.warning("reconciliation given up", extra=extra)
+                log.warning("reconciliation_given_up", extra=extra)
         return {kind: totals[kind] for kind in ("edit", "delete", "missing")}
 
     async def reconcile_channel(self, channel_id: int) -> dict[str, int]:
@@ -505,7 +505,7 @@ class TelethonSource:
             after = scanned
 
     def _report_progress(self, channel_id: int, fetched: int) -> None:
-        log.info("backfill progress", extra={"channel_id": channel_id, "fetched": fetched})
+        log.info("backfill_progress", extra={"channel_id": channel_id, "fetched": fetched})
         if self._on_backfill_progress is not None:
             self._on_backfill_progress(channel_id, fetched)
 

@@ -165,17 +165,24 @@ def add_legacy_commands(commands: Any) -> None:
         f"(DSN in ${LEGACY_URL_VARIABLE}): import, verify, fingerprint, carry back, seed",
     )
     sub = legacy.add_subparsers(dest="legacy_command", required=True)
+    _add_migration_commands(sub)
+    _add_rollback_commands(sub)
 
-    def common(parser: argparse.ArgumentParser, handler: Handler, output: bool = True) -> None:
+
+def _common(parser: argparse.ArgumentParser, handler: Handler, output: bool = True) -> None:
+    """The options every legacy subcommand shares: --schema, --output; its handler."""
+    parser.add_argument(
+        "--schema", default="telegram_gateway", help="legacy schema (telegram_gateway)"
+    )
+    if output:
         parser.add_argument(
-            "--schema", default="telegram_gateway", help="legacy schema (telegram_gateway)"
+            "--output", type=Path, help="also write the JSON document to this file (0600)"
         )
-        if output:
-            parser.add_argument(
-                "--output", type=Path, help="also write the JSON document to this file (0600)"
-            )
-        parser.set_defaults(handler=handler)
+    parser.set_defaults(handler=handler)
 
+
+def _add_migration_commands(sub: Any) -> None:
+    """import and verify: the migration's way forward."""
     imp = sub.add_parser(
         "import", help="import legacy posts into the new schema (idempotent: reruns add nothing)"
     )
@@ -184,7 +191,7 @@ def add_legacy_commands(commands: Any) -> None:
     imp.add_argument(
         "--show-rejections", type=_count, default=50, help="rejections printed (all in --output)"
     )
-    common(imp, cmd_import)
+    _common(imp, cmd_import)
 
     ver = sub.add_parser(
         "verify",
@@ -196,8 +203,11 @@ def add_legacy_commands(commands: Any) -> None:
         default=0,
         help="legacy rows that may be left out (bad channel or message id) and still pass",
     )
-    common(ver, cmd_verify)
+    _common(ver, cmd_verify)
 
+
+def _add_rollback_commands(sub: Any) -> None:
+    """fingerprint, carry-back, seed: the rollback's checks and the test data."""
     fin = sub.add_parser(
         "fingerprint", help="row counts and checksums of the legacy table per channel id"
     )
@@ -206,14 +216,14 @@ def add_legacy_commands(commands: Any) -> None:
         metavar="MIGRATION_ID",
         help="leave out rows the rollback of this migration carried back",
     )
-    common(fin, cmd_fingerprint)
+    _common(fin, cmd_fingerprint)
 
     carry = sub.add_parser(
         "carry-back",
         help="copy posts the new stack stored that the legacy table lacks into it (rollback)",
     )
     carry.add_argument("--migration-id", required=True, help="marks the carried rows")
-    common(carry, cmd_carry_back)
+    _common(carry, cmd_carry_back)
 
     seed = sub.add_parser(
         "seed", help="create the legacy table if missing and fill it with realistic rows (tests)"
@@ -228,4 +238,4 @@ def add_legacy_commands(commands: Any) -> None:
         help="write a psql script (DDL + COPY) to stdout instead of loading a database; "
         "the figures go to stderr",
     )
-    common(seed, cmd_seed, output=False)
+    _common(seed, cmd_seed, output=False)

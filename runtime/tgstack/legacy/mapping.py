@@ -226,56 +226,20 @@ def map_message(msg: LegacyMessage) -> ImportRow | Rejection:
         return reject(f"unknown status {msg.status!r}")
 
     legacy: dict[str, Any] = {"id": msg.legacy_id, "channel_id": msg.channel_raw, "status": status}
-    telegram_date = msg.telegram_date
-    if telegram_date is None:
-        for name in ("received_at", "created_at"):
-            fallback = getattr(msg, name)
-            if fallback is not None:
-                telegram_date, legacy["telegram_date_from"] = fallback, name
-                break
-    if telegram_date is None:
-        return reject("no telegram_date, received_at or created_at")
-    telegram_date = _parse_time(telegram_date)
-    assert telegram_date is not None
-    if telegram_date < EARLIEST_TELEGRAM_DATE:
-        return reject(f"telegram_date {telegram_date.isoformat()} is before Telegram existed")
+    telegram_date = _telegram_date(msg, legacy)
+    if isinstance(telegram_date, str):
+        return reject(telegram_date)
 
     created_at = msg.created_at or msg.received_at or telegram_date
     updated_at = msg.updated_at or created_at
-    received_at = msg.received_at or created_at
-
-    consumer = processed_by(msg.metadata)
     deleted = status == "deleted" or msg.deleted_at is not None
-    deleted_at = (msg.deleted_at or updated_at) if deleted else None
     if deleted:
         status = "deleted"
-    processed_at: datetime | None = None
-    if status == "reprocess_pending":
-        processing_state = "pending"
-    elif consumer is not None or status == "reprocessed":
-        processing_state = "processed"
-        source_meta = msg.metadata if isinstance(msg.metadata, Mapping) else {}
-        processed_at = _parse_time(source_meta.get("processed_at")) or updated_at
-    elif deleted:
-        processing_state = "ignored"
-    else:
-        processing_state = "pending"
-
+    processing_state, processed_at = _processing(msg, status, updated_at, deleted=deleted)
     published_at = msg.published_at
     if published_at is None and processing_state in ("processed", "ignored"):
         published_at = msg.queued_at or updated_at
         legacy["published_at_filled"] = True
-
-    if msg.copies > 1:
-        legacy["copies"] = msg.copies
-        legacy["copy_ids"] = sorted(msg.copy_ids)
-    if isinstance(msg.metadata, Mapping):
-        metadata: dict[str, Any] = dict(msg.metadata)
-    elif msg.metadata is None:
-        metadata = {}
-    else:
-        metadata = {"legacy_metadata": msg.metadata}
-    metadata["legacy"] = legacy
 
     return ImportRow(
         channel_id=msg.channel_id,
@@ -291,15 +255,64 @@ def map_message(msg: LegacyMessage) -> ImportRow | Rejection:
         status=status,
         processing_state=processing_state,
         processed_at=processed_at,
-        received_at=received_at,
+        received_at=msg.received_at or created_at,
         published_at=published_at,
         failed_at=msg.failed_at,
         queued_at=msg.queued_at,
         created_at=created_at,
         updated_at=updated_at,
-        deleted_at=deleted_at,
-        metadata=metadata,
+        deleted_at=(msg.deleted_at or updated_at) if deleted else None,
+        metadata=_metadata(msg, legacy),
     )
+
+
+def _telegram_date(msg: LegacyMessage, legacy: dict[str, Any]) -> datetime | str:
+    """The post's Telegram date (else its received_at or created_at, noted in ``legacy``), or
+    why it has none Telegram could have given it."""
+    telegram_date = msg.telegram_date
+    if telegram_date is None:
+        for name in ("received_at", "created_at"):
+            fallback = getattr(msg, name)
+            if fallback is not None:
+                telegram_date, legacy["telegram_date_from"] = fallback, name
+                break
+    if telegram_date is None:
+        return "no telegram_date, received_at or created_at"
+    parsed = _parse_time(telegram_date)
+    assert parsed is not None
+    if parsed < EARLIEST_TELEGRAM_DATE:
+        return f"telegram_date {parsed.isoformat()} is before Telegram existed"
+    return parsed
+
+
+def _processing(
+    msg: LegacyMessage, status: str, updated_at: datetime, *, deleted: bool
+) -> tuple[str, datetime | None]:
+    """The new row's processing state and when it was processed, from the legacy status and
+    ``metadata.processed_by``."""
+    if status == "reprocess_pending":
+        return "pending", None
+    if processed_by(msg.metadata) is not None or status == "reprocessed":
+        source_meta = msg.metadata if isinstance(msg.metadata, Mapping) else {}
+        return "processed", _parse_time(source_meta.get("processed_at")) or updated_at
+    if deleted:
+        return "ignored", None
+    return "pending", None
+
+
+def _metadata(msg: LegacyMessage, legacy: dict[str, Any]) -> dict[str, Any]:
+    """The legacy metadata, with what the import kept of the legacy row under ``legacy``."""
+    if msg.copies > 1:
+        legacy["copies"] = msg.copies
+        legacy["copy_ids"] = sorted(msg.copy_ids)
+    if isinstance(msg.metadata, Mapping):
+        metadata: dict[str, Any] = dict(msg.metadata)
+    elif msg.metadata is None:
+        metadata = {}
+    else:
+        metadata = {"legacy_metadata": msg.metadata}
+    metadata["legacy"] = legacy
+    return metadata
 
 
 def _field(value: str | None) -> bytes:

@@ -6,9 +6,13 @@ import argparse
 import contextlib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tgstack.config import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from tgstack.loadtest.plan import LoadPlan
+    from tgstack.loadtest.result import LoadResult
 
 
 def _positive(kind: type[float] | type[int]) -> Any:
@@ -34,6 +38,14 @@ def add_parser(commands: Any, handler: Any) -> None:
         "(-1009999999000 and below). With --through telegram they go through the local Telegram "
         "server (test tooling of the repository) to a real `tgstack gateway` instead.",
     )
+    _add_path_options(parser)
+    _add_load_options(parser)
+    _add_run_options(parser)
+    parser.set_defaults(handler=handler)
+
+
+def _add_path_options(parser: argparse.ArgumentParser) -> None:
+    """Which stack the posts go to and how they enter it."""
     parser.add_argument(
         "--local",
         action="store_true",
@@ -54,6 +66,10 @@ def add_parser(commands: Any, handler: Any) -> None:
         help="with --through telegram: the checkout's testing/ directory (default: found from "
         "the installation or the current directory)",
     )
+
+
+def _add_load_options(parser: argparse.ArgumentParser) -> None:
+    """The load offered and the pollers and batches that take it."""
     parser.add_argument("--rate", type=_positive(float), default=100.0, help="posts per second")
     parser.add_argument("--duration", type=_positive(float), default=30.0, help="seconds")
     parser.add_argument(
@@ -78,6 +94,10 @@ def add_parser(commands: Any, handler: Any) -> None:
     parser.add_argument(
         "--prefetch", type=_positive(int), help="deliveries a poller holds (default: the setting)"
     )
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The posts' mix, the run's phases and its result files."""
     parser.add_argument("--signal-share", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds left out of steady")
@@ -91,16 +111,12 @@ def add_parser(commands: Any, handler: Any) -> None:
     parser.add_argument(
         "--base-dir", type=Path, help="with --local: where the servers live (default: temp)"
     )
-    parser.set_defaults(handler=handler)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from tgstack.loadtest import machine
-    from tgstack.loadtest.local import local_stack
-    from tgstack.loadtest.plan import LoadPlan
-    from tgstack.loadtest.runner import default_out_dir, run_loadtest
-    from tgstack.loadtest.sender import Sender
-    from tgstack.loadtest.wire import find_server_dir, telegram_wire
+    from tgstack.loadtest.runner import run_loadtest
+    from tgstack.loadtest.wire import find_server_dir
 
     wire = args.through == "telegram"
     if wire and not args.local:
@@ -109,8 +125,20 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             "gateway, which belong with a stack of their own, not a deployed one"
         )
     server_dir = find_server_dir(args.telegram_server_dir) if wire else None  # fail fast
+    plan = _plan(args)
+    if args.local:
+        result = _run_on_local_stack(args, settings, plan, server_dir=server_dir, wire=wire)
+    else:
+        result = run_loadtest(settings, plan, server_versions=machine.stack_versions(settings))
+    _print_result(result)
+    return 0 if result.ok else 1
 
-    plan = LoadPlan(
+
+def _plan(args: argparse.Namespace) -> LoadPlan:
+    from tgstack.loadtest.plan import LoadPlan
+    from tgstack.loadtest.runner import default_out_dir
+
+    return LoadPlan(
         rate=None if args.count else args.rate,
         duration=args.duration,
         count=args.count,
@@ -132,26 +160,44 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         cleanup=args.cleanup,
     )
 
-    def say(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
 
-    if args.local:
-        with local_stack(args.base_dir, progress=say) as stack, contextlib.ExitStack() as more:
-            local = stack.settings(log_level=settings.log_level, log_format=settings.log_format)
-            sender: Sender | None = None
-            if wire:
-                sender = more.enter_context(
-                    telegram_wire(stack.base_dir / "telegram", server_dir=server_dir, progress=say)
-                )
-            result = run_loadtest(
-                local,
-                plan,
-                server_versions=machine.local_server_versions()
-                | {"postgresql_running": machine.stack_versions(local)["postgresql"]},
-                sender=sender,
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _run_on_local_stack(
+    args: argparse.Namespace,
+    settings: Settings,
+    plan: LoadPlan,
+    *,
+    server_dir: Path | None,
+    wire: bool,
+) -> LoadResult:
+    """Start a whole local stack (and with ``wire`` the Telegram server) and run on it."""
+    from tgstack.loadtest import machine
+    from tgstack.loadtest.local import local_stack
+    from tgstack.loadtest.runner import run_loadtest
+    from tgstack.loadtest.sender import Sender
+    from tgstack.loadtest.wire import telegram_wire
+
+    with local_stack(args.base_dir, progress=_say) as stack, contextlib.ExitStack() as more:
+        local = stack.settings(log_level=settings.log_level, log_format=settings.log_format)
+        sender: Sender | None = None
+        if wire:
+            sender = more.enter_context(
+                telegram_wire(stack.base_dir / "telegram", server_dir=server_dir, progress=_say)
             )
-    else:
-        result = run_loadtest(settings, plan, server_versions=machine.stack_versions(settings))
+        return run_loadtest(
+            local,
+            plan,
+            server_versions=machine.local_server_versions()
+            | {"postgresql_running": machine.stack_versions(local)["postgresql"]},
+            sender=sender,
+        )
+
+
+def _print_result(result: LoadResult) -> None:
+    """The verdict line, the Telegram server's evidence, the problems and the files."""
     data = result.as_dict()
     acc = data["accounting"]
     latency = data["latency"]["end_to_end_ms"]
@@ -179,7 +225,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"problem: {problem}", file=sys.stderr)
     for name, path in result.files.items():
         print(f"{name}: {path}")
-    return 0 if result.ok else 1
 
 
 def _locks_line(locks: dict[str, Any] | None) -> str:

@@ -152,4 +152,4 @@ class LockWatch:
             except psycopg.Error as exc:  # a sampling hiccup must not end the step
                 self._errors += 1
                 if self._errors == 1:
-                    log.warning("lock sampling failed", extra={"error": str(exc)})
+                    log.warning("lock_sampling_failed", extra={"error": str(exc)})

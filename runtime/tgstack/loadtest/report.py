@@ -52,12 +52,30 @@ def _locks(locks: dict[str, Any] | None) -> list[str]:
 
 def markdown(data: dict[str, Any]) -> str:
     """The Markdown summary of a result as ``LoadResult.as_dict`` gives it."""
+    lines = [
+        *_heading(data),
+        *_throughput(data),
+        *_latency(data["latency"]),
+        "",
+        *_locks(data.get("locks")),
+        *_degradation(data["latency"]),
+        *_zero_loss(data["accounting"]),
+        *_recent_window(data.get("cache")),
+        *_resources(data["resources"]),
+    ]
+    if data["problems"]:
+        lines += ["", "## Problems", ""] + [f"- {p}" for p in data["problems"]]
+    if data["files"].get("plot"):
+        lines += ["", f"![throughput and latency]({Path(data['files']['plot']).name})"]
+    return "\n".join(lines) + "\n"
+
+
+def _heading(data: dict[str, Any]) -> list[str]:
+    """The title, what was offered, the machine and the path the posts took."""
     plan = data["plan"]
-    acc = data["accounting"]
-    lat = data["latency"]
     machine = data["machine"]
     offered = f"{plan['rate']:g} posts/s" if plan["rate"] else "as fast as possible"
-    lines = [
+    return [
         f"# Load test `{data['label']}` — {'PASS' if data['ok'] else 'FAIL'}",
         "",
         f"Started {data['started_at']}: {data['sent']:,} posts offered at {offered} over "
@@ -69,6 +87,11 @@ def markdown(data: dict[str, Any]) -> str:
         f"(machine: {machine['nproc']} CPUs, {machine['cpu_model']}).",
         "",
         _path(data.get("path") or {"through": "in-process"}),
+    ]
+
+
+def _throughput(data: dict[str, Any]) -> list[str]:
+    return [
         "",
         "## Throughput",
         "",
@@ -85,6 +108,11 @@ def markdown(data: dict[str, Any]) -> str:
         f"| {_sustained(data)} |",
         f"| sender behind schedule (max) | {data['max_sender_lag_s']:.3f} s |",
         f"| RabbitMQ ready messages (max) | {data['max_queue_ready'] if data['max_queue_ready'] is not None else '–'} |",  # noqa: E501
+    ]
+
+
+def _latency(lat: dict[str, Any]) -> list[str]:
+    lines = [
         "",
         "## Latency (ms, steady state)",
         "",
@@ -102,13 +130,22 @@ def markdown(data: dict[str, Any]) -> str:
             f"| {name} | {s['n']:,} | {_ms(s['p50'])} | {_ms(s['p95'])} | {_ms(s['p99'])} "
             f"| {_ms(s['max'])} |"
         )
-    lines += ["", *_locks(data.get("locks"))]
+    return lines
+
+
+def _degradation(lat: dict[str, Any]) -> list[str]:
+    """End-to-end p95 by third of the run."""
     thirds = lat["thirds_end_to_end_ms"]
-    lines += [
+    return [
         "",
         "End-to-end p95 by third of the run (degradation over time): "
         + " → ".join(_ms(t["p95"]) for t in thirds)
         + " ms.",
+    ]
+
+
+def _zero_loss(acc: dict[str, Any]) -> list[str]:
+    return [
         "",
         "## Zero loss, zero duplicates",
         "",
@@ -126,18 +163,24 @@ def markdown(data: dict[str, Any]) -> str:
         f"| missing / unexpected signals | {acc['missing_signals']} / "
         f"{acc['unexpected_signals']} |",
     ]
-    cache = data.get("cache")
-    if cache:
-        lines += [
-            "",
-            "## Redis recent window (pollers)",
-            "",
-            f"{cache['reads']:,} reads after the warm-up: hit rate {_pct(cache['hit_rate'])}; "
-            f"{_pct(cache['hit_rate_when_pending'])} of the reads that found posts pending. "
-            f"Misses by reason: {cache['miss_reasons'] or 'none'}.",
-        ]
-    res = data["resources"]
-    lines += [
+
+
+def _recent_window(cache: dict[str, Any] | None) -> list[str]:
+    """The pollers' Redis recent-window hit rate, when it was scraped."""
+    if not cache:
+        return []
+    return [
+        "",
+        "## Redis recent window (pollers)",
+        "",
+        f"{cache['reads']:,} reads after the warm-up: hit rate {_pct(cache['hit_rate'])}; "
+        f"{_pct(cache['hit_rate_when_pending'])} of the reads that found posts pending. "
+        f"Misses by reason: {cache['miss_reasons'] or 'none'}.",
+    ]
+
+
+def _resources(res: dict[str, Any]) -> list[str]:
+    return [
         "",
         "## Resources (whole machine)",
         "",
@@ -145,11 +188,6 @@ def markdown(data: dict[str, Any]) -> str:
         f"memory used max {res.get('memory_used_mb_max')} MB; disk writes mean "
         f"{res.get('disk_write_mb_s_mean')} MB/s.",
     ]
-    if data["problems"]:
-        lines += ["", "## Problems", ""] + [f"- {p}" for p in data["problems"]]
-    if data["files"].get("plot"):
-        lines += ["", f"![throughput and latency]({Path(data['files']['plot']).name})"]
-    return "\n".join(lines) + "\n"
 
 
 def write(

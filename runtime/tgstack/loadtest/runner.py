@@ -38,6 +38,7 @@ from tgstack.models import MessageKey
 
 log = logging.getLogger("tgstack.loadtest")
 
+
 class LoadTestError(RuntimeError):
     """The run could not be set up (servers unreachable, pollers not starting)."""
 
@@ -82,7 +83,7 @@ class Progress:
                 self.tick()
             except Exception as exc:  # the observer's database hiccup must not end the run
                 self.errors += 1
-                log.warning("progress round failed", extra={"error": str(exc)})
+                log.warning("progress_round_failed", extra={"error": str(exc)})
 
     def current_lag(self) -> float:
         """The end-to-end lag as last measured, plus the time a measurement is overdue (a
@@ -169,7 +170,7 @@ def _start_lock_watch(conninfo: str) -> LockWatch | None:
     try:
         watch.start()
     except psycopg.Error as exc:
-        log.warning("no lock figures for this run", extra={"error": str(exc)})
+        log.warning("lock_watch_unavailable", extra={"error": str(exc)})
         return None
     return watch
 
@@ -180,7 +181,7 @@ def _finish_lock_watch(watch: LockWatch | None) -> LockFigures | None:
     try:
         return watch.finish()
     except psycopg.Error as exc:
-        log.warning("no deadlock count for this run", extra={"error": str(exc)})
+        log.warning("deadlock_count_unavailable", extra={"error": str(exc)})
         return None
 
 
@@ -201,6 +202,26 @@ def run_loadtest(
     """
     sender = sender if sender is not None else InProcessSender()
     channels = sender.channels(plan)
+    settings = _plan_settings(settings, plan, channels)
+    if on_settings is not None:
+        settings = on_settings(settings)
+    run = _LoadRun(settings, plan, sender, channels, out)
+    run.fleet.start()
+    try:
+        progress = run.start_sending()
+        run.send_all(progress)
+        run.drain(progress)
+    finally:
+        codes = run.stop()
+    run.say("counting rows and signals")
+    result = run.result(progress, codes, server_versions)
+    if write and plan.out_dir is not None:
+        result.files = report.write(result, plan.out_dir, plot=plan.plot, say=run.say)
+    return result
+
+
+def _plan_settings(settings: Settings, plan: LoadPlan, channels: list[int]) -> Settings:
+    """The stack's settings with the plan's channels and tuning (poll interval, batches)."""
     updates: dict[str, Any] = {"channels": channels}
     if plan.poll_interval is not None:
         updates["poller_poll_interval_seconds"] = plan.poll_interval
@@ -211,151 +232,187 @@ def run_loadtest(
         updates["poller_prefetch"] = plan.prefetch
     if plan.batch_delay_ms is not None:
         updates["gateway_batch_delay_ms"] = plan.batch_delay_ms
-    settings = settings.model_copy(update=updates)
-    if on_settings is not None:
-        settings = on_settings(settings)
-    conninfo = settings.require_database_url()
+    return settings.model_copy(update=updates)
 
-    def say(text: str) -> None:
-        if out is not None:
-            print(text, file=out, flush=True)
 
-    observer = Observer(conninfo, channels, date_resolution=sender.date_resolution)
-    observer.open()
-    probe = (
-        QueueProbe(settings.require_amqp_url(), settings.poller_consumer)
-        if settings.amqp_url is not None
-        else None
-    )
-    fleet = PollerFleet(
-        settings,
-        plan.pollers,
-        kind=plan.poller_kind,
-        mode=plan.mode,
-        log_dir=plan.out_dir / "logs" if plan.out_dir is not None else None,
-    )
-    consumers_before = 0
-    if probe is not None and plan.mode != "poll":
-        answer = probe.read()
-        consumers_before = answer[1] if answer is not None else 0
-    sampler = machine.ResourceSampler()
-    loadavg_before = machine.loadavg()
-    say(
+class _LoadRun:
+    """One run's pieces (observer, queue probe, pollers, sampler) and what it measured, from
+    the pollers' start to the result."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        plan: LoadPlan,
+        sender: Sender,
+        channels: list[int],
+        out: TextIO | None,
+    ) -> None:
+        self.settings, self.plan, self.sender, self.out = settings, plan, sender, out
+        self.conninfo = settings.require_database_url()
+        self.observer = Observer(self.conninfo, channels, date_resolution=sender.date_resolution)
+        self.observer.open()
+        self.probe = (
+            QueueProbe(settings.require_amqp_url(), settings.poller_consumer)
+            if settings.amqp_url is not None
+            else None
+        )
+        self.fleet = PollerFleet(
+            settings,
+            plan.pollers,
+            kind=plan.poller_kind,
+            mode=plan.mode,
+            log_dir=plan.out_dir / "logs" if plan.out_dir is not None else None,
+        )
+        self.consumers_before = 0
+        if self.probe is not None and plan.mode != "poll":
+            answer = self.probe.read()
+            self.consumers_before = answer[1] if answer is not None else 0
+        self.sampler = machine.ResourceSampler()
+        self.loadavg_before = machine.loadavg()
+        self.say(_headline(plan, sender, channels, self.loadavg_before))
+        self.signal_keys: list[MessageKey] = []
+        self.sent_times: list[float] = []
+        self.watch: LockWatch | None = None
+        self.cache_start: cachestats.CacheCounters | None = None
+        self.cache_end: cachestats.CacheCounters | None = None
+        self.pacer = Pacer(plan.rate, plan.total_posts)
+        self.started_at, self.start = "", 0.0
+        self.send_seconds, self.aborted = 0.0, False
+        self.drained, self.drain_seconds = False, 0.0
+
+    def say(self, text: str) -> None:
+        if self.out is not None:
+            print(text, file=self.out, flush=True)
+
+    def start_sending(self) -> Progress:
+        """Wait for the pollers, start the sender, the sampler and the lock watch."""
+        plan = self.plan
+        queue_probe = self.probe if plan.mode != "poll" else None
+        if plan.pollers:
+            _wait_for_consumers(queue_probe, self.fleet, self.consumers_before + plan.pollers)
+        self.sender.start(self.settings, plan)
+        progress = Progress(
+            self.observer,
+            self.sender.stored,
+            self.pacer,
+            queue_probe,
+            self.sampler,
+            self.out if plan.progress else None,
+        )
+        self.sampler.start()
+        self.watch = _start_lock_watch(self.conninfo)
+        return progress
+
+    def send_all(self, progress: Progress) -> None:
+        """Pace every post into the stack, or stop early when posts wait too long."""
+        plan, pacer = self.plan, self.pacer
+        self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self.start = time.time()
+        pacer.start()
+        progress.start()
+        warm_until = time.monotonic() + plan.warmup
+        while not pacer.done:
+            lag = max(progress.current_lag(), pacer.behind)
+            if plan.abort_lag is not None and lag > plan.abort_lag:
+                self.aborted = True
+                self.say(f"stopping early: posts wait more than {plan.abort_lag:g} s")
+                break
+            due = pacer.due()
+            batch: list[SentPost] = self.sender.send(due) if due else []
+            if batch:
+                self.observer.add(batch)
+                pacer.record(len(batch))
+                for post in batch:
+                    self.sent_times.append(post.sent_at)
+                    if post.is_signal:
+                        self.signal_keys.append(post.key)
+            if self.cache_start is None and time.monotonic() >= warm_until:
+                self.cache_start = _scrape_cache(self.fleet, self.settings)
+            pacer.wait()
+        self.send_seconds = time.time() - self.start
+
+    def drain(self, progress: Progress) -> None:
+        """Until every post sent is done or the drain timeout passes."""
+        self.cache_end = _scrape_cache(self.fleet, self.settings)
+        self.say(f"sent {self.pacer.sent:,} posts in {self.send_seconds:.1f} s; draining")
+        drain_started = time.monotonic()  # from the last post sent, gateway flush included
+        self.sender.finish(self.plan.drain_timeout)
+        deadline = drain_started + self.plan.drain_timeout
+        while time.monotonic() < deadline:
+            if self.observer.oldest_outstanding() is None:
+                break
+            time.sleep(0.2)
+        progress.stop()
+        self.observer.collect_all()
+        self.drained = not self.observer.outstanding
+        self.drain_seconds = time.monotonic() - drain_started
+
+    def stop(self) -> list[int | None]:
+        """Stop everything the run started; the pollers' exit codes."""
+        if self.watch is not None:
+            self.watch.stop_sampling()
+        self.sender.stop()
+        codes = self.fleet.stop()
+        self.sampler.stop()
+        if self.probe is not None:
+            self.probe.close()
+        self.observer.close()
+        return codes
+
+    def result(
+        self,
+        progress: Progress,
+        codes: list[int | None],
+        server_versions: dict[str, str | None] | None,
+    ) -> LoadResult:
+        """Account for every post sent and gather the figures."""
+        conninfo, sender = self.conninfo, self.sender
+        ranges = sender.id_ranges()
+        verdict = accounting.account(conninfo, ranges, sender.sent, self.signal_keys)
+        path, path_problems = sender.report(conninfo)
+        if self.plan.cleanup:
+            accounting.cleanup(conninfo, ranges)
+        locks = _finish_lock_watch(self.watch)
+        cache = None
+        if self.cache_end is not None:
+            start = self.cache_start
+            cache = self.cache_end.minus(start) if start is not None else self.cache_end
+        return LoadResult(
+            plan=self.plan,
+            started_at=self.started_at,
+            send_seconds=self.send_seconds,
+            sent=sender.sent,
+            done=self.observer.done,
+            sent_times=self.sent_times,
+            start=self.start,
+            accounting=verdict,
+            drained=self.drained,
+            drain_seconds=self.drain_seconds,
+            aborted=self.aborted,
+            max_sender_lag_s=progress.max_sender_lag,
+            max_queue_ready=progress.max_queue_ready,
+            cache=cache,
+            loadavg_before=self.loadavg_before,
+            loadavg_after=machine.loadavg(),
+            machine=machine.describe(server_versions),
+            resources=self.sampler.summary(),
+            samples=list(self.sampler.samples),
+            poller_exit_codes=codes,
+            gateway_batches_failed=path.pop("gateway_batches_failed", None),
+            path=path,
+            path_problems=path_problems,
+            locks=locks,
+        )
+
+
+def _headline(plan: LoadPlan, sender: Sender, channels: list[int], loadavg: list[float]) -> str:
+    return (
         f"loadtest {plan.label}: {plan.total_posts:,} posts "
         + (f"at {plan.rate:g}/s" if plan.rate else "as fast as possible")
         + f" ({sender.through}) over {len(channels)} channel(s), {plan.pollers}"
         f" {plan.poller_kind} poller(s) in {plan.mode} mode;"
-        f" loadavg {' '.join(f'{x:.2f}' for x in loadavg_before)}"
+        f" loadavg {' '.join(f'{x:.2f}' for x in loadavg)}"
     )
-    signal_keys: list[MessageKey] = []
-    sent_times: list[float] = []
-    watch: LockWatch | None = None
-    cache_start: cachestats.CacheCounters | None = None
-    cache_end: cachestats.CacheCounters | None = None
-    fleet.start()
-    try:
-        if plan.pollers:
-            _wait_for_consumers(
-                probe if plan.mode != "poll" else None, fleet, consumers_before + plan.pollers
-            )
-        sender.start(settings, plan)
-        pacer = Pacer(plan.rate, plan.total_posts)
-        progress = Progress(
-            observer,
-            sender.stored,
-            pacer,
-            probe if plan.mode != "poll" else None,
-            sampler,
-            out if plan.progress else None,
-        )
-        sampler.start()
-        watch = _start_lock_watch(conninfo)
-        started_at = datetime.now(UTC).isoformat(timespec="seconds")
-        start = time.time()
-        pacer.start()
-        progress.start()
-        warm_until = time.monotonic() + plan.warmup
-        aborted = False
-        while not pacer.done:
-            lag = max(progress.current_lag(), pacer.behind)
-            if plan.abort_lag is not None and lag > plan.abort_lag:
-                aborted = True
-                say(f"stopping early: posts wait more than {plan.abort_lag:g} s")
-                break
-            due = pacer.due()
-            batch: list[SentPost] = sender.send(due) if due else []
-            if batch:
-                observer.add(batch)
-                pacer.record(len(batch))
-                for post in batch:
-                    sent_times.append(post.sent_at)
-                    if post.is_signal:
-                        signal_keys.append(post.key)
-            if cache_start is None and time.monotonic() >= warm_until:
-                cache_start = _scrape_cache(fleet, settings)
-            pacer.wait()
-        send_seconds = time.time() - start
-        cache_end = _scrape_cache(fleet, settings)
-        say(f"sent {pacer.sent:,} posts in {send_seconds:.1f} s; draining")
-        drain_started = time.monotonic()  # from the last post sent, gateway flush included
-        sender.finish(plan.drain_timeout)
-        deadline = drain_started + plan.drain_timeout
-        while time.monotonic() < deadline:
-            if observer.oldest_outstanding() is None:
-                break
-            time.sleep(0.2)
-        progress.stop()
-        observer.collect_all()
-        drained = not observer.outstanding
-        drain_seconds = time.monotonic() - drain_started
-    finally:
-        if watch is not None:
-            watch.stop_sampling()
-        sender.stop()
-        codes = fleet.stop()
-        sampler.stop()
-        if probe is not None:
-            probe.close()
-        observer.close()
-    say("counting rows and signals")
-    ranges = sender.id_ranges()
-    verdict = accounting.account(conninfo, ranges, sender.sent, signal_keys)
-    path, path_problems = sender.report(conninfo)
-    if plan.cleanup:
-        accounting.cleanup(conninfo, ranges)
-    locks = _finish_lock_watch(watch)
-    cache = None
-    if cache_end is not None:
-        cache = cache_end.minus(cache_start) if cache_start is not None else cache_end
-    result = LoadResult(
-        plan=plan,
-        started_at=started_at,
-        send_seconds=send_seconds,
-        sent=sender.sent,
-        done=observer.done,
-        sent_times=sent_times,
-        start=start,
-        accounting=verdict,
-        drained=drained,
-        drain_seconds=drain_seconds,
-        aborted=aborted,
-        max_sender_lag_s=progress.max_sender_lag,
-        max_queue_ready=progress.max_queue_ready,
-        cache=cache,
-        loadavg_before=loadavg_before,
-        loadavg_after=machine.loadavg(),
-        machine=machine.describe(server_versions),
-        resources=sampler.summary(),
-        samples=list(sampler.samples),
-        poller_exit_codes=codes,
-        gateway_batches_failed=path.pop("gateway_batches_failed", None),
-        path=path,
-        path_problems=path_problems,
-        locks=locks,
-    )
-    if write and plan.out_dir is not None:
-        result.files = report.write(result, plan.out_dir, plot=plan.plot, say=say)
-    return result
 
 
 def default_out_dir(label: str) -> Path:

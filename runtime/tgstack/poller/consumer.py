@@ -162,7 +162,7 @@ class QueueConsumer:
             try:
                 connection.close()
             except Exception:  # the connection is being discarded
-                log.debug("error closing RabbitMQ connection", exc_info=True)
+                log.debug("rabbitmq_close_failed", exc_info=True)
 
     def queue_depths(self) -> tuple[int, int]:
         """(ready in our queue, messages in the DLQ), also exported as gauges."""
@@ -186,9 +186,7 @@ class QueueConsumer:
                 delay = 0.5
                 self._consume(channel)
             except AMQPError as exc:
-                log.warning(
-                    "RabbitMQ unavailable; retrying", extra={"error": str(exc), "retry_in": delay}
-                )
+                log.warning("rabbitmq_unavailable", extra={"error": str(exc), "retry_in": delay})
                 self._buffer.clear()  # unacked deliveries come back after reconnecting
                 self.close()
                 self.stopping.wait(delay)
@@ -230,15 +228,13 @@ class QueueConsumer:
                 if self.stopping.is_set():
                     return  # unacked: the broker redelivers to whoever consumes next
                 log.warning(
-                    "database unavailable; holding the batch",
-                    extra={"error": str(exc), "retry_in": delay},
+                    "batch_held",
+                    extra={"reason": "database_unavailable", "error": str(exc), "retry_in": delay},
                 )
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
             except Exception as exc:  # a per-message problem: retry each on its own
-                log.warning(
-                    "batch failed; handling deliveries one by one", extra={"error": str(exc)}
-                )
+                log.warning("batch_failed_one_by_one", extra={"error": str(exc)})
                 for delivery in deliveries:
                     self._process_alone(delivery)
                 return
@@ -326,16 +322,19 @@ class QueueConsumer:
             time.sleep(self.backoff_seconds * 2 ** (attempts - 1))
             message.nack(requeue=True)
             metrics.POLLER_DELIVERIES.labels("requeued").inc()
-            log.warning("delivery failed; requeued", extra={"attempt": attempts, "error": error})
+            log.warning("delivery_requeued", extra={"attempt": attempts, "error": error})
             return
         if delivery is not None:
             self._mark_failed(delivery, error)
         message.reject(requeue=False)
         metrics.POLLER_DELIVERIES.labels("dead_lettered").inc()
         log.error(
-            "delivery failed %d times; sent to the dead-letter queue",
-            attempts,
-            extra={"error": error, "message_id": message.properties.get("message_id")},
+            "delivery_dead_lettered",
+            extra={
+                "attempts": attempts,
+                "error": error,
+                "message_id": message.properties.get("message_id"),
+            },
         )
 
     def _mark_failed(self, delivery: Delivery, error: str) -> None:
@@ -347,7 +346,7 @@ class QueueConsumer:
                     self.worker.consumer, results, self.worker.link_window
                 )
         except Exception as exc:
-            log.warning("could not mark a dead-lettered message failed", extra={"error": str(exc)})
+            log.warning("dead_letter_mark_failed", extra={"error": str(exc)})
 
 
 def _attempts(message: Message) -> int:

@@ -106,11 +106,13 @@ class PollerService:
                 stats = self.poll_worker.drain()
                 self._add(stats)
                 if stats.claimed:
-                    log.info("poll round", extra=asdict(stats))
+                    log.info("poll_round", extra=asdict(stats))
             except DatabaseUnavailable as exc:
-                log.warning("poll skipped: database unavailable", extra={"error": str(exc)})
+                log.warning(
+                    "poll_skipped", extra={"reason": "database_unavailable", "error": str(exc)}
+                )
             except Exception:
-                log.exception("poll round failed")
+                log.exception("poll_round_failed")
             self.stopping.wait(interval)
 
     def run(self) -> None:
@@ -131,16 +133,16 @@ class PollerService:
             threads.append(threading.Thread(target=self.poll_loop, args=(interval,), name="poll"))
         for thread in threads:
             thread.start()
-        log.info("poller started", extra={"mode": self.mode, "consumer": self.worker.consumer})
+        log.info("poller_started", extra={"mode": self.mode, "consumer": self.worker.consumer})
         self.stopping.wait()
-        log.info("shutting down: finishing the current batch")
+        log.info("poller_stopping")
         for thread in threads:
             thread.join(SHUTDOWN_GRACE_SECONDS)
         self.health.stop()
         if self.cache is not None:
             self.cache.close()
         self.database.close()
-        log.info("poller stopped", extra=asdict(self.totals))
+        log.info("poller_stopped", extra=asdict(self.totals))
 
 
 def run_poller(settings: Settings, mode: Mode) -> None:

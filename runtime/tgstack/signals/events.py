@@ -463,77 +463,122 @@ def _is_stop(f: int) -> bool:
 def find_events(s: Scan) -> list[Event]:
     """Every event the post reports or instructs, in order."""
     events: list[Event] = []
-    flags = s.flags
     moved: set[int] = set()
     for at in s.events:
-        if s.in_question(at):
-            continue
-        f = flags[at]
-        directive = bool(f & DIRECTIVE)
-        if _conditional(s, at, directive):
-            continue
-        directive = directive or _after(s, at)
-        hit = None
-        if f & HIT:
-            hit = _search(s, at, TARGET_L | STOP_L, gap=1, skip=TRADE, exclude=_NOT_SUBJECT)
-        if f & HIT and (hit is not None or not f & CLOSE):
-            # "realizamos" with no target or stop is a close: "Realizamos lucro em PETR4"
-            ref = hit
-            if ref is not None and _is_stop(flags[ref]):
-                events.append(Event("stopped", at, directive, ref))
-            elif ref is not None and not _counted(s, ref):
-                target = _target_of(s, ref)
-                events.append(Event("target_hit", at, directive, ref, target=target))
-        elif f & CHECK:  # "TP1 ✅", "Alvo 1: 39,00 ✅", "✅ Alvo 1 — PETR4" (no price after)
-            ref = _search(s, at, TARGET_L, gap=0, ahead=False, exclude=_NOT_SUBJECT)
-            if ref is not None and _priced(s, ref) and _bullet(s, at):
-                ref = None  # "✅ Alvo: 39 ✅ Stop: 35": bullets; not "TP1 ✅ SL → BE"
-            if ref is None:
-                ref = _search(s, at, TARGET_L, gap=0, back=False, exclude=_NOT_SUBJECT)
-                if ref is not None and _priced(s, ref):
-                    ref = None
-            if ref is not None:
-                events.append(Event("target_hit", at, True, ref, target=_target_of(s, ref)))
-        elif f & STOPPED:
-            events.append(Event("stopped", at, directive))
-        elif f & STOPPED_W:
-            ref = _search(s, at, TICKER_ANY | TRADE | FIRST_PERSON, gap=0)
-            if ref is not None or _alone(s, at):
-                events.append(Event("stopped", at, directive, ref))
-        elif f & MOVE:
-            if s.low(at) in _NEW:  # "novo stop", "New SL": the adjective's own noun only
-                ref = _adjacent(s, at, STOP_L)
-            else:
-                ref = _search(s, at, STOP_L, gap=1, skip=TRADE, exclude=_NOT_SUBJECT)
-            level, until = _destination(s, ref) if ref is not None else (None, at)
-            if ref is not None and (level is not None or not directive):
-                # an instruction says where ("subam o stop para 37,50"); a report may not
-                # ("stop ajustado"); "move your stop only in the direction of the trade" is advice
-                moved.add(ref)
-                events.append(Event("stop_moved", at, directive, ref, until, stop=level))
-            elif (ref := _search(s, at, BREAKEVEN, gap=1, back=False)) is not None:
-                events.append(Event("stop_moved", at, directive, ref, stop="entry"))
-        elif f & CLOSE:
-            ref = _search(s, at, STOP_L | TARGET_L | TRADE | GAIN | LOSS | BREAKEVEN, gap=0)
-            if ref is not None and _is_stop(flags[ref]):
-                events.append(Event("stopped", at, directive, ref))
-                continue
-            if ref is None:
-                ref = _search(s, at, TICKER_ANY, gap=0, back=False)
-            if ref is None and s.low(at) in _SOLD:
-                ref = _price_after(s, at)  # "vendemos a 39", "sold at 39.20", "zerei em 38"
-            if ref is not None or _alone(s, at):
-                events.append(Event("closed", at, directive, ref, result=_result(s, at)))
-        elif f & (GAIN | LOSS) and not f & (CLOSE | CANCEL):
-            # "PETR4 — GAIN ✅ +6%", "❌ LOSS VALE3": a result alone, not a "Gain: 39" label
-            nxt = flags[at + 1] if at + 1 < len(flags) else NL
-            if not nxt & (COLON | NUM) and _alone(s, at):
-                result: Result = "gain" if f & GAIN else "loss"
-                events.append(Event("closed", at, directive, None, result=result))
-        elif f & CANCEL:
-            ref = _search(s, at, TRADE | TICKER_ANY | ENTRY_L, gap=0)
-            if ref is not None or _alone(s, at) or _alone_in_clause(s, at):
-                events.append(Event("cancelled", at, directive, ref))
+        event = _event_at(s, at, moved)
+        if event is not None:
+            events.append(event)
+    where = _label_events(s, events, moved)
+    if where and any(e.kind == "target_hit" for e in events):
+        events.extend(where)
+    return events
+
+
+def _event_at(s: Scan, at: int, moved: set[int]) -> Event | None:
+    """The event the event word at ``at`` reports or instructs, if any; a stop it moves is
+    added to ``moved``."""
+    if s.in_question(at):
+        return None
+    f = s.flags[at]
+    directive = bool(f & DIRECTIVE)
+    if _conditional(s, at, directive):
+        return None
+    directive = directive or _after(s, at)
+    hit = None
+    if f & HIT:
+        hit = _search(s, at, TARGET_L | STOP_L, gap=1, skip=TRADE, exclude=_NOT_SUBJECT)
+    if f & HIT and (hit is not None or not f & CLOSE):
+        # "realizamos" with no target or stop is a close: "Realizamos lucro em PETR4"
+        return _hit_event(s, at, directive, hit)
+    if f & CHECK:  # "TP1 ✅", "Alvo 1: 39,00 ✅", "✅ Alvo 1 — PETR4" (no price after)
+        return _checked_event(s, at)
+    if f & STOPPED:
+        return Event("stopped", at, directive)
+    if f & STOPPED_W:
+        ref = _search(s, at, TICKER_ANY | TRADE | FIRST_PERSON, gap=0)
+        return Event("stopped", at, directive, ref) if ref is not None or _alone(s, at) else None
+    if f & MOVE:
+        return _move_event(s, at, directive, moved)
+    if f & CLOSE:
+        return _close_event(s, at, directive)
+    if f & (GAIN | LOSS) and not f & (CLOSE | CANCEL):
+        return _result_event(s, at, directive)
+    if f & CANCEL:
+        ref = _search(s, at, TRADE | TICKER_ANY | ENTRY_L, gap=0)
+        if ref is not None or _alone(s, at) or _alone_in_clause(s, at):
+            return Event("cancelled", at, directive, ref)
+    return None
+
+
+def _hit_event(s: Scan, at: int, directive: bool, ref: int | None) -> Event | None:
+    """A target or stop reached: "alvo 1 atingido", "stop atingido"."""
+    if ref is not None and _is_stop(s.flags[ref]):
+        return Event("stopped", at, directive, ref)
+    if ref is not None and not _counted(s, ref):
+        return Event("target_hit", at, directive, ref, target=_target_of(s, ref))
+    return None
+
+
+def _checked_event(s: Scan, at: int) -> Event | None:
+    """A target ticked off: "TP1 ✅", "✅ Alvo 1 — PETR4"; not a priced bullet."""
+    ref = _search(s, at, TARGET_L, gap=0, ahead=False, exclude=_NOT_SUBJECT)
+    if ref is not None and _priced(s, ref) and _bullet(s, at):
+        ref = None  # "✅ Alvo: 39 ✅ Stop: 35": bullets; not "TP1 ✅ SL → BE"
+    if ref is None:
+        ref = _search(s, at, TARGET_L, gap=0, back=False, exclude=_NOT_SUBJECT)
+        if ref is not None and _priced(s, ref):
+            ref = None
+    if ref is None:
+        return None
+    return Event("target_hit", at, True, ref, target=_target_of(s, ref))
+
+
+def _move_event(s: Scan, at: int, directive: bool, moved: set[int]) -> Event | None:
+    """The stop moved, to a level or to the entry; the stop's label is added to ``moved``."""
+    if s.low(at) in _NEW:  # "novo stop", "New SL": the adjective's own noun only
+        ref = _adjacent(s, at, STOP_L)
+    else:
+        ref = _search(s, at, STOP_L, gap=1, skip=TRADE, exclude=_NOT_SUBJECT)
+    level, until = _destination(s, ref) if ref is not None else (None, at)
+    if ref is not None and (level is not None or not directive):
+        # an instruction says where ("subam o stop para 37,50"); a report may not
+        # ("stop ajustado"); "move your stop only in the direction of the trade" is advice
+        moved.add(ref)
+        return Event("stop_moved", at, directive, ref, until, stop=level)
+    if (ref := _search(s, at, BREAKEVEN, gap=1, back=False)) is not None:
+        return Event("stop_moved", at, directive, ref, stop="entry")
+    return None
+
+
+def _close_event(s: Scan, at: int, directive: bool) -> Event | None:
+    """The trade closed ("encerramos PETR4", "vendemos a 39"), or stopped when the word names
+    the stop."""
+    ref = _search(s, at, STOP_L | TARGET_L | TRADE | GAIN | LOSS | BREAKEVEN, gap=0)
+    if ref is not None and _is_stop(s.flags[ref]):
+        return Event("stopped", at, directive, ref)
+    if ref is None:
+        ref = _search(s, at, TICKER_ANY, gap=0, back=False)
+    if ref is None and s.low(at) in _SOLD:
+        ref = _price_after(s, at)  # "vendemos a 39", "sold at 39.20", "zerei em 38"
+    if ref is not None or _alone(s, at):
+        return Event("closed", at, directive, ref, result=_result(s, at))
+    return None
+
+
+def _result_event(s: Scan, at: int, directive: bool) -> Event | None:
+    """A result alone ("PETR4 — GAIN ✅ +6%", "❌ LOSS VALE3"), not a "Gain: 39" label."""
+    f = s.flags[at]
+    nxt = s.flags[at + 1] if at + 1 < len(s.flags) else NL
+    if not nxt & (COLON | NUM) and _alone(s, at):
+        result: Result = "gain" if f & GAIN else "loss"
+        return Event("closed", at, directive, None, result=result)
+    return None
+
+
+def _label_events(s: Scan, events: list[Event], moved: set[int]) -> list[Event]:
+    """The events a target or stop label reports with no event word: appended to ``events``;
+    the stop moves said only beside a target reached ("com stop em 38,50") are returned."""
+    flags = s.flags
     template = bool(s.union & (ASSET_L | ENTRY_L)) or bool(s.types)
     where: list[Event] = []
     subjects = {e.subject for e in events}
@@ -555,19 +600,22 @@ def find_events(s: Scan) -> list[Event]:
                 where.append(event)  # "com stop em 38,50": a move only beside a target reached
             else:
                 events.append(event)
-        elif not (ref + 1 < len(flags) and flags[ref + 1] & (COLON | NUM)) and (
-            _alone(s, ref)
-            or (
-                ref + 1 < len(flags)
-                and s.tokens[ref + 1] in _CROSSES
-                and _alone_in_clause(s, ref, of_a_trade=False)
-            )
-        ):
+        elif _stop_alone(s, ref):
             # "CYREW296 stop", "Stop ❌", "…, VALE3 SL ❌, …": the stop, and nothing else said of it
             events.append(Event("stopped", ref, True, ref))
-    if where and any(e.kind == "target_hit" for e in events):
-        events.extend(where)
-    return events
+    return where
+
+
+def _stop_alone(s: Scan, ref: int) -> bool:
+    """A stop label with no price or colon after it, alone, or crossed off in its clause."""
+    flags = s.flags
+    if ref + 1 < len(flags) and flags[ref + 1] & (COLON | NUM):
+        return False
+    return _alone(s, ref) or (
+        ref + 1 < len(flags)
+        and s.tokens[ref + 1] in _CROSSES
+        and _alone_in_clause(s, ref, of_a_trade=False)
+    )
 
 
 def summarise(events: list[Event]) -> Event:

@@ -481,108 +481,158 @@ def _range_end(low_text: str, low: Decimal, high_text: str, high: Decimal) -> De
     return high if lo * low <= high <= hi * low else None
 
 
+@dataclass(slots=True)
+class _Reading:
+    """What reading one label leaves for the next ones in the same post."""
+
+    indexed_entries: bool = False  # a numbered entry ("Entrada 1: …") or an entry list was read
+    next_target: int = 1  # the next free number for an unnumbered target
+    bought: list[tuple[int, int]] = field(default_factory=list)  # (label, price's last token)
+
+
 def read_fields(s: Scan) -> Fields:
     """Read every labelled field of a scanned post."""
     out = Fields()
-    flags, tokens, n = s.flags, s.tokens, len(s.tokens)
-    labelled, matches = out.labelled, out.matches
-    indexed_entries = False
-    next_target = 1
-    bought: list[tuple[int, int]] = []  # (label, last token of its price) of reported buys
+    reading = _Reading()
     for i in s.labels:
-        f = flags[i]
-        if f & TYPE_L or (s.has_question and s.in_question(i)):
-            continue  # the type after "Tipo:" is noted by scan()
-        if f & _TARGET_OR_ENTRY:
-            index, j = label_index(s, i)
-        else:
-            index, j = None, i + 1
-            while j < n and flags[j] & JOIN:
-                j += 1
-        formal = j < n and bool(flags[j] & COLON)
-        if not formal and (f & WEAK_L or not at_label_position(s, i)):
-            continue
-        ticker = None
-        if formal and j + 1 < n and flags[j + 1] & NUM:
-            j += 1  # the common "Label: 12,34", without the general skip
-        elif j >= n or not flags[j] & NUM:
-            j, ticker = _skip_to_value(s, j, ticker_ok=bool(f & _TICKER_LABELS), formal=formal)
-        if f & ASSET_L:
-            _read_asset(s, out, i, j, ticker, formal=formal)
-            continue
-        if index is None and j < n and tokens[j] == "1" and (items := _list_items(s, j)):
-            _read_items(out, i, f, items, formal=formal)
-            if f & ENTRY_L:
-                indexed_entries = True
-            continue
-        price = price_at(s, j) if j < n and flags[j] & NUM else None
-        if f & ENTRY_L:
-            if (formal or price is not None) and not f & BOUGHT:
-                labelled.add("entry")
-            if ticker is None:
-                ticker = _ticker_before(s, i)
-            if ticker is not None and out.entry_ticker is None:
-                out.entry_ticker = tokens[ticker].upper()
-                matches.append(("asset", ticker, ticker, out.entry_ticker))
-            if price is None:
-                out.direction = True
-                out.awaiting = out.awaiting or _says_later(s, i)
-            numbered = isinstance(index, int)
-            if price is not None and f & BOUGHT:
-                low, high, end = _price_or_range(s, j, price)
-                bought.append((i, end))
-                if out.bought is None:
-                    out.bought = (low, high)
-                continue
-            if price is not None and not numbered:
-                out.priced_entries.append(i)
-            if price is None or (out.entries and not (numbered and indexed_entries)):
-                continue  # the first entry, or every numbered one ("Entrada 2: 35,80")
-            low, high, end = _price_or_range(s, j, price)
-            indexed_entries = indexed_entries or numbered
-            out.entry_formal = out.entry_formal or formal
-            out.entries.append((low, high))
-            matches.append(("entry", i, end, (low, high)))
-        elif f & TARGET_L:
-            if price is None and isinstance(index, int) and _bare_index(s, i, j):
-                price, j, index = Decimal(index), j - 1, None  # "alvo 3 stop 1,50": a price
-            if formal or price is not None:
-                labelled.add("target")
-            if price is None:
-                continue
-            if index == "final":
-                if out.final is None:
-                    out.final = price
-                    matches.append(("target_final", i, j, price))
-            elif isinstance(index, int):
-                if index not in out.targets:
-                    out.targets[index] = price
-                    matches.append(("target", i, j, (index, price)))
-            else:  # unnumbered: the next free numbers ("Alvos: 39 / 41 / 44")
-                for value, at in [(price, j), *_more_prices(s, j)]:
-                    if value in out.targets.values():
-                        continue  # the same target again ("Resumo: … alvo 40")
-                    while next_target in out.targets:
-                        next_target += 1
-                    out.targets[next_target] = value
-                    matches.append(("target", i, at, (next_target, value)))
-        elif f & STOP_L:
-            if formal or price is not None:
-                labelled.add("stop")
-            if price is not None and out.stop is None:
-                out.stop = price
-                matches.append(("stop", i, j, price))
-    if bought and out.bought is not None and not out.entries and labelled & _TARGET_OR_STOP:
-        # "Compramos PETR4 a 37,50, alvo 40, stop 36": the channel's buy, with its plan
-        labelled.add("entry")
-        out.entries.append(out.bought)
-        out.priced_entries.extend(i for i, _ in bought)
-        matches.append(("entry", bought[0][0], bought[0][1], out.bought))
-        matches.sort(key=lambda match: match[1])
+        _read_label(s, out, reading, i)
+    if reading.bought:
+        _adopt_bought(out, reading.bought)
     if s.types:
         at, out.signal_type = s.types[0]
-        matches.append(("signal_type", at, at, out.signal_type))
+        out.matches.append(("signal_type", at, at, out.signal_type))
     return out
+
+
+def _read_label(s: Scan, out: Fields, reading: _Reading, i: int) -> None:
+    """Read the label at ``i`` and its value into ``out``."""
+    flags, tokens, n = s.flags, s.tokens, len(s.tokens)
+    f = flags[i]
+    if f & TYPE_L or (s.has_question and s.in_question(i)):
+        return  # the type after "Tipo:" is noted by scan()
+    if f & _TARGET_OR_ENTRY:
+        index, j = label_index(s, i)
+    else:
+        index, j = None, i + 1
+        while j < n and flags[j] & JOIN:
+            j += 1
+    formal = j < n and bool(flags[j] & COLON)
+    if not formal and (f & WEAK_L or not at_label_position(s, i)):
+        return
+    ticker = None
+    if formal and j + 1 < n and flags[j + 1] & NUM:
+        j += 1  # the common "Label: 12,34", without the general skip
+    elif j >= n or not flags[j] & NUM:
+        j, ticker = _skip_to_value(s, j, ticker_ok=bool(f & _TICKER_LABELS), formal=formal)
+    if f & ASSET_L:
+        _read_asset(s, out, i, j, ticker, formal=formal)
+        return
+    if index is None and j < n and tokens[j] == "1" and (items := _list_items(s, j)):
+        _read_items(out, i, f, items, formal=formal)
+        if f & ENTRY_L:
+            reading.indexed_entries = True
+        return
+    price = price_at(s, j) if j < n and flags[j] & NUM else None
+    if f & ENTRY_L:
+        _read_entry(s, out, reading, i, j, index, ticker, price, formal=formal)
+    elif f & TARGET_L:
+        _read_target(s, out, reading, i, j, index, price, formal=formal)
+    elif f & STOP_L:
+        if formal or price is not None:
+            out.labelled.add("stop")
+        if price is not None and out.stop is None:
+            out.stop = price
+            out.matches.append(("stop", i, j, price))
+
+
+def _read_entry(
+    s: Scan,
+    out: Fields,
+    reading: _Reading,
+    i: int,
+    j: int,
+    index: int | str | None,
+    ticker: int | None,
+    price: Decimal | None,
+    *,
+    formal: bool,
+) -> None:
+    """An entry label: its ticker, its price or range, or a buy reported as done."""
+    f = s.flags[i]
+    if (formal or price is not None) and not f & BOUGHT:
+        out.labelled.add("entry")
+    if ticker is None:
+        ticker = _ticker_before(s, i)
+    if ticker is not None and out.entry_ticker is None:
+        out.entry_ticker = s.tokens[ticker].upper()
+        out.matches.append(("asset", ticker, ticker, out.entry_ticker))
+    if price is None:
+        out.direction = True
+        out.awaiting = out.awaiting or _says_later(s, i)
+    numbered = isinstance(index, int)
+    if price is not None and f & BOUGHT:
+        low, high, end = _price_or_range(s, j, price)
+        reading.bought.append((i, end))
+        if out.bought is None:
+            out.bought = (low, high)
+        return
+    if price is not None and not numbered:
+        out.priced_entries.append(i)
+    if price is None or (out.entries and not (numbered and reading.indexed_entries)):
+        return  # the first entry, or every numbered one ("Entrada 2: 35,80")
+    low, high, end = _price_or_range(s, j, price)
+    reading.indexed_entries = reading.indexed_entries or numbered
+    out.entry_formal = out.entry_formal or formal
+    out.entries.append((low, high))
+    out.matches.append(("entry", i, end, (low, high)))
+
+
+def _read_target(
+    s: Scan,
+    out: Fields,
+    reading: _Reading,
+    i: int,
+    j: int,
+    index: int | str | None,
+    price: Decimal | None,
+    *,
+    formal: bool,
+) -> None:
+    """A target label: numbered, final, or unnumbered (the next free numbers)."""
+    if price is None and isinstance(index, int) and _bare_index(s, i, j):
+        price, j, index = Decimal(index), j - 1, None  # "alvo 3 stop 1,50": a price
+    if formal or price is not None:
+        out.labelled.add("target")
+    if price is None:
+        return
+    if index == "final":
+        if out.final is None:
+            out.final = price
+            out.matches.append(("target_final", i, j, price))
+    elif isinstance(index, int):
+        if index not in out.targets:
+            out.targets[index] = price
+            out.matches.append(("target", i, j, (index, price)))
+    else:  # unnumbered: the next free numbers ("Alvos: 39 / 41 / 44")
+        for value, at in [(price, j), *_more_prices(s, j)]:
+            if value in out.targets.values():
+                continue  # the same target again ("Resumo: … alvo 40")
+            while reading.next_target in out.targets:
+                reading.next_target += 1
+            out.targets[reading.next_target] = value
+            out.matches.append(("target", i, at, (reading.next_target, value)))
+
+
+def _adopt_bought(out: Fields, bought: list[tuple[int, int]]) -> None:
+    """The channel's buy with its plan ("Compramos PETR4 a 37,50, alvo 40, stop 36") is the
+    entry when the post names no other entry and labels a target or a stop."""
+    if out.bought is None or out.entries or not out.labelled & _TARGET_OR_STOP:
+        return
+    out.labelled.add("entry")
+    out.entries.append(out.bought)
+    out.priced_entries.extend(i for i, _ in bought)
+    out.matches.append(("entry", bought[0][0], bought[0][1], out.bought))
+    out.matches.sort(key=lambda match: match[1])
 
 
 def _price_or_range(s: Scan, j: int, price: Decimal) -> tuple[Decimal, Decimal, int]:
